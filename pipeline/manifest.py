@@ -1,0 +1,293 @@
+"""The manifest: one row per training instance, read with every row validated.
+
+A manifest is JSONL (optionally gzipped) or Parquet with the columns documented in
+``manifests/README.md`` (machine-readable form: ``manifests/schema.json``). ``read_manifest`` never
+dies on a bad row: each malformed line, missing field, wrong type or duplicate id becomes a
+``Reject`` with its line number and reason, written to a rejects file beside the manifest, and the
+rest is read. Only a manifest that is missing, empty, or has no valid row at all raises.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+KINDS = ("audio", "instruction")
+REQUIRED = ("id", "audio", "dataset")
+OPTIONAL_STR = ("prompt", "context", "description")
+KNOWN = set(REQUIRED) | set(OPTIONAL_STR) | {"metadata", "start", "end", "kind"}
+# A WebDataset member is written `shard.tar#member`; everything else is a path.
+TAR_SEPARATOR = ".tar#"
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be used (missing, empty, unreadable, nothing valid)."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One training instance: a clip (or a cut of one) plus, optionally, a prompt.
+
+    ``audio`` is resolved at read time: an absolute path, or ``/abs/shard.tar#member`` for a member
+    of a WebDataset tar shard.
+    """
+
+    id: str
+    audio: str
+    dataset: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    prompt: str | None = None
+    start: float | None = None
+    end: float | None = None
+    kind: str = "audio"
+    context: str | None = None
+    description: str | None = None
+    line: int = 0
+
+    @property
+    def is_tar_member(self) -> bool:
+        return TAR_SEPARATOR in self.audio
+
+    def to_row(self) -> dict[str, Any]:
+        """The JSON-serialisable manifest row (without the line number)."""
+        row = asdict(self)
+        row.pop("line")
+        return {k: v for k, v in row.items() if v is not None and v != {}}
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A manifest row that could not be used, with where it was and why."""
+
+    line: int
+    id: str | None
+    reason: str
+
+
+@dataclass
+class ManifestResult:
+    """What ``read_manifest`` found: the valid instances, the rejects, and where those went."""
+
+    path: Path
+    instances: list[Instance]
+    rejects: list[Reject]
+    rejects_path: Path | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "instances": len(self.instances),
+            "clips": len({(i.audio, i.start, i.end) for i in self.instances}),
+            "rejected": len(self.rejects),
+            "per_dataset": dict(Counter(i.dataset for i in self.instances)),
+        }
+
+
+def _raw_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    """Yield (line number, parsed row or None, parse error or None) for each non-blank row."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # pyarrow raises several types for a broken file
+            raise ManifestError(f"manifest {path} is not a readable Parquet file: {err}") from err
+        for number, row in enumerate(table.to_pylist(), start=1):
+            if isinstance(row.get("metadata"), str):  # Parquet manifests may hold metadata as JSON text
+                try:
+                    row["metadata"] = json.loads(row["metadata"])
+                except json.JSONDecodeError as err:
+                    yield number, None, f"metadata is not valid JSON: {err.msg}"
+                    continue
+            yield number, {k: v for k, v in row.items() if v is not None}, None
+        return
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for number, text in enumerate(handle, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    yield number, json.loads(text), None
+                except json.JSONDecodeError as err:
+                    yield number, None, f"malformed JSON: {err.msg} at column {err.colno}"
+    except (OSError, UnicodeDecodeError, EOFError) as err:
+        raise ManifestError(f"manifest {path} cannot be read: {err}") from err
+
+
+def _number(row: dict[str, Any], key: str) -> float | None:
+    value = row.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"'{key}' must be a finite number of seconds, got {value!r}")
+    if value < 0:
+        raise ValueError(f"'{key}' must not be negative, got {value}")
+    return float(value)
+
+
+def resolve_audio(audio: str, base: Path) -> str:
+    """Resolve a manifest's ``audio`` value against the manifest's folder."""
+    if TAR_SEPARATOR in audio:
+        shard, member = audio.split("#", 1)
+        if not member:
+            raise ValueError(f"'audio' names a tar shard without a member: {audio!r}")
+        return f"{resolve_audio(shard, base)}#{member}"
+    path = Path(audio).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def parse_row(row: Any, base: Path, line: int) -> Instance:
+    """Validate one raw row and build its ``Instance``; raises ``ValueError`` with the reason."""
+    if not isinstance(row, dict):
+        raise ValueError(f"row must be a JSON object, got {type(row).__name__}")
+    missing = [k for k in REQUIRED if row.get(k) in (None, "")]
+    if missing:
+        raise ValueError(f"missing field(s): {', '.join(missing)}")
+    for key in REQUIRED + OPTIONAL_STR:
+        if key in row and row[key] is not None and not isinstance(row[key], str):
+            raise ValueError(f"'{key}' must be a string, got {type(row[key]).__name__}")
+    unknown = sorted(set(row) - KNOWN)
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    metadata = row.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"'metadata' must be an object, got {type(metadata).__name__}")
+    _check_metadata(metadata)
+    kind = row.get("kind") or "audio"
+    if kind not in KINDS:
+        raise ValueError(f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    start, end = _number(row, "start"), _number(row, "end")
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"empty cut: end ({end}) must be after start ({start})")
+    prompt = row.get("prompt")
+    if kind == "instruction" and not prompt:
+        raise ValueError("an 'instruction' row needs a 'prompt' (the question)")
+    return Instance(
+        id=row["id"],
+        audio=resolve_audio(row["audio"], base),
+        dataset=row["dataset"],
+        metadata=metadata,
+        prompt=prompt or None,
+        start=start,
+        end=end,
+        kind=kind,
+        context=row.get("context") or None,
+        description=row.get("description") or None,
+        line=line,
+    )
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    """The role keys have fixed types; every other key is free-form."""
+    for key in ("transcript", "caption"):
+        if key in metadata and not isinstance(metadata[key], str):
+            raise ValueError(f"metadata.{key} must be a string")
+    labels = metadata.get("labels")
+    if labels is not None and (
+        not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)
+    ):
+        raise ValueError("metadata.labels must be a list of strings")
+    segments = metadata.get("segments")
+    if segments is None:
+        return
+    if not isinstance(segments, list):
+        raise ValueError("metadata.segments must be a list of turns")
+    for n, seg in enumerate(segments):
+        if not isinstance(seg, dict):
+            raise ValueError(f"metadata.segments[{n}] must be an object")
+        for key in ("start", "end"):
+            if not isinstance(seg.get(key), (int, float)) or isinstance(seg.get(key), bool):
+                raise ValueError(f"metadata.segments[{n}].{key} must be a number")
+        if seg["end"] < seg["start"]:
+            raise ValueError(f"metadata.segments[{n}] ends before it starts")
+        if "text" in seg and not isinstance(seg["text"], str):
+            raise ValueError(f"metadata.segments[{n}].text must be a string")
+
+
+def default_rejects_path(path: Path) -> Path:
+    name = path.name
+    for suffix in (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".gz"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return path.with_name(f"{name}.rejects.jsonl")
+
+
+def read_manifest(path: str | Path, rejects_path: str | Path | None = None) -> ManifestResult:
+    """Read and validate a manifest.
+
+    Args:
+        path: a ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` manifest.
+        rejects_path: where rejected rows go (JSONL: line, id, reason); default
+            ``<name>.rejects.jsonl`` beside the manifest. Written only when something was rejected.
+
+    Returns:
+        The valid instances in file order and the rejects.
+
+    Raises:
+        ManifestError: the manifest is missing, unreadable, empty, or has no valid row.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"manifest {path} does not exist")
+    if path.is_dir():
+        raise ManifestError(f"manifest {path} is a folder; pass the .jsonl/.parquet file inside it")
+    base = path.resolve().parent
+    instances: list[Instance] = []
+    rejects: list[Reject] = []
+    seen: dict[str, int] = {}
+    rows = 0
+    for line, row, error in _raw_rows(path):
+        rows += 1
+        row_id = row.get("id") if isinstance(row, dict) and isinstance(row.get("id"), str) else None
+        if error is not None:
+            rejects.append(Reject(line, row_id, error))
+            continue
+        try:
+            instance = parse_row(row, base, line)
+        except ValueError as err:
+            rejects.append(Reject(line, row_id, str(err)))
+            continue
+        if instance.id in seen:
+            rejects.append(Reject(line, instance.id, f"duplicate id (first on line {seen[instance.id]})"))
+            continue
+        seen[instance.id] = line
+        instances.append(instance)
+    if rows == 0:
+        raise ManifestError(f"manifest {path} is empty")
+    written = None
+    if rejects:
+        written = Path(rejects_path) if rejects_path else default_rejects_path(path)
+        write_rejects(rejects, written)
+    if not instances:
+        raise ManifestError(
+            f"manifest {path} has no valid row ({len(rejects)} rejected; reasons in {written})"
+        )
+    return ManifestResult(path=path, instances=instances, rejects=rejects, rejects_path=written)
+
+
+def write_rejects(rejects: Iterable[Reject], path: Path) -> None:
+    """Write rejects as JSONL (temporary file, then rename, so a reader never sees half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for reject in rejects:
+            handle.write(json.dumps(asdict(reject)) + "\n")
+    tmp.replace(path)
+
+
+def write_manifest(rows: Iterable[Instance | dict[str, Any]], path: str | Path) -> Path:
+    """Write instances (or plain row dicts) as a JSONL manifest, gzipped when ``path`` ends in .gz."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    tmp = path.with_name(path.name + ".tmp")
+    with opener(tmp, "wt", encoding="utf-8") as handle:
+        for row in rows:
+            data = row.to_row() if isinstance(row, Instance) else row
+            handle.write(json.dumps(data, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path

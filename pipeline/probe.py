@@ -1,0 +1,73 @@
+"""Cheap facts about audio without decoding it: bytes of a tar member, duration from the header."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from pipeline.manifest import TAR_SEPARATOR
+
+
+class AudioUnreadable(ValueError):
+    """The audio cannot be opened or its header makes no sense; the message says why."""
+
+
+def split_tar(audio: str) -> tuple[str, str]:
+    """``/abs/shard.tar#member`` -> (shard path, member name)."""
+    shard, member = audio.split("#", 1)
+    return shard, member
+
+
+def open_audio_bytes(audio: str) -> bytes:
+    """The raw bytes of an audio location (a file, or a member of a tar shard)."""
+    if TAR_SEPARATOR in audio:
+        shard, member = split_tar(audio)
+        if not Path(shard).is_file():
+            raise AudioUnreadable(f"tar shard not found: {shard}")
+        try:
+            with tarfile.open(shard) as tar:
+                info = tar.getmember(member)
+                handle = tar.extractfile(info)
+                if handle is None:
+                    raise AudioUnreadable(f"tar member is not a file: {member}")
+                return handle.read()
+        except KeyError as err:
+            raise AudioUnreadable(f"no member {member!r} in {shard}") from err
+        except (tarfile.TarError, OSError) as err:
+            raise AudioUnreadable(f"unreadable tar shard {shard}: {err}") from err
+    path = Path(audio)
+    if not path.is_file():
+        raise AudioUnreadable(f"audio file not found: {audio}")
+    return path.read_bytes()
+
+
+def probe_duration(audio: str) -> float:
+    """Duration in seconds from the file header (no decoding)."""
+    import soundfile as sf
+
+    source: Any
+    if TAR_SEPARATOR in audio:
+        source = io.BytesIO(open_audio_bytes(audio))
+    else:
+        if not Path(audio).is_file():
+            raise AudioUnreadable(f"audio file not found: {audio}")
+        source = audio
+    try:
+        info = sf.info(source)
+    except Exception as err:  # soundfile raises RuntimeError / LibsndfileError for bad headers
+        raise AudioUnreadable(f"not a readable audio file ({err})") from err
+    if info.samplerate <= 0 or info.frames < 0:
+        raise AudioUnreadable(f"bad header: {info.samplerate} Hz, {info.frames} frames")
+    return info.frames / info.samplerate
+
+
+def instance_duration(instance: Any) -> float:
+    """The duration an instance covers: its cut if it has one, else the whole file."""
+    if instance.start is not None and instance.end is not None:
+        return instance.end - instance.start
+    total = probe_duration(instance.audio)
+    start = instance.start or 0.0
+    end = instance.end if instance.end is not None else total
+    return max(0.0, min(end, total) - start)

@@ -1,0 +1,194 @@
+"""The narrow seam between the rephrasing stage and an LLM: ``generate(requests) -> results``.
+
+Requests carry an already chat-templated prompt, so both engines see identical text and a
+continuation (budget forcing) is just a longer prompt. Each request carries its own seed, derived
+from its cache key, so a rerun reproduces it whatever batch it lands in.
+
+Engines are found through ``ENGINES``; ``engine_vllm`` is the only module that imports vllm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+FINISH_ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters shared by every request of a pass.
+
+    Attributes:
+        temperature: 0 means greedy.
+        top_p: nucleus mass kept.
+        top_k: most likely tokens kept (0 or less: all).
+    """
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One generation: a templated prompt, a token cap, a seed."""
+
+    key: str
+    prompt: str
+    max_tokens: int
+    seed: int
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class GenResult:
+    """What an engine returns for one request; ``error`` is set (and text empty) when it failed."""
+
+    key: str
+    text: str
+    n_prompt_tokens: int
+    n_tokens: int
+    finish_reason: str
+    error: str | None = None
+
+
+class Engine(Protocol):
+    """An LLM that turns templated prompts into completions."""
+
+    model_id: str
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """Generate every request; a failing request becomes a result with ``error`` set."""
+        ...
+
+
+@dataclass
+class EngineConfig:
+    """How to load and drive the LLM.
+
+    Attributes:
+        name: registry key in ``ENGINES`` (``vllm`` or ``transformers``).
+        model: a local model folder (or a hub id where the hub is reachable).
+        dtype: weights dtype (``auto`` keeps the checkpoint's).
+        max_model_len: the longest prompt + output the engine must hold.
+        batch_size: transformers: sequences per ``generate`` call.
+        max_num_seqs: vLLM: sequences in flight (the original used 2048).
+        gpu_memory_utilization: vLLM: share of GPU memory for weights and KV cache.
+        enable_prefix_caching: vLLM: reuse the shared system-prompt prefix across requests.
+        tensor_parallel_size: vLLM: GPUs per engine replica.
+        workers: engine replicas as Ray actors, each with its GPU share; 0 runs in this process.
+        cpus_per_worker: Ray CPUs each actor asks for (fractional on small machines).
+        extra: engine-specific keyword arguments passed through unchanged.
+    """
+
+    name: str = "vllm"
+    model: str = "Qwen/Qwen3-4B-Thinking-2507"
+    dtype: str = "auto"
+    max_model_len: int = 8192
+    batch_size: int = 16
+    max_num_seqs: int = 2048
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    tensor_parallel_size: int = 1
+    workers: int = 0
+    cpus_per_worker: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in ENGINE_NAMES:
+            raise ValueError(f"unknown engine {self.name!r}; choose one of {', '.join(ENGINE_NAMES)}")
+        if self.batch_size < 1 or self.max_num_seqs < 1:
+            raise ValueError("batch_size and max_num_seqs must be >= 1")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+
+
+ENGINE_NAMES = ("vllm", "transformers")
+
+
+def _load_vllm(cfg: EngineConfig) -> Engine:
+    from rephrase.engine_vllm import VllmEngine
+
+    return VllmEngine(cfg)
+
+
+def _load_transformers(cfg: EngineConfig) -> Engine:
+    from rephrase.engine_hf import TransformersEngine
+
+    return TransformersEngine(cfg)
+
+
+ENGINES: dict[str, Callable[[EngineConfig], Engine]] = {
+    "vllm": _load_vllm,
+    "transformers": _load_transformers,
+}
+
+
+def load_engine(cfg: EngineConfig) -> Engine:
+    """Build the engine ``cfg.name`` names (in this process)."""
+    return ENGINES[cfg.name](cfg)
+
+
+def weights_fingerprint(model: str) -> str:
+    """A content fingerprint of a model folder, cheap enough for multi-GB checkpoints.
+
+    Hashes the configs in full and, per weight file, its name, size and first and last MiB: a
+    retrained or re-quantised checkpoint changes these, a copy to another disk does not. A hub id
+    (no local folder) is fingerprinted by its name only.
+    """
+    path = Path(model)
+    digest = hashlib.sha256()
+    if not path.is_dir():
+        digest.update(f"hub:{model}".encode())
+        return digest.hexdigest()[:16]
+    for name in ("config.json", "generation_config.json"):
+        if (path / name).is_file():
+            digest.update((path / name).read_bytes())
+    chunk = 1 << 20
+    for weights in sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt")):
+        size = weights.stat().st_size
+        digest.update(f"{weights.name}:{size}".encode())
+        with weights.open("rb") as handle:
+            digest.update(handle.read(chunk))
+            handle.seek(max(0, size - chunk))
+            digest.update(handle.read(chunk))
+    return digest.hexdigest()[:16]
+
+
+def model_sampling(model: str, overrides: dict[str, Any] | None = None) -> Sampling:
+    """The model's own sampling defaults (its generation config), with ``overrides`` on top."""
+    values: dict[str, Any] = {}
+    path = Path(model) / "generation_config.json"
+    if path.is_file():
+        gen = json.loads(path.read_text())
+        if gen.get("do_sample") is False:
+            values["temperature"] = 0.0
+        for key in ("temperature", "top_p", "top_k"):
+            if key in gen and key not in values:
+                values[key] = gen[key]
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = set(values) - {"temperature", "top_p", "top_k"}
+    if unknown:
+        raise ValueError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}")
+    return Sampling(**values)

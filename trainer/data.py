@@ -1,0 +1,300 @@
+"""Training data: targets joined with the feature store, a token-budget sampler, a lazy-store loader.
+
+Only cached features and targets are read here: nothing constructs an encoder. Missing features
+are an error before training starts (listing the missing clips); rows that cannot fit the sequence
+cap or have no target tokens are dropped with a reason into the run's rejects table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.sequence import PromptLayout, SequenceTooLong, audio_token_count, fit_target
+
+TARGET_COLUMNS = ("instance_id", "clip_key", "dataset", "prompt", "target", "split")
+# Columns that decide what is learned: the fingerprint a resumed run compares.
+FINGERPRINT_COLUMNS = ("instance_id", "clip_key", "dataset", "prompt", "target", "split")
+
+
+class DataError(ValueError):
+    """Targets and store do not fit together; the message lists what is missing."""
+
+
+@dataclass
+class Example:
+    """One training row after the join: ids to embed and the clip's frame counts."""
+
+    instance_id: str
+    clip_key: str
+    dataset: str
+    prompt_ids: list[int]
+    target_ids: list[int]
+    frames: dict[str, int]
+    n_tokens: int
+    """Sequence length: head + audio vectors + prompt + (fitted) target."""
+
+
+@dataclass
+class JoinResult:
+    """Examples per split plus the rows dropped with a reason."""
+
+    splits: dict[str, list[Example]] = field(default_factory=dict)
+    rejects: list[dict[str, str]] = field(default_factory=list)
+
+
+def read_targets(path: str | Path) -> Any:
+    """Read a targets Parquet file as a pyarrow Table, checking the columns the trainer needs.
+
+    Raises:
+        DataError: The file is missing or lacks required columns.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"targets file {path} does not exist")
+    table = pq.read_table(path)
+    missing = [c for c in TARGET_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DataError(f"targets {path} lacks column(s) {missing}; has {table.column_names}")
+    return table
+
+
+def targets_fingerprint(table: Any) -> str:
+    """A content hash of the columns that decide training, independent of row order and file layout."""
+    digest = hashlib.sha256()
+    columns = {c: table.column(c).to_pylist() for c in FINGERPRINT_COLUMNS}
+    for i in np.argsort(np.asarray(columns["instance_id"], dtype=object), kind="stable"):
+        row = [str(columns[c][i]) for c in FINGERPRINT_COLUMNS]
+        digest.update(json.dumps(row, ensure_ascii=False).encode())
+    return digest.hexdigest()[:16]
+
+
+def join_targets(table: Any, readers: dict[str, Any], layout: PromptLayout, tokenizer: Any,
+                 fusion: str, max_seq_len: int, perceiver_latents: int = 20) -> JoinResult:
+    """Join targets with the feature store by clip key and tokenise them.
+
+    Args:
+        table: Targets (see ``read_targets``).
+        readers: FeatureReader per encoder, in front-end order.
+        layout: The prompt layout of the LLM's tokenizer.
+        tokenizer: The LLM's tokenizer.
+        fusion: Front-end fusion ("none", "ca", "perceiver"), for the audio vector count.
+        max_seq_len: Sequence cap; the truncation policy of trainer.sequence applies.
+        perceiver_latents: Latents per non-whisper encoder for the perceiver count.
+
+    Raises:
+        DataError: Clips without features in some encoder's store (all listed, up to 20 shown).
+    """
+    rows = table.select(list(TARGET_COLUMNS)).to_pylist()
+    encoders = list(readers)
+    missing: dict[str, list[str]] = {}
+    for name, reader in readers.items():
+        absent = sorted({r["clip_key"] for r in rows if r["clip_key"] not in reader})
+        if absent:
+            missing[name] = absent
+    if missing:
+        lines = [f"{name}: {len(keys)} clip(s) without features, e.g. {keys[:20]}"
+                 for name, keys in missing.items()]
+        raise DataError("targets reference clips the feature store lacks (run `alarm pipeline run` "
+                        "for them or drop them from the targets):\n  " + "\n  ".join(lines))
+    prompts = _encode_batch(tokenizer, [layout.middle + r["prompt"] + layout.tail for r in rows])
+    targets = [layout.target_ids(tokenizer, r["target"] or "") for r in rows]
+    result = JoinResult()
+    frames_cache: dict[str, dict[str, int]] = {}
+    for row, prompt_ids, target_ids in zip(rows, prompts, targets):
+        key = row["clip_key"]
+        if key not in frames_cache:
+            frames_cache[key] = {name: int(readers[name].num_frames(key)) for name in encoders}
+        frames = frames_cache[key]
+        if not target_ids:
+            result.rejects.append({"instance_id": row["instance_id"], "reason": "empty target"})
+            continue
+        fixed = len(layout.head_ids) + audio_token_count(encoders, fusion, frames, perceiver_latents) \
+            + len(prompt_ids)
+        try:
+            target_ids = list(fit_target(fixed, target_ids, max_seq_len))
+        except SequenceTooLong as err:
+            result.rejects.append({"instance_id": row["instance_id"], "reason": str(err)})
+            continue
+        example = Example(instance_id=row["instance_id"], clip_key=key, dataset=row["dataset"],
+                          prompt_ids=prompt_ids, target_ids=target_ids, frames=frames,
+                          n_tokens=fixed + len(target_ids))
+        result.splits.setdefault(row["split"], []).append(example)
+    return result
+
+
+def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return list(tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+
+def write_rejects(rejects: list[dict[str, str]], path: str | Path) -> None:
+    """Write dropped rows as JSONL (instance_id, reason), replacing an earlier table."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+    tmp.replace(path)
+
+
+class TokenBudgetSampler:
+    """Batches of row indices whose padded size (longest row x rows) stays within a token budget.
+
+    Each epoch, with a generator seeded by (seed, epoch): shuffle the rows, cut them into buckets
+    of about ``bucket_size`` batches, sort each bucket by length and fill batches greedily, then
+    shuffle the batch order. With ``world_size`` > 1 the batch list is cut to a multiple of the
+    world size and rank r takes batches r, r + W, ... so W processes see exactly the batches that
+    one process with W-fold gradient accumulation would. Deterministic given the seed; the position
+    within an epoch (``start``) is what a checkpoint saves.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_tokens: int, seed: int = 0, bucket_size: int = 64,
+                 shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+        if batch_tokens < 1 or bucket_size < 1 or not 0 <= rank < world_size:
+            raise ValueError("batch_tokens and bucket_size must be >= 1 and 0 <= rank < world_size")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_tokens = batch_tokens
+        self.seed = seed
+        self.bucket_size = bucket_size
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def _all_batches(self, epoch: int) -> list[list[int]]:
+        """Every batch of the epoch, all ranks, in order."""
+        n = len(self.lengths)
+        if n == 0:
+            return []
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        mean_len = max(1, int(self.lengths.mean()))
+        bucket_rows = self.bucket_size * max(1, self.batch_tokens // mean_len)
+        batches: list[list[int]] = []
+        for lo in range(0, n, bucket_rows):
+            bucket = order[lo:lo + bucket_rows]
+            bucket = bucket[np.argsort(self.lengths[bucket], kind="stable")]
+            current: list[int] = []
+            longest = 0
+            for idx in bucket.tolist():
+                new_longest = max(longest, int(self.lengths[idx]))
+                if current and new_longest * (len(current) + 1) > self.batch_tokens:
+                    batches.append(current)
+                    current, new_longest = [], int(self.lengths[idx])
+                current.append(idx)
+                longest = new_longest
+            if current:
+                batches.append(current)
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of ``epoch`` (cached for the current epoch)."""
+        if self._cache is None or self._cache[0] != epoch:
+            every = self._all_batches(epoch)
+            usable = len(every) // self.world_size * self.world_size
+            self._cache = (epoch, every[self.rank:usable:self.world_size])
+        return self._cache[1]
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate ``epoch`` from its ``start``-th batch (for resuming mid-epoch)."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return len(self.batches(self.epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.batches(self.epoch)[self.start:]
+
+    def state_dict(self) -> dict[str, int]:
+        """The position to save: epoch and batches already consumed in it."""
+        return {"epoch": self.epoch, "start": self.start, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore a position saved by ``state_dict``."""
+        self.set_epoch(int(state["epoch"]), int(state["start"]))
+
+
+class FeatureDataset:
+    """Map-style dataset over examples; the stores are opened lazily in each worker process.
+
+    Args:
+        examples: Rows from ``join_targets``.
+        sources: Per encoder, a zero-argument callable opening its reader (must be picklable,
+            e.g. ``functools.partial(open_features, root, name, spec_id)``).
+    """
+
+    def __init__(self, examples: list[Example], sources: dict[str, Any]) -> None:
+        self.examples = examples
+        self.sources = sources
+        self._readers: dict[str, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_readers"] = None  # each worker opens its own handles
+        return state
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self._readers is None:
+            self._readers = {name: open_fn() for name, open_fn in self.sources.items()}
+        example = self.examples[index]
+        feats = {name: reader.read(example.clip_key) for name, reader in self._readers.items()}
+        return {"example": example, "feats": feats}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pad features per encoder to (B, T_max, ...) and keep the id lists as tensors.
+
+    Returns:
+        feats: name -> float32 tensor (B, T_max, ...); lengths: name -> (B,) valid frames;
+        prompt_ids / target_ids: lists of 1-D long tensors; instance_ids, datasets: lists;
+        n_tokens: sequence tokens in the batch (for tokens/s); n_bytes: feature bytes read.
+    """
+    import torch
+
+    feats: dict[str, torch.Tensor] = {}
+    lengths: dict[str, torch.Tensor] = {}
+    n_bytes = 0
+    for name in items[0]["feats"]:
+        arrays = [item["feats"][name] for item in items]
+        n_bytes += sum(a.nbytes for a in arrays)
+        longest = max(a.shape[0] for a in arrays)
+        batch = np.zeros((len(arrays), longest, *arrays[0].shape[1:]), dtype=np.float32)
+        for i, a in enumerate(arrays):
+            batch[i, : a.shape[0]] = a
+        feats[name] = torch.from_numpy(batch)
+        lengths[name] = torch.tensor([a.shape[0] for a in arrays], dtype=torch.long)
+    examples = [item["example"] for item in items]
+    return {
+        "feats": feats,
+        "lengths": lengths,
+        "prompt_ids": [torch.tensor(e.prompt_ids, dtype=torch.long) for e in examples],
+        "target_ids": [torch.tensor(e.target_ids, dtype=torch.long) for e in examples],
+        "instance_ids": [e.instance_id for e in examples],
+        "datasets": [e.dataset for e in examples],
+        "n_tokens": sum(e.n_tokens for e in examples),
+        "n_target_tokens": sum(len(e.target_ids) for e in examples),
+        "n_bytes": n_bytes,
+    }
+
+
+def make_loader(dataset: FeatureDataset, sampler: TokenBudgetSampler, num_workers: int) -> Any:
+    """A DataLoader over ``dataset`` driven by the token-budget batch sampler."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
