@@ -90,6 +90,30 @@ def train() -> None:
     """Train the adapters and fusion from cached features and targets."""
 
 
+# train convert (owner: H4, trainer/convert.py); the other train commands follow below.
+@train.command("convert")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--direction", type=click.Choice(["to-ours", "to-original"]), required=True,
+              help="to-ours: original ALARM release names -> ours; to-original: the reverse.")
+@click.option("--encoder", type=click.Choice(["whisper", "w2vbert", "sslam", "muq"]), default=None,
+              help="SRC is one original adapter (get_pretrained_adapters.py's <encoder>.pth) of this encoder.")
+def train_convert(src: Path, dst: Path, direction: str, encoder: str | None) -> None:
+    """Convert front-end weights between the original ALARM release and ours.
+
+    SRC is a safetensors file, a folder of safetensors shards (an original Hugging Face
+    checkpoint: only its adapter, fusion and delimiter tensors are read) or a .pth adapter.
+    DST is a safetensors file. Tensors are renamed, never changed.
+    """
+    from trainer.convert import ConvertError, convert_file
+
+    try:
+        summary = convert_file(src, dst, direction, encoder=encoder)
+    except (ConvertError, FileNotFoundError) as err:
+        fail(str(err))
+    click.echo(f"wrote {summary.converted} tensors to {dst} ({summary.skipped} non-audio tensors left out)")
+
+
 # ---------------------------------------------------------------------------------------- models
 
 
@@ -121,6 +145,32 @@ def models_build_tiny(out: Path | None) -> None:
 @main.group()
 def demo() -> None:
     """The bundled demo: a small honest corpus and the whole job on it."""
+
+
+@demo.command("corpus")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--seed", type=int, default=1234, show_default=True, help="Seed of every random choice.")
+@click.option("--no-speech", is_flag=True, help="Skip espeak-ng speech even where it is installed.")
+def demo_corpus(out: Path, seed: int, no_speech: bool) -> None:
+    """Write the demo corpus (generated sounds, music, espeak-ng speech) and its manifest to OUT."""
+    import json
+
+    from pipeline.demo_corpus import DemoCorpusConfig, write_demo_corpus
+
+    manifest = write_demo_corpus(out, DemoCorpusConfig(seed=seed, speech=0 if no_speech else 6))
+    info = json.loads((manifest.parent / "corpus.json").read_text())
+    click.echo(f"{info['clips']} clips, {info['instances']} instances ({info['speech']})")
+    click.echo(f"manifest: {manifest}")
+
+
+@demo.command("run")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True,
+              help="Folder for every output of the demo.")
+def demo_run(out: Path) -> None:
+    """Run the whole job on the demo corpus: every stage that exists, and say what is missing."""
+    from pipeline.demo import run_demo
+
+    run_demo(out)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainer.sequence import PromptLayout, SequenceTooLong, audio_token_count, fit_target
+from trainer.sequence import PromptLayout, SequenceTooLong, fit_target
 
+SPLITS = ("train", "validation")
 TARGET_COLUMNS = ("instance_id", "clip_key", "dataset", "prompt", "target", "split")
 # Columns that decide what is learned: the fingerprint a resumed run compares.
 FINGERPRINT_COLUMNS = ("instance_id", "clip_key", "dataset", "prompt", "target", "split")
@@ -77,8 +78,11 @@ def targets_fingerprint(table: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+AudioCounter = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
 def join_targets(table: Any, readers: dict[str, Any], layout: PromptLayout, tokenizer: Any,
-                 fusion: str, max_seq_len: int, perceiver_latents: int = 20) -> JoinResult:
+                 count_audio: AudioCounter, max_seq_len: int) -> JoinResult:
     """Join targets with the feature store by clip key and tokenise them.
 
     Args:
@@ -86,9 +90,9 @@ def join_targets(table: Any, readers: dict[str, Any], layout: PromptLayout, toke
         readers: FeatureReader per encoder, in front-end order.
         layout: The prompt layout of the LLM's tokenizer.
         tokenizer: The LLM's tokenizer.
-        fusion: Front-end fusion ("none", "ca", "perceiver"), for the audio vector count.
+        count_audio: Audio vectors (delimiters included) the front end makes, vectorised over
+            clips: ``{encoder: frames (n,)} -> (n,)`` (AudioFrontEnd.output_lengths).
         max_seq_len: Sequence cap; the truncation policy of trainer.sequence applies.
-        perceiver_latents: Latents per non-whisper encoder for the perceiver count.
 
     Raises:
         DataError: Clips without features in some encoder's store (all listed, up to 20 shown).
@@ -107,25 +111,30 @@ def join_targets(table: Any, readers: dict[str, Any], layout: PromptLayout, toke
                         "for them or drop them from the targets):\n  " + "\n  ".join(lines))
     prompts = _encode_batch(tokenizer, [layout.middle + r["prompt"] + layout.tail for r in rows])
     targets = [layout.target_ids(tokenizer, r["target"] or "") for r in rows]
+    clip_keys = sorted({r["clip_key"] for r in rows})
+    frames = {name: np.array([readers[name].num_frames(k) for k in clip_keys], dtype=np.int64)
+              for name in encoders}
+    audio = np.asarray(count_audio(frames)).astype(np.int64)
+    clip_no = {k: i for i, k in enumerate(clip_keys)}
     result = JoinResult()
-    frames_cache: dict[str, dict[str, int]] = {}
     for row, prompt_ids, target_ids in zip(rows, prompts, targets):
-        key = row["clip_key"]
-        if key not in frames_cache:
-            frames_cache[key] = {name: int(readers[name].num_frames(key)) for name in encoders}
-        frames = frames_cache[key]
+        i = clip_no[row["clip_key"]]
+        if row["split"] not in SPLITS:
+            result.rejects.append({"instance_id": row["instance_id"],
+                                   "reason": f"split {row['split']!r} is not one of {', '.join(SPLITS)}"})
+            continue
         if not target_ids:
             result.rejects.append({"instance_id": row["instance_id"], "reason": "empty target"})
             continue
-        fixed = len(layout.head_ids) + audio_token_count(encoders, fusion, frames, perceiver_latents) \
-            + len(prompt_ids)
+        fixed = len(layout.head_ids) + int(audio[i]) + len(prompt_ids)
         try:
             target_ids = list(fit_target(fixed, target_ids, max_seq_len))
         except SequenceTooLong as err:
             result.rejects.append({"instance_id": row["instance_id"], "reason": str(err)})
             continue
-        example = Example(instance_id=row["instance_id"], clip_key=key, dataset=row["dataset"],
-                          prompt_ids=prompt_ids, target_ids=target_ids, frames=frames,
+        example = Example(instance_id=row["instance_id"], clip_key=row["clip_key"], dataset=row["dataset"],
+                          prompt_ids=prompt_ids, target_ids=target_ids,
+                          frames={name: int(frames[name][i]) for name in encoders},
                           n_tokens=fixed + len(target_ids))
         result.splits.setdefault(row["split"], []).append(example)
     return result
@@ -169,6 +178,7 @@ class TokenBudgetSampler:
         self.world_size = world_size
         self.epoch = 0
         self.start = 0
+        self.stop: int | None = None
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def _all_batches(self, epoch: int) -> list[list[int]]:
@@ -207,15 +217,15 @@ class TokenBudgetSampler:
             self._cache = (epoch, every[self.rank:usable:self.world_size])
         return self._cache[1]
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Iterate ``epoch`` from its ``start``-th batch (for resuming mid-epoch)."""
-        self.epoch, self.start = epoch, start
+    def set_epoch(self, epoch: int, start: int = 0, stop: int | None = None) -> None:
+        """Iterate ``epoch`` from its ``start``-th batch (resuming mid-epoch) up to ``stop``."""
+        self.epoch, self.start, self.stop = epoch, start, stop
 
     def __len__(self) -> int:
         return len(self.batches(self.epoch))
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self.batches(self.epoch)[self.start:]
+        yield from self.batches(self.epoch)[self.start:self.stop]
 
     def state_dict(self) -> dict[str, int]:
         """The position to save: epoch and batches already consumed in it."""
@@ -227,32 +237,25 @@ class TokenBudgetSampler:
 
 
 class FeatureDataset:
-    """Map-style dataset over examples; the stores are opened lazily in each worker process.
+    """Map-style dataset over examples, reading each clip's features from the store.
 
     Args:
         examples: Rows from ``join_targets``.
-        sources: Per encoder, a zero-argument callable opening its reader (must be picklable,
-            e.g. ``functools.partial(open_features, root, name, spec_id)``).
+        readers: Per encoder, a picklable reader with ``read(key) -> (frames, ...) float32`` that
+            opens its files lazily in each process (pipeline.store.FeatureReader does), so
+            DataLoader workers each get their own handles.
     """
 
-    def __init__(self, examples: list[Example], sources: dict[str, Any]) -> None:
+    def __init__(self, examples: list[Example], readers: dict[str, Any]) -> None:
         self.examples = examples
-        self.sources = sources
-        self._readers: dict[str, Any] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_readers"] = None  # each worker opens its own handles
-        return state
+        self.readers = readers
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if self._readers is None:
-            self._readers = {name: open_fn() for name, open_fn in self.sources.items()}
         example = self.examples[index]
-        feats = {name: reader.read(example.clip_key) for name, reader in self._readers.items()}
+        feats = {name: reader.read(example.clip_key) for name, reader in self.readers.items()}
         return {"example": example, "feats": feats}
 
 
@@ -292,9 +295,15 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def make_loader(dataset: FeatureDataset, sampler: TokenBudgetSampler, num_workers: int) -> Any:
-    """A DataLoader over ``dataset`` driven by the token-budget batch sampler."""
+def make_loader(dataset: FeatureDataset, sampler: TokenBudgetSampler, num_workers: int, seed: int = 0) -> Any:
+    """A DataLoader over ``dataset`` driven by the token-budget batch sampler.
+
+    It gets its own generator: a DataLoader otherwise draws its worker seed from the global torch
+    RNG, and a resumed run (one extra loader) would then drift from an uninterrupted one.
+    """
+    import torch
     from torch.utils.data import DataLoader
 
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None,
+                      generator=torch.Generator().manual_seed(seed))

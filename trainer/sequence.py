@@ -19,7 +19,6 @@ rejects table with the reason (trainer.data), before training starts.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,8 +30,6 @@ AUDIO_PLACEHOLDER = "<<ALARM_AUDIO_SPAN>>"
 PROMPT_PLACEHOLDER = "<<ALARM_PROMPT_TEXT>>"
 THINK_OPEN = "<think>\n"
 IGNORE_INDEX = -100
-# Perceiver latents per non-whisper encoder (ALARM.md §3: 3 encoders x 20 = 60 latents).
-DEFAULT_PERCEIVER_LATENTS = 20
 
 
 class SequenceTooLong(ValueError):
@@ -113,29 +110,6 @@ def fit_target(n_fixed: int, target_ids: Sequence[int], max_seq_len: int) -> Seq
     if room < 1:
         raise SequenceTooLong(f"audio and prompt take {n_fixed} tokens, cap is {max_seq_len}")
     return target_ids[:room]
-
-
-def adapted_length(encoder: str, frames: int) -> int:
-    """Vectors an encoder's adapter makes from ``frames`` cached frames (25 Hz output).
-
-    Conv adapters pad time to even and halve it with the stride-2 conv: ceil(T / 2); muq is
-    already 25 Hz and its MLP keeps the length.
-    """
-    return frames if encoder == "muq" else math.ceil(frames / 2)
-
-
-def audio_token_count(encoders: list[str], fusion: str, frames: dict[str, int],
-                      perceiver_latents: int = DEFAULT_PERCEIVER_LATENTS) -> int:
-    """Audio vectors (delimiters included) the front end puts in the LLM sequence for one clip.
-
-    ``none`` and ``ca`` give [start] + one vector per 25 Hz whisper/first-encoder step + [end];
-    ``perceiver`` adds ``perceiver_latents`` per non-whisper encoder (ALARM.md §3: 25 T + 62).
-    """
-    first = encoders[0]
-    n = adapted_length(first, frames[first]) + 2
-    if fusion == "perceiver":
-        n += perceiver_latents * (len(encoders) - 1)
-    return n
 
 
 @dataclass

@@ -1,0 +1,162 @@
+"""Decode one clip: read, cut, hash, mix down, resample; every failure becomes a reason.
+
+A clip is identified by a content key: a hash of its decoded source samples after the cut (plus
+the source rate and channel count), not of its path, so the same audio under two ids, two
+manifests or two containers with the same samples is encoded once. The hash is taken before
+mixing down and resampling, so a different soxr build cannot change the keys of a store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+KEY_VERSION = b"alarm-clip-v1"
+
+
+class DecodeError(ValueError):
+    """The clip cannot be used; the message is the reject reason."""
+
+
+@dataclass
+class DecodeConfig:
+    """How clips are decoded.
+
+    Attributes:
+        max_seconds: clips this long or longer are rejected (ALARM drops clips of 60 s or more).
+        resample_quality: soxr quality (``HQ`` or ``VHQ``); part of every encoder group's key material.
+    """
+
+    max_seconds: float = 60.0
+    resample_quality: str = "HQ"
+
+    def __post_init__(self) -> None:
+        if self.max_seconds <= 0:
+            raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
+        if self.resample_quality not in ("HQ", "VHQ"):
+            raise ValueError(f"resample_quality must be HQ or VHQ, got {self.resample_quality!r}")
+
+
+@dataclass
+class DecodedClip:
+    """A decoded clip at its source rate, mixed down to mono."""
+
+    key: str
+    source_rate: int
+    channels: int
+    mono: np.ndarray
+
+    @property
+    def duration(self) -> float:
+        return len(self.mono) / self.source_rate
+
+    def at(self, rate: int, quality: str = "HQ") -> np.ndarray:
+        """The clip resampled to ``rate`` Hz (float32)."""
+        return resample(self.mono, self.source_rate, rate, quality)
+
+
+def resample(mono: np.ndarray, source_rate: int, rate: int, quality: str = "HQ") -> np.ndarray:
+    """soxr resampling of a mono float32 wave (a copy when the rates already agree)."""
+    if source_rate == rate:
+        return np.array(mono, dtype=np.float32)
+    import soxr
+
+    return np.ascontiguousarray(soxr.resample(mono, source_rate, rate, quality=quality), dtype=np.float32)
+
+
+def audio_bytes(audio: str) -> bytes:
+    """Raw bytes of a plain file or of a ``/abs/shard.tar#member`` WebDataset member."""
+    from pipeline.manifest import TAR_SEPARATOR
+
+    if TAR_SEPARATOR in audio:
+        from pipeline.webdataset_input import member_bytes
+
+        return member_bytes(audio)
+    path = Path(audio)
+    if not path.is_file():
+        raise DecodeError(f"missing: audio file not found: {audio}")
+    return path.read_bytes()
+
+
+def _wav_truncated(data: bytes) -> bool:
+    """True when a RIFF/WAVE file's data chunk claims more bytes than the file holds.
+
+    libsndfile quietly reads what is there, so a file cut short in transit would otherwise pass.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return False
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        if chunk == b"data":
+            return size != 0xFFFFFFFF and pos + 8 + size > len(data)
+        pos += 8 + size + (size & 1)
+    return False
+
+
+def read_samples(audio: str, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
+    """Decode ``audio`` (cut to ``[start, end)`` seconds) to ``(frames, channels)`` float32 and its rate.
+
+    Raises:
+        DecodeError: missing, empty, truncated or undecodable file, or an empty cut.
+    """
+    import soundfile as sf
+
+    data = audio_bytes(audio)
+    if not data:
+        raise DecodeError("empty: the audio file has no bytes")
+    if _wav_truncated(data):
+        raise DecodeError("truncated: the WAV data chunk is shorter than its header says")
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as handle:
+            rate, total = handle.samplerate, handle.frames
+            first = 0 if start is None else int(round(start * rate))
+            last = total if end is None else min(total, int(round(end * rate)))
+            if total <= 0:
+                raise DecodeError("empty: the audio has no samples")
+            if first >= last:
+                raise DecodeError(f"empty cut: [{start}, {end}) s holds no samples of a "
+                                  f"{total / rate:.2f} s file")
+            if first:
+                handle.seek(first)
+            samples = handle.read(last - first, dtype="float32", always_2d=True)
+    except DecodeError:
+        raise
+    except Exception as err:  # libsndfile raises LibsndfileError/RuntimeError/TypeError for bad input
+        raise DecodeError(f"undecodable: {err}".replace("\n", " ")) from err
+    if len(samples) == 0:
+        raise DecodeError("empty: no samples could be decoded")
+    return samples, rate
+
+
+def clip_key(samples: np.ndarray, rate: int) -> str:
+    """Content key: blake2b-128 of the cut source samples, their rate and channel count."""
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    digest = hashlib.blake2b(KEY_VERSION, digest_size=16)
+    digest.update(struct.pack("<II", rate, samples.shape[1] if samples.ndim == 2 else 1))
+    digest.update(samples.astype("<f4", copy=False).tobytes())
+    return digest.hexdigest()
+
+
+def decode_clip(audio: str, start: float | None, end: float | None, cfg: DecodeConfig) -> DecodedClip:
+    """Decode, check and key one clip.
+
+    Raises:
+        DecodeError: the reason the clip is rejected (missing, empty, truncated, undecodable,
+            non-finite samples, empty cut, too long).
+    """
+    samples, rate = read_samples(audio, start, end)
+    if not np.isfinite(samples).all():
+        raise DecodeError("non-finite: the audio holds NaN or infinite samples")
+    duration = len(samples) / rate
+    if duration >= cfg.max_seconds:
+        raise DecodeError(f"too long: {duration:.2f} s >= the {cfg.max_seconds:g} s limit")
+    key = clip_key(samples, rate)
+    # Mean over channels in float32: the same samples always give the same mono wave.
+    mono = samples[:, 0].copy() if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
+    return DecodedClip(key=key, source_rate=rate, channels=samples.shape[1], mono=mono)

@@ -1,0 +1,550 @@
+"""The feature job: manifest or shards -> decode -> one actor pool per encoder -> store, resumable.
+
+Steps (each a small piece below):
+
+1. **Read** the manifest or WebDataset shards; rows sharing audio and cut are one *source*.
+2. **Key** every source not already keyed (Ray tasks): decode, hash, duration, or a reject reason. The
+   results are cached in ``sources.parquet`` (by path, cut, size and mtime), so a rerun skips this.
+3. **Plan** per encoder: the clip keys missing from its group, sorted by (duration, key), cut greedily
+   into parts of ``part_seconds`` audio. Greedy cutting restarts at every part boundary, so removing
+   whole committed parts from the list leaves the other parts unchanged: a rerun after a kill plans
+   exactly the parts the first run had not committed, and the store ends byte-identical. A part's id
+   is a hash of its keys; parts with the same keys for several encoders become one *unit* of work,
+   decoded once.
+4. **Encode and write** (Ray Data): units are decoded and resampled by CPU tasks, then flow through one
+   actor pool per encoder; an actor that owns a unit's part for its encoder encodes it and is the
+   only writer of that part (temporary folder, rename, done marker).
+5. **Commit**: rebuild each group's index from the done parts; write the summary beside the store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from pipeline.configs import ConfigError, from_dict, to_dict
+from pipeline.decode import DecodeConfig, DecodeError, decode_clip
+from pipeline.store import StoreConfig
+
+ALL_ENCODERS = ("whisper", "w2vbert", "muq", "sslam")
+
+
+@dataclass
+class PipelineConfig:
+    """One feature job.
+
+    Attributes:
+        store: store folder (created if missing).
+        manifest: manifest path (JSONL/Parquet); exactly one of ``manifest`` and ``shards``.
+        shards: WebDataset shard paths or brace patterns (``shards/{000..127}.tar``).
+        encoders: registry keys to compute.
+        preset: encoder preset: alarm (real checkpoints, offline), tiny, full-size-random.
+        checkpoints: encoder -> local checkpoint folder or HF id (alarm preset).
+        layers: encoder -> hidden-state indices to keep (default: ALARM.md §2).
+        device: torch device of the encoder actors (``cpu`` or ``cuda``).
+        compute_dtype: encoder compute dtype (float32, float16, bfloat16).
+        batch_size: windows per encoder forward pass.
+        decode: decoding settings (max clip length).
+        storage: store layout (dtype, chunks, compression, part size).
+        address: Ray cluster address to join; None starts an embedded local Ray.
+        num_cpus: CPUs of the embedded Ray (None: all).
+        actors_per_encoder: actor pool size per encoder.
+        cpus_per_actor: CPUs each encoder actor requests (fractional so 2 cores never deadlock).
+        gpus_per_actor: GPUs each encoder actor requests (0 on CPU machines).
+        cpus_per_task: CPUs each decode task requests.
+        torch_threads: torch threads per encoder actor; 0 = CPUs / number of encoders.
+        progress: show a progress bar.
+    """
+
+    store: str
+    manifest: str | None = None
+    shards: list[str] | None = None
+    encoders: list[str] = field(default_factory=lambda: list(ALL_ENCODERS))
+    preset: str = "alarm"
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    layers: dict[str, list[int]] = field(default_factory=dict)
+    device: str = "cpu"
+    compute_dtype: str = "float32"
+    batch_size: int = 8
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    storage: StoreConfig = field(default_factory=StoreConfig)
+    address: str | None = None
+    num_cpus: int | None = None
+    actors_per_encoder: int = 1
+    cpus_per_actor: float = 0.5
+    gpus_per_actor: float = 0.0
+    cpus_per_task: float = 0.25
+    torch_threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from pipeline.encoders import ENCODERS
+
+        if (self.manifest is None) == (self.shards is None):
+            raise ConfigError("give exactly one input: manifest or shards")
+        if isinstance(self.encoders, str):
+            self.encoders = [e for e in self.encoders.split(",") if e]
+        unknown = [e for e in self.encoders if e not in ENCODERS]
+        if unknown or not self.encoders:
+            raise ConfigError(f"unknown encoder(s) {unknown or '(none)'}; choose from {', '.join(ENCODERS)}")
+        if len(set(self.encoders)) != len(self.encoders):
+            raise ConfigError(f"encoders listed twice: {self.encoders}")
+        if isinstance(self.decode, dict):
+            self.decode = from_dict(DecodeConfig, self.decode, "decode")
+        if isinstance(self.storage, dict):
+            self.storage = from_dict(StoreConfig, self.storage, "storage")
+        if self.actors_per_encoder < 1 or self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
+            raise ConfigError("actors_per_encoder must be >= 1 and per-actor resources >= 0")
+        if self.cpus_per_task <= 0:
+            raise ConfigError("cpus_per_task must be positive")
+
+    def encoder_config(self, name: str) -> dict[str, Any]:
+        """The EncoderConfig fields (as a dict, so it travels to Ray actors) for ``name``."""
+        layers = self.layers.get(name)
+        return {"name": name, "preset": self.preset, "checkpoint": self.checkpoints.get(name),
+                "layers": tuple(layers) if layers else None, "device": self.device,
+                "dtype": self.compute_dtype, "batch_size": self.batch_size}
+
+
+@dataclass
+class PipelineSummary:
+    """What a job did; saved as ``summary.json`` beside the store."""
+
+    store: str
+    instances: int
+    clips: int
+    audio_hours: float
+    rejected: dict[str, int]
+    encoded: dict[str, int]
+    skipped: dict[str, int]
+    stored: dict[str, int]
+    bytes_written: dict[str, int]
+    stage_seconds: dict[str, float]
+    throughput: dict[str, float]
+    wall_seconds: float
+    spec_ids: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+@contextmanager
+def store_lock(root: Path) -> Iterator[None]:
+    """One job per store at a time (the OS drops the lock when a job is killed)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another job is writing the store {root}; wait for it to finish") from None
+        yield
+
+
+def source_stat(audio: str) -> tuple[int, int]:
+    """(size, mtime_ns) of the file holding ``audio`` (the shard for a tar member); (-1, -1) if missing."""
+    path = audio.split("#", 1)[0] if ".tar#" in audio else audio
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
+def source_order(src: tuple) -> tuple:
+    """Sort key of an (audio, start, end) source that tolerates missing cut bounds."""
+    audio, start, end = src[:3]
+    return (audio, start is not None, start or 0.0, end is not None, end or 0.0)
+
+
+def reason_kind(reason: str) -> str:
+    """The category of a reject reason (the text before its first colon)."""
+    return reason.split(":", 1)[0].strip()
+
+
+def read_input(cfg: PipelineConfig) -> tuple[list[Any], list[Any]]:
+    """Instances and input-level rejects of the manifest or the shards."""
+    if cfg.manifest is not None:
+        from pipeline.manifest import read_manifest
+
+        result = read_manifest(cfg.manifest)
+        return result.instances, result.rejects
+    from pipeline.webdataset_input import read_webdataset
+
+    instances, rejects = read_webdataset(cfg.shards or [])
+    if not instances:
+        from pipeline.manifest import ManifestError
+
+        raise ManifestError(f"no usable sample in shards {cfg.shards} ({len(rejects)} rejected)")
+    return instances, rejects
+
+
+def plan_parts(clips: dict[str, float], part_seconds: float) -> list[list[str]]:
+    """Cut clip keys, sorted by (duration, key), greedily into parts of at most ``part_seconds``.
+
+    Greedy cutting depends only on what follows a part boundary, so removing whole parts from the
+    input leaves every other part as it was (the property resume relies on).
+    """
+    parts: list[list[str]] = []
+    current: list[str] = []
+    total = 0.0
+    for key in sorted(clips, key=lambda k: (clips[k], k)):
+        if current and total + clips[key] > part_seconds:
+            parts.append(current)
+            current, total = [], 0.0
+        current.append(key)
+        total += clips[key]
+    if current:
+        parts.append(current)
+    return parts
+
+
+def part_id(keys: list[str]) -> str:
+    """A part's id: the hash of its clip keys in order."""
+    return hashlib.blake2b("\n".join(keys).encode(), digest_size=10).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ stages
+
+
+def key_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray task stage: decode each source once for its content key and duration, or its reject reason."""
+    if "source" not in batch:
+        raise KeyError("key_batch needs a 'source' column")
+    # No length limit here: the limit is applied when planning, so changing it needs no re-keying.
+    cfg = DecodeConfig(max_seconds=float("inf"))
+    keys, durations, reasons = [], [], []
+    for text in batch["source"]:
+        src = json.loads(text)
+        try:
+            clip = decode_clip(src["audio"], src["start"], src["end"], cfg)
+            keys.append(clip.key)
+            durations.append(clip.duration)
+            reasons.append("")
+        except DecodeError as err:
+            keys.append("")
+            durations.append(0.0)
+            reasons.append(str(err))
+    return {"source": batch["source"], "key": np.array(keys, dtype=object),
+            "duration": np.array(durations), "reason": np.array(reasons, dtype=object)}
+
+
+def decode_unit(row: dict[str, Any], rates: dict[str, int], quality: str) -> dict[str, Any]:
+    """Ray stage: decode a unit's clips and resample them to every rate its encoders need."""
+    started = time.perf_counter()
+    unit = json.loads(row["unit"])
+    needed = sorted({rates[e] for e in unit["encoders"]})
+    waves: dict[int, list[np.ndarray]] = {r: [] for r in sorted(set(rates.values()))}
+    for src, key in zip(unit["sources"], unit["keys"], strict=True):
+        clip = decode_clip(src["audio"], src["start"], src["end"], DecodeConfig(max_seconds=float("inf")))
+        if clip.key != key:
+            raise RuntimeError(f"{src['audio']} changed while the job ran (content key differs); rerun the job")
+        for r in needed:
+            waves[r].append(clip.at(r, quality))
+    out = {"unit": row["unit"], "decode_s": time.perf_counter() - started}
+    # Every rate gets its columns (empty when unused) so all rows share one schema.
+    for r in waves:
+        out[f"wave_{r}"] = np.concatenate(waves[r]).tobytes() if waves[r] else b""
+        out[f"lengths_{r}"] = json.dumps([len(w) for w in waves[r]])
+    return out
+
+
+class EncodeStage:
+    """Ray actor stage for one encoder: encodes the units whose part it owns and writes that part."""
+
+    def __init__(self, encoder: dict[str, Any], group: str, storage: dict[str, Any], threads: int) -> None:
+        import torch
+
+        from pipeline.encoders import EncoderConfig, build_encoder
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.encoder = build_encoder(EncoderConfig(**encoder))
+        self.name = encoder["name"]
+        self.group = Path(group)
+        self.storage = StoreConfig(**storage)
+        self.chunk_clips = max(1, 4 * int(encoder["batch_size"]))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [c for c in ("unit",) if c not in batch]
+        if missing:
+            raise KeyError(f"EncodeStage needs columns {missing}")
+        out = {k: batch[k] for k in batch}
+        seconds, written, write_s = [], [], []
+        for i, text in enumerate(batch["unit"]):
+            unit = json.loads(text)
+            if self.name not in unit["encoders"]:
+                seconds.append(0.0), written.append(0), write_s.append(0.0)
+                continue
+            rate = self.encoder.sample_rate
+            lengths = json.loads(batch[f"lengths_{rate}"][i])
+            flat = np.frombuffer(batch[f"wave_{rate}"][i], dtype=np.float32)
+            bounds = np.cumsum([0] + lengths)
+            waves = [flat[bounds[j]:bounds[j + 1]] for j in range(len(lengths))]
+            s, b, w = self._write_part(unit, waves)
+            seconds.append(s), written.append(b), write_s.append(w)
+        out[f"{self.name}_encode_s"] = np.array(seconds)
+        out[f"{self.name}_write_s"] = np.array(write_s)
+        out[f"{self.name}_bytes"] = np.array(written, dtype=np.int64)
+        return out
+
+    def _write_part(self, unit: dict[str, Any], waves: list[np.ndarray]) -> tuple[float, int, float]:
+        from pipeline.store import DONE, PartWriter
+
+        if (self.group / "parts" / unit["part"] / DONE).is_file():  # committed by an earlier run
+            return 0.0, 0, 0.0
+        enc = self.encoder
+        total = sum(enc.num_frames(len(w)) for w in waves)
+        writer = PartWriter(self.group, unit["part"], total, len(enc.layers), enc.dim, self.storage)
+        encode_s = write_s = 0.0
+        for start in range(0, len(waves), self.chunk_clips):
+            t0 = time.perf_counter()
+            feats = enc.encode(waves[start:start + self.chunk_clips])
+            t1 = time.perf_counter()
+            for j, f in enumerate(feats, start=start):
+                writer.append(unit["keys"][j], f, unit["durations"][j])
+            write_s += time.perf_counter() - t1
+            encode_s += t1 - t0
+        t0 = time.perf_counter()
+        info = writer.commit()
+        return encode_s, info.bytes, write_s + time.perf_counter() - t0
+
+
+def _encoder_facts(encoder: dict[str, Any]) -> dict[str, Any]:
+    """Build an encoder once (in a throwaway worker) for its spec and shape."""
+    from pipeline.encoders import EncoderConfig, build_encoder
+
+    enc = build_encoder(EncoderConfig(**encoder))
+    return {"spec": enc.spec(), "layers": len(enc.layers), "dim": enc.dim, "frame_rate": enc.frame_rate,
+            "sample_rate": enc.sample_rate}
+
+
+# ------------------------------------------------------------------------------------------ job
+
+
+def key_sources(root: Path, sources: list[tuple[str, float | None, float | None]],
+                cfg: PipelineConfig) -> dict[tuple, dict[str, Any]]:
+    """Content key, duration and reason of every source, from the cache or by decoding (Ray tasks)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from pipeline.store import write_parquet_atomic
+
+    cache_path = root / "sources.parquet"
+    cached: dict[tuple, dict[str, Any]] = {}
+    if cache_path.is_file():
+        for r in pq.read_table(cache_path).to_pylist():
+            cached[(r["audio"], r["start"], r["end"], r["size"], r["mtime_ns"])] = r
+    result: dict[tuple, dict[str, Any]] = {}
+    todo = []
+    for src in sources:
+        stat = source_stat(src[0])
+        hit = cached.get((*src, *stat))
+        if hit is not None and stat[0] >= 0:
+            result[src] = hit
+        else:
+            todo.append(src)
+    if todo:
+        items = [{"source": json.dumps({"audio": a, "start": s, "end": e})} for a, s, e in todo]
+        blocks = max(1, min(len(items) // 8, 64))
+        ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+            key_batch, batch_size=8, num_cpus=cfg.cpus_per_task)
+        for r in ds.iter_rows():
+            src = json.loads(r["source"])
+            s = (src["audio"], src["start"], src["end"])
+            size, mtime = source_stat(s[0])
+            result[s] = {"audio": s[0], "start": s[1], "end": s[2], "size": size, "mtime_ns": mtime,
+                         "key": r["key"] or None, "duration": float(r["duration"]), "reason": r["reason"] or None}
+    rows = sorted(({**cached_row} for cached_row in {**{k[:3]: v for k, v in cached.items()},
+                                                     **result}.values()),
+                  key=lambda r: source_order((r["audio"], r["start"], r["end"])))
+    schema = pa.schema([("audio", pa.string()), ("start", pa.float64()), ("end", pa.float64()),
+                        ("size", pa.int64()), ("mtime_ns", pa.int64()), ("key", pa.string()),
+                        ("duration", pa.float64()), ("reason", pa.string())])
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), cache_path)
+    return result
+
+
+def write_instance_tables(root: Path, instances: list[Any], input_rejects: list[Any],
+                          keyed: dict[tuple, dict[str, Any]], max_seconds: float) -> tuple[dict, Counter]:
+    """Write instances.parquet and rejects.parquet (merged with earlier jobs' rows by instance id).
+
+    Returns the accepted clips (key -> duration, first source) and the reject counts by kind.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.store import write_parquet_atomic
+
+    clips: dict[str, dict[str, Any]] = {}
+    accepted, rejected = [], []
+    for r in input_rejects:
+        rejected.append({"id": r.id, "audio": None, "reason": f"manifest: line {r.line}: {r.reason}"})
+    for inst in instances:
+        src = (inst.audio, inst.start, inst.end)
+        info = keyed[src]
+        reason = info["reason"]
+        if reason is None and info["duration"] >= max_seconds:
+            reason = f"too long: {info['duration']:.2f} s >= the {max_seconds:g} s limit"
+        if reason is not None:
+            rejected.append({"id": inst.id, "audio": inst.audio, "reason": reason})
+            continue
+        accepted.append({"id": inst.id, "key": info["key"], "dataset": inst.dataset,
+                         "duration": info["duration"], "audio": inst.audio, "start": inst.start, "end": inst.end})
+        clip = clips.setdefault(info["key"], {"duration": info["duration"], "source": src})
+        if source_order(src) < source_order(clip["source"]):
+            clip["source"] = src  # the smallest source decodes it: the same whatever the row order
+    new_ids = {r["id"] for r in accepted} | {r["id"] for r in rejected if r["id"] is not None}
+    schemas = {
+        "instances.parquet": pa.schema([("id", pa.string()), ("key", pa.string()), ("dataset", pa.string()),
+                                        ("duration", pa.float64()), ("audio", pa.string()),
+                                        ("start", pa.float64()), ("end", pa.float64())]),
+        "rejects.parquet": pa.schema([("id", pa.string()), ("audio", pa.string()), ("reason", pa.string())]),
+    }
+    for name, rows in (("instances.parquet", accepted), ("rejects.parquet", rejected)):
+        path = root / name
+        old = pq.read_table(path).to_pylist() if path.is_file() else []
+        # Instances seen before but not in this input keep their rows (stores may serve many manifests).
+        merged = [r for r in old if r["id"] not in new_ids] + rows
+        merged.sort(key=lambda r: (r["id"] is None, r["id"] or "", r.get("reason", "")))
+        write_parquet_atomic(pa.Table.from_pylist(merged, schema=schemas[name]), path)
+    return clips, Counter(reason_kind(r["reason"]) for r in rejected)
+
+
+def run_pipeline(cfg: PipelineConfig) -> PipelineSummary:
+    """Compute every missing feature of the input into the store; see the module docstring.
+
+    Raises:
+        ConfigError: bad settings, or another job holds the store.
+        ManifestError: the input has no usable row.
+    """
+    import ray
+
+    started = time.perf_counter()
+    root = Path(cfg.store)
+    instances, input_rejects = read_input(cfg)
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        ray.init(address=cfg.address, num_cpus=None if cfg.address else cfg.num_cpus,
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        with store_lock(root):
+            return _run_locked(cfg, root, instances, input_rejects, started)
+    finally:
+        if own_ray:
+            ray.shutdown()
+
+
+def _run_locked(cfg: PipelineConfig, root: Path, instances: list[Any], input_rejects: list[Any],
+                started: float) -> PipelineSummary:
+    import ray
+
+    from pipeline.store import clear_tmp, group_spec, init_group, load_index, spec_id, write_index
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own bar below speaks in clips and audio-hours
+    ctx.print_on_execution_start = False
+    stage_s: dict[str, float] = {}
+
+    # Key every source (dedupe by audio and cut first).
+    t0 = time.perf_counter()
+    sources = sorted({(i.audio, i.start, i.end) for i in instances}, key=source_order)
+    keyed = key_sources(root, sources, cfg)
+    clips, rejected = write_instance_tables(root, instances, input_rejects, keyed, cfg.decode.max_seconds)
+    stage_s["key"] = time.perf_counter() - t0
+
+    # Groups and plans per encoder.
+    facts_fn = ray.remote(num_cpus=cfg.cpus_per_task, max_calls=1)(_encoder_facts)
+    facts = dict(zip(cfg.encoders, ray.get([facts_fn.remote(cfg.encoder_config(e)) for e in cfg.encoders]),
+                     strict=True))
+    groups, units, skipped = {}, {}, {}
+    for e in cfg.encoders:
+        f = facts[e]
+        groups[e] = init_group(root, e, group_spec(f["spec"], cfg.storage), f["layers"], f["dim"], f["frame_rate"])
+        clear_tmp(groups[e])
+        done = set(load_index(groups[e]).column("key").to_pylist())
+        missing = {k: c["duration"] for k, c in clips.items() if k not in done}
+        skipped[e] = len(clips) - len(missing)
+        for keys in plan_parts(missing, cfg.storage.part_seconds):
+            pid = part_id(keys)
+            unit = units.setdefault(pid, {"part": pid, "keys": keys, "encoders": [],
+                                          "durations": [clips[k]["duration"] for k in keys],
+                                          "sources": [dict(zip(("audio", "start", "end"), clips[k]["source"],
+                                                               strict=True)) for k in keys]})
+            unit["encoders"].append(e)
+
+    encoded = Counter()
+    written = Counter()
+    if units:
+        _encode_units(cfg, groups, facts, list(units.values()), stage_s, encoded, written)
+    t0 = time.perf_counter()
+    stored = {e: len(write_index(groups[e])) for e in cfg.encoders}
+    stage_s["index"] = time.perf_counter() - t0
+    audio_s = sum(c["duration"] for c in clips.values())
+    wall = time.perf_counter() - started
+    throughput = {k: (audio_s / v if v > 0 else 0.0) for k, v in stage_s.items() if k != "index"}
+    summary = PipelineSummary(
+        store=str(root), instances=len(instances), clips=len(clips), audio_hours=audio_s / 3600,
+        rejected=dict(sorted(rejected.items())), encoded={e: encoded[e] for e in cfg.encoders},
+        skipped=skipped, stored=stored, bytes_written={e: written[e] for e in cfg.encoders},
+        stage_seconds=stage_s, throughput=throughput, wall_seconds=wall,
+        spec_ids={e: spec_id(group_spec(facts[e]["spec"], cfg.storage)) for e in cfg.encoders})
+    (root / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    return summary
+
+
+def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str, dict], units: list[dict],
+                  stage_s: dict[str, float], encoded: Counter, written: Counter) -> None:
+    """Run decode + one actor pool per encoder over the units; account time, clips and bytes."""
+    import ray
+    from tqdm import tqdm
+
+    rates = {e: facts[e]["sample_rate"] for e in cfg.encoders}
+    cpus = cfg.num_cpus or int(ray.cluster_resources().get("CPU", 1))
+    threads = cfg.torch_threads or max(1, cpus // len(cfg.encoders))
+    # Short units first: the first parts commit early, so a killed job has lost little.
+    units = sorted(units, key=lambda u: (sum(u["durations"]), u["part"]))
+    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=max(1, len(units)))
+    ds = ds.map(decode_unit, fn_kwargs={"rates": rates, "quality": cfg.decode.resample_quality},
+                num_cpus=cfg.cpus_per_task)
+    for e in cfg.encoders:
+        ds = ds.map_batches(
+            EncodeStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.actors_per_encoder),
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=cfg.gpus_per_actor or None,
+            fn_constructor_kwargs={"encoder": cfg.encoder_config(e), "group": str(groups[e]),
+                                   "storage": to_dict(cfg.storage), "threads": threads})
+    ds = ds.drop_columns([f"{c}_{r}" for r in sorted(set(rates.values())) for c in ("wave", "lengths")])
+    total_h = sum(sum(u["durations"]) for u in units) / 3600
+    bar = tqdm(total=total_h, disable=not cfg.progress, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} audio-h [{elapsed}<{remaining}{postfix}]")
+    t_start = time.perf_counter()
+    clips_done = 0
+    stage_s["decode"] = 0.0
+    for row in ds.iter_rows():
+        unit = json.loads(row["unit"])
+        stage_s["decode"] += float(row["decode_s"])
+        for e in unit["encoders"]:
+            if float(row[f"{e}_encode_s"]) > 0 or int(row[f"{e}_bytes"]) > 0:
+                encoded[e] += len(unit["keys"])
+            written[e] += int(row[f"{e}_bytes"])
+            stage_s[e] = stage_s.get(e, 0.0) + float(row[f"{e}_encode_s"])
+            stage_s[f"{e}_write"] = stage_s.get(f"{e}_write", 0.0) + float(row[f"{e}_write_s"])
+        clips_done += len(unit["keys"])
+        bar.update(sum(unit["durations"]) / 3600)
+        rate = bar.n / max(time.perf_counter() - t_start, 1e-9)
+        bar.set_postfix_str(f"clips={clips_done}, {rate:.2e} audio-h/s")
+    bar.close()

@@ -1,0 +1,119 @@
+"""Content-addressed generation cache: Parquet parts, written atomically, one writer per part.
+
+Each pass keeps a folder of immutable parts (``part-<time>-<uuid>.parquet``). A part is written to a
+hidden temporary file and renamed into place, so a killed job leaves either a whole part or none;
+an orphaned temporary file is ignored (and removed by the next writer). Rows are keyed by
+``request_key``: a hash of everything that determines the output, so a rerun skips every key it
+already holds and a changed template or model simply misses.
+
+A key may appear more than once only as an error row followed by a retried one; ``read`` keeps the
+best row per key (a success over an error, then the newest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+def request_key(**parts: Any) -> str:
+    """The cache key: a SHA-256 over the JSON of everything that determines a generation."""
+    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def seed_from_key(key: str) -> int:
+    """A request's sampling seed, derived from its key so reruns reproduce it (31 bits for vLLM)."""
+    return int(key[:8], 16) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class CachedGeneration:
+    """One stored generation (or failure) of a pass."""
+
+    key: str
+    text: str
+    n_prompt_tokens: int
+    n_tokens: int
+    finish_reason: str
+    error: str | None
+    seed: int
+    model: str
+    template_hash: str
+    sampling: str
+    forced: bool
+    gen_seconds: float
+    created: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("key", pa.string()), ("text", pa.string()), ("n_prompt_tokens", pa.int64()),
+        ("n_tokens", pa.int64()), ("finish_reason", pa.string()), ("error", pa.string()),
+        ("seed", pa.int64()), ("model", pa.string()), ("template_hash", pa.string()),
+        ("sampling", pa.string()), ("forced", pa.bool_()), ("gen_seconds", pa.float64()),
+        ("created", pa.float64()),
+    ])
+
+
+class PassCache:
+    """The parts folder of one pass (``answer``, ``rephrase`` or ``judge``)."""
+
+    def __init__(self, root: str | Path, pass_name: str) -> None:
+        self.folder = Path(root) / pass_name
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def parts(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.parquet"))
+
+    def read(self) -> dict[str, CachedGeneration]:
+        """Every key's best row: a success beats an error; among equals the newest wins."""
+        import pyarrow.parquet as pq
+
+        best: dict[str, CachedGeneration] = {}
+        for part in self.parts():
+            for row in pq.read_table(part, schema=_schema()).to_pylist():
+                gen = CachedGeneration(**row)
+                old = best.get(gen.key)
+                if old is None or (gen.ok, gen.created) > (old.ok, old.created):
+                    best[gen.key] = gen
+        return best
+
+    def write(self, rows: list[CachedGeneration]) -> Path | None:
+        """Write ``rows`` as one new part: temporary file, fsync, rename. Returns the part."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not rows:
+            return None
+        self._remove_stale_temporaries()
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = self.folder / f".{name}.{os.getpid()}.tmp"
+        table = pa.Table.from_pylist([row.__dict__ for row in rows], schema=_schema())
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        final = self.folder / name
+        os.replace(tmp, final)
+        return final
+
+    def _remove_stale_temporaries(self, older_than_s: float = 3600.0) -> None:
+        """Temporary files of killed writers; only old ones, a live writer's file is young."""
+        now = time.time()
+        for tmp in self.folder.glob(".part-*.tmp"):
+            try:
+                if now - tmp.stat().st_mtime > older_than_s:
+                    tmp.unlink()
+            except FileNotFoundError:
+                pass

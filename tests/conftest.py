@@ -1,0 +1,45 @@
+"""Shared fixtures: the offline tiny models, built once and cached between test runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Tests never touch the network: keep tiny models in the repo's own cache folder (ignored by git)
+# so a second run reuses them, and forbid hub downloads outright.
+os.environ.setdefault("ALARM_CACHE", str(REPO / ".cache" / "alarm"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir() -> Path:
+    from rephrase.qwen3 import build_tiny_qwen3
+
+    return build_tiny_qwen3()
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    from rephrase.qwen3 import build_qwen3_tokenizer
+
+    return build_qwen3_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir() -> Path:
+    from pipeline.tiny_encoders import build_tiny_whisper
+
+    return build_tiny_whisper()
+
+
+@pytest.fixture(scope="session")
+def tiny_w2vbert_dir() -> Path:
+    from pipeline.tiny_encoders import build_tiny_w2vbert
+
+    return build_tiny_w2vbert()

@@ -1,0 +1,61 @@
+"""The CLI: help, version, groups, and the foundation's commands, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from cli import main
+
+
+def test_help_lists_every_group_and_is_fast() -> None:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1])
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    for group in ("pipeline", "rephrase", "train", "demo", "manifest", "models"):
+        assert group in proc.stdout
+    # Heavy libraries stay out of start-up: importing the CLI must not import them.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, cli; print(sorted(m for m in ('torch','ray','transformers','zarr') if m in sys.modules))"],
+        capture_output=True, text=True, cwd=Path(__file__).parents[1],
+    )
+    assert probe.stdout.strip() == "[]", probe.stdout
+    assert elapsed < 10  # generous: a cold interpreter on a busy 2-core machine
+
+
+def test_version_and_group_help() -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["--version"])
+    assert result.exit_code == 0 and "alarm, version" in result.output
+    for group in ("pipeline", "rephrase", "train", "demo"):
+        result = runner.invoke(main, [group, "--help"])
+        assert result.exit_code == 0, result.output
+
+
+def test_manifest_check_reports_rejects(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        json.dumps({"id": "a", "audio": "a.wav", "dataset": "d"}) + "\n"
+        + "{broken\n"
+        + json.dumps({"id": "a", "audio": "b.wav", "dataset": "d"}) + "\n"
+    )
+    result = CliRunner().invoke(main, ["manifest", "check", str(manifest)])
+    assert result.exit_code == 0, result.output
+    assert "1 instances, 1 clips, 2 rejected" in result.output
+    assert (tmp_path / "m.rejects.jsonl").is_file()
+    missing = CliRunner().invoke(main, ["manifest", "check", str(tmp_path / "none.jsonl")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_demo_corpus_command(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["demo", "corpus", str(tmp_path / "c"), "--no-speech"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "c" / "manifest.jsonl").is_file()
+    assert "skipped" in result.output or "espeak" in result.output
