@@ -74,6 +74,142 @@ def pipeline() -> None:
     """Feature cache: run the four encoders once into a content-addressed Zarr store."""
 
 
+def _pipeline_config(manifest: Path | None, shards: tuple[str, ...], store: Path | None, config: Path | None,
+                     **overrides: object) -> object:
+    """A PipelineConfig from an optional YAML file plus the command-line values that were given."""
+    import yaml
+
+    from pipeline.configs import ConfigError, from_dict
+    from pipeline.job import PipelineConfig
+
+    data: dict = {}
+    if config is not None:
+        if not config.is_file():
+            fail(f"config file {config} does not exist")
+        data = yaml.safe_load(config.read_text()) or {}
+    if manifest is not None:
+        data["manifest"], data["shards"] = str(manifest), None
+    if shards:
+        data["shards"], data["manifest"] = list(shards), None
+    if store is not None:
+        data["store"] = str(store)
+    data.setdefault("store", ".")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return from_dict(PipelineConfig, data)
+    except ConfigError as err:
+        fail(str(err))
+
+
+_INPUT = [click.argument("manifest", required=False, type=click.Path(path_type=Path)),
+          click.option("--shards", multiple=True, help="WebDataset shards instead of a manifest "
+                       "(brace patterns such as 'shards/{000..127}.tar'; repeatable).")]
+
+
+def _with_input(fn):  # noqa: ANN001, ANN202 - click decorator plumbing
+    for decorator in reversed(_INPUT):
+        fn = decorator(fn)
+    return fn
+
+
+@pipeline.command("run")
+@_with_input
+@click.option("--store", type=click.Path(path_type=Path), default=None, help="Store folder.")
+@click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")
+@click.option("--preset", type=click.Choice(["alarm", "tiny", "full-size-random"]), default=None,
+              help="Encoder weights: alarm checkpoints (default), tiny, full-size-random.")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="PipelineConfig YAML; command-line options override it.")
+@click.option("--address", default=None, help="Ray cluster address to join (default: embedded local Ray).")
+@click.option("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray.")
+@click.option("--device", default=None, help="Torch device of the encoder actors (cpu, cuda).")
+@click.option("--gpus-per-actor", type=float, default=None, help="GPUs per encoder actor.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | None, encoders: str | None,
+                 preset: str | None, config: Path | None, address: str | None, num_cpus: int | None,
+                 device: str | None, gpus_per_actor: float | None, no_progress: bool) -> None:
+    """Compute every missing feature of MANIFEST (or --shards) into the store; resumable."""
+    import json
+
+    from pipeline.configs import ConfigError
+    from pipeline.job import run_pipeline
+    from pipeline.manifest import ManifestError
+
+    cfg = _pipeline_config(manifest, shards, store, config, encoders=encoders, preset=preset,
+                           address=address, num_cpus=num_cpus, device=device, gpus_per_actor=gpus_per_actor,
+                           progress=False if no_progress else None)
+    try:
+        summary = run_pipeline(cfg)
+    except (ConfigError, ManifestError, FileNotFoundError) as err:
+        fail(str(err))
+    click.echo(json.dumps(summary.to_dict(), indent=2))
+
+
+@pipeline.command("status")
+@click.option("--store", type=click.Path(path_type=Path), required=True, help="Store folder.")
+def pipeline_status(store: Path) -> None:
+    """Done / pending / rejected clips per encoder group of a store."""
+    from pipeline.verify import store_status
+
+    if not store.is_dir():
+        fail(f"store {store} does not exist")
+    status = store_status(store)
+    click.echo(f"{status['clips']} clips, {status['rejected_total']} rejected instances")
+    for kind, n in status["rejected"].items():
+        click.echo(f"  rejected ({kind}): {n}")
+    for label, g in sorted(status["groups"].items()):
+        extra = f", {g['incomplete_parts']} incomplete parts" if g["incomplete_parts"] else ""
+        click.echo(f"{label}: {g['done']} done, {g['pending']} pending, {g['parts']} parts{extra}")
+
+
+@pipeline.command("verify")
+@click.option("--store", type=click.Path(path_type=Path), required=True, help="Store folder.")
+@click.option("--quick", is_flag=True, help="Skip recomputing file checksums.")
+def pipeline_verify(store: Path, quick: bool) -> None:
+    """Check every part (completeness, index agreement, checksums); exit 1 naming what is wrong."""
+    from pipeline.verify import verify_store
+
+    report = verify_store(store, checksums=not quick)
+    for label, g in sorted(report.groups.items()):
+        click.echo(f"{label}: {g['parts']} parts, {g['clips']} clips, {g['missing']} missing")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}")
+    for problem in report.problems:
+        click.secho(f"problem: {problem}", fg="red")
+    if not report.ok:
+        sys.exit(1)
+    click.echo("ok")
+
+
+@pipeline.command("plan")
+@_with_input
+@click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None, help="PipelineConfig YAML.")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32", "int8"]), default=None,
+              help="Stored value type (default float16).")
+@click.option("--gpu-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100: 989).")
+@click.option("--mfu", type=float, default=0.35, help="Fraction of peak the encoders sustain.")
+def pipeline_plan(manifest: Path | None, shards: tuple[str, ...], encoders: str | None, config: Path | None,
+                  dtype: str | None, gpu_tflops: float, mfu: float) -> None:
+    """Clips, hours, predicted store bytes per encoder and GPU time, from file headers only."""
+    from pipeline.manifest import ManifestError
+    from pipeline.plan import plan_job
+
+    cfg = _pipeline_config(manifest, shards, None, config, encoders=encoders)
+    if dtype is not None:
+        cfg.storage.dtype = dtype
+    try:
+        report = plan_job(cfg, gpu_peak_tflops=gpu_tflops, mfu=mfu)
+    except ManifestError as err:
+        fail(str(err))
+    click.echo(f"{report.instances} instances, {report.clips} clips, {report.audio_hours:.3f} hours "
+               f"({report.unreadable} unreadable, {report.too_long} too long)")
+    for e, size in report.bytes_per_encoder.items():
+        click.echo(f"  {e}: {size / 1e9:.3f} GB, ~{report.gpu_hours_per_encoder[e]:.3f} GPU-hours")
+    click.echo(f"total: {report.bytes_total / 1e9:.3f} GB ({report.bytes_per_audio_second / 1e6:.3f} MB per "
+               f"audio-second), ~{report.gpu_hours_total:.3f} GPU-hours at {mfu:.0%} of {gpu_tflops:g} TFLOP/s")
+
+
 # ---------------------------------------------------------------------------------------- rephrase
 
 
@@ -103,7 +239,8 @@ def train_convert(src: Path, dst: Path, direction: str, encoder: str | None) -> 
 
     SRC is a safetensors file, a folder of safetensors shards (an original Hugging Face
     checkpoint: only its adapter, fusion and delimiter tensors are read) or a .pth adapter.
-    DST is a safetensors file. Tensors are renamed, never changed.
+    DST is a safetensors file. Tensors are renamed, never changed. From a checkpoint folder
+    with config.json, the matching front-end config is written beside DST.
     """
     from trainer.convert import ConvertError, convert_file
 
@@ -112,6 +249,10 @@ def train_convert(src: Path, dst: Path, direction: str, encoder: str | None) -> 
     except (ConvertError, FileNotFoundError) as err:
         fail(str(err))
     click.echo(f"wrote {summary.converted} tensors to {dst} ({summary.skipped} non-audio tensors left out)")
+    if summary.config_path is not None:
+        click.echo(f"front-end config: {summary.config_path}")
+        for name, layers in summary.layers.items():
+            click.echo(f"  {name}: the release averages hidden states {layers}; the feature store must keep these")
 
 
 # ---------------------------------------------------------------------------------------- models

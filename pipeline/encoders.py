@@ -418,12 +418,15 @@ class W2VBertWindows:
         """Encode a batch; padding is masked, so results equal one-window-at-a-time calls."""
         import torch
 
-        padded = [np.pad(w, (self.PAD, self.PAD)) for w in windows]
-        enc = self.extractor(padded, sampling_rate=self.extractor.sampling_rate, padding=True,
-                             return_attention_mask=True, return_tensors="pt")
+        from pipeline.features import seamless_fbank
+
+        # Our torch port of the SeamlessM4T extractor (tests/test_features.py checks it against transformers'):
+        # same features, computed on the model's device.
+        padded = [torch.nn.functional.pad(torch.from_numpy(w).to(self.device), (self.PAD, self.PAD))
+                  for w in windows]
+        features, mask = seamless_fbank(padded, stride=self.extractor.stride)
         with torch.inference_mode():
-            out = self.module(enc.input_features.to(self.device, self.dtype),
-                              attention_mask=enc.attention_mask.to(self.device), output_hidden_states=True)
+            out = self.module(features.to(self.dtype), attention_mask=mask, output_hidden_states=True)
         stacked = stack_layers(out.hidden_states, self.layers)
         return [stacked[b, : self.window_frames(len(w))] for b, w in enumerate(windows)]
 

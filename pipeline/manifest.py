@@ -13,9 +13,10 @@ import gzip
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 KINDS = ("audio", "instruction")
 REQUIRED = ("id", "audio", "dataset")

@@ -114,17 +114,14 @@ class EngineConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.name not in ENGINE_NAMES:
-            raise ValueError(f"unknown engine {self.name!r}; choose one of {', '.join(ENGINE_NAMES)}")
+        if self.name not in ENGINES:
+            raise ValueError(f"unknown engine {self.name!r}; choose one of {', '.join(ENGINES)}")
         if self.batch_size < 1 or self.max_num_seqs < 1:
             raise ValueError("batch_size and max_num_seqs must be >= 1")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
-
-
-ENGINE_NAMES = ("vllm", "transformers")
 
 
 def _load_vllm(cfg: EngineConfig) -> Engine:

@@ -10,9 +10,9 @@ from trainer.frontend import AudioFrontEnd, EncoderShape, FrontEndConfig, build_
 # equals it (identity), sslam is narrower, muq gets the MLP.
 TINY_ENCODERS = [EncoderShape("whisper", 2, 12), EncoderShape("w2vbert", 3, 8),
                  EncoderShape("muq", 2, 8), EncoderShape("sslam", 2, 6)]
-TINY_SIZES = dict(llm_dim=16, adapter_dim=8, conv_hidden_dim=12, ca_dim=8, ca_heads=2, ca_ffn_dim=16,
-                  perceiver_latents=3, perceiver_dim=8, perceiver_heads=2, perceiver_layers=2,
-                  perceiver_repeats=2)
+TINY_SIZES = {"llm_dim": 16, "adapter_dim": 8, "conv_hidden_dim": 12, "ca_dim": 8, "ca_heads": 2,
+              "ca_ffn_dim": 16, "perceiver_latents": 3, "perceiver_dim": 8, "perceiver_heads": 2,
+              "perceiver_layers": 2, "perceiver_repeats": 2}
 # Raw-feature lengths per encoder of a two-row batch: odd and even lengths, muq at 25 Hz, and a
 # stream one vector longer/shorter than whisper (as happens with real encoders' rounding).
 TINY_LENGTHS = {"whisper": [11, 6], "w2vbert": [11, 6], "muq": [6, 3], "sslam": [10, 7]}

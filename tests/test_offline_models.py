@@ -72,7 +72,7 @@ def test_tiny_qwen3_loads_and_generates(tiny_qwen3_dir) -> None:
 
     assert build_tiny_qwen3() == tiny_qwen3_dir
     again = AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
 
 
 @pytest.mark.parametrize("which", ["whisper", "w2vbert"])

@@ -23,11 +23,16 @@ is bitwise exact. Keys outside the audio front end (LLM, encoders) are skipped w
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from trainer.frontend import FrontEndConfig
 
 ORIGINAL_PREFIX = "model."
 _A = "audio_adapter.adapters.{e}."
@@ -90,6 +95,10 @@ class ConvertSummary:
     """Tensors written."""
     skipped: int
     """Tensors of the input outside the audio front end (LLM, encoders), left out."""
+    config_path: Path | None = None
+    """Where the matching ``FrontEndConfig`` was written (to-ours from a folder with config.json)."""
+    layers: dict[str, list[int]] | None = None
+    """The release's hidden-state indices per encoder (the feature store must keep these)."""
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -170,6 +179,71 @@ def convert_ours_to_original(state_dict: dict[str, Tensor], prefix: str = ORIGIN
     return original
 
 
+def original_frontend_config(config: dict[str, Any]) -> tuple[FrontEndConfig, dict[str, list[int]]]:
+    """The ``FrontEndConfig`` matching an original checkpoint's ``config.json``, and its layer indices.
+
+    Args:
+        config: the release's model config (``audio_adapter_configs``, ``audio_fusion_config``...).
+
+    Returns:
+        The config, and per encoder the hidden-state indices the release averages (the feature store
+        must keep exactly these layers, in this order, for the weights to mean the same thing).
+
+    Raises:
+        ConvertError: for release variants our front end does not implement (conformer adapters,
+            per-layer adapters, explicit audio tokens, several CA layers per encoder, skip connection).
+    """
+    from trainer.frontend import FrontEndConfig
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ConvertError(f"original checkpoint uses {what}, which our front end does not implement")
+
+    adapters = {a["encoder_name"]: a for a in config.get("audio_adapter_configs") or []}
+    fusion = config.get("audio_fusion_config") or {}
+    need(bool(adapters), "no audio_adapter_configs (is this an ALARM config.json?)")
+    need(not config.get("use_explicit_audio_tokens", False), "explicit audio tokens")
+    kind = {"sum": "none", "crossattention": "ca", "multiperceiver": "perceiver"}.get(fusion.get("fusion_type"))
+    need(kind is not None, f"fusion type {fusion.get('fusion_type')!r}")
+    names = list(adapters) if kind == "none" else [fusion["main_encoder"], *fusion["conditional_encoders"]]
+    need(kind != "none" or len(names) == 1, "a 'sum' fusion of several encoders")
+    widths = dict(zip(fusion.get("conditional_encoders", []), fusion.get("conditional_embedding_dim", []), strict=False))
+    encoders, layers = [], {}
+    for name in names:
+        a = adapters[name]
+        need(a.get("pre_average", True), f"per-layer adapters for {name}")
+        need(not a.get("use_conformer", False), f"a conformer in the {name} adapter")
+        need(a.get("downsampler_depth", 1) == 1, f"downsampler_depth {a.get('downsampler_depth')} for {name}")
+        layers[name] = list(a["audio_encoder_layers"])
+        dim = a.get("encoder_embedding_dim") or widths.get(name) or 1024
+        encoders.append({"name": name, "layers": len(layers[name]), "dim": dim})
+    main = adapters[names[0]]
+    sizes: dict[str, Any] = {"llm_dim": main["llm_embedding_dim"], "adapter_dim": main["adapter_embedding_dim"],
+                             "conv_hidden_dim": 2 * main["adapter_embedding_dim"]}  # the release's conv width
+    if kind == "ca":
+        need(all(n == 1 for n in fusion.get("num_hidden_layers", [1])), "several decoder layers per encoder")
+        need(not fusion.get("use_skip_connection", False), "a skip connection around the fusion")
+        sizes |= {"ca_dim": fusion["hidden_dim"], "ca_heads": fusion["num_attention_heads"],
+                  "ca_ffn_dim": fusion["ffn_dims"], "ca_dropout": fusion["dropout"]}
+    if kind == "perceiver":
+        def one(key: str, default: Any) -> Any:
+            values = set(fusion.get(key, [default]))
+            need(len(values) == 1, f"different {key} per encoder")
+            return values.pop()
+
+        need(one("num_cross_attention_layers", 1) == 1, "several cross-attention layers")
+        need(one("first_self_attention_block_shared", True), "unshared self-attention blocks")
+        sizes |= {"perceiver_latents": one("num_latents", 20), "perceiver_dim": one("num_latent_channels", 768),
+                  "perceiver_heads": one("num_cross_attention_heads", 4),
+                  "perceiver_layers": one("num_self_attention_layers_per_block", 6),
+                  "perceiver_repeats": one("num_self_attention_blocks", 1),
+                  "perceiver_mlp_ratio": one("self_attention_widening_factor", 1),
+                  "perceiver_dropout": one("dropout", 0.0)}
+        need(one("num_self_attention_heads", 4) == sizes["perceiver_heads"], "different cross/self-attention heads")
+        need(one("cross_attention_widening_factor", 1) == sizes["perceiver_mlp_ratio"], "different MLP widths")
+    return FrontEndConfig(encoders=encoders, fusion=kind, **sizes), layers
+
+
 def _load(path: Path, keep: tuple[str, ...] | None) -> tuple[dict[str, Tensor], int]:
     """Load safetensors (a file, or a folder of shards) or a torch ``.pth``; only keys under ``keep``."""
     import torch
@@ -208,11 +282,19 @@ def convert_file(src: str | Path, dst: str | Path, direction: str, encoder: str 
         encoder: encoder name when ``src`` is a single original adapter.
 
     Returns:
-        How many tensors were written and how many non-audio tensors were left out.
+        How many tensors were written and how many non-audio tensors were left out. Converting an
+        original checkpoint folder to ours also writes ``<dst>.frontend.yaml``, the ``FrontEndConfig``
+        read from its ``config.json``, and reports the release's layer indices.
     """
     from safetensors.torch import save_file
 
+    from pipeline.configs import save_config
+
     src, dst = Path(src), Path(dst)
+    config_path, layers = None, None
+    if direction == "to-ours" and src.is_dir() and (src / "config.json").is_file():
+        frontend_cfg, layers = original_frontend_config(json.loads((src / "config.json").read_text()))
+        config_path = dst.with_name(dst.name.removesuffix(".safetensors") + ".frontend.yaml")
     if direction == "to-ours":
         tensors, skipped = _load(src, None if encoder else _ORIGINAL_AUDIO)
         converted, left_out = split_original(tensors, encoder)
@@ -228,4 +310,6 @@ def convert_file(src: str | Path, dst: str | Path, direction: str, encoder: str 
     tmp = dst.with_name(dst.name + ".tmp")
     save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp))
     tmp.replace(dst)
-    return ConvertSummary(converted=len(converted), skipped=skipped)
+    if config_path is not None:
+        save_config(frontend_cfg, config_path)
+    return ConvertSummary(converted=len(converted), skipped=skipped, config_path=config_path, layers=layers)

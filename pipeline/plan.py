@@ -1,0 +1,99 @@
+"""Plan before you spend: clips, hours, predicted store size and GPU time, from file headers only.
+
+Sizes are exact arithmetic on the ALARM dimensions (ALARM.md §2): frames x kept layers x dim x bytes
+per stored value. GPU time is an estimate: forward FLOPs per window or per audio-second of each
+architecture (2 x parameters x tokens, plus attention) divided by an assumed sustained rate
+(``gpu_peak_tflops`` x ``mfu``). Whisper and SSLAM pad every window to full length, so their cost
+follows the number of windows, not the audio length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.store import bytes_per_value
+
+# Forward FLOPs (estimates from parameter counts and token rates; see the module docstring).
+FLOPS_PER_WINDOW = {"whisper": 2.27e12, "sslam": 1.0e11}  # 30 s / 1500 tokens; 10.24 s / 512 tokens
+FLOPS_PER_SECOND = {"w2vbert": 6.0e10, "muq": 1.6e10}  # 580M params at 50 Hz; ~310M params at 25 Hz
+
+
+@dataclass
+class PlanReport:
+    """What a job over this input would compute and store."""
+
+    instances: int
+    clips: int
+    unreadable: int
+    too_long: int
+    audio_hours: float
+    bytes_per_encoder: dict[str, float]
+    bytes_total: float
+    bytes_per_audio_second: float
+    gpu_hours_per_encoder: dict[str, float]
+    gpu_hours_total: float
+    assumptions: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        from pipeline.configs import to_dict
+
+        return to_dict(self)
+
+
+def clip_frames(encoder: str, duration: float, frame_rate: float, window_seconds: float) -> int:
+    """Output frames of a clip, window by window (ALARM.md §2 lengths)."""
+    full, rest = divmod(duration, window_seconds)
+    return int(full) * int(round(window_seconds * frame_rate)) + int(rest * frame_rate)
+
+
+def plan_job(cfg: Any, gpu_peak_tflops: float = 989.0, mfu: float = 0.35) -> PlanReport:
+    """Predict a job's work and store size without decoding anything.
+
+    Args:
+        cfg: a ``PipelineConfig`` (input, encoders, layers, store dtype, max clip length).
+        gpu_peak_tflops: dense bf16 peak of the GPU (H100 SXM: 989).
+        mfu: the fraction of peak the encoders sustain.
+    """
+    from pipeline.encoders import ENCODERS
+    from pipeline.job import read_input, source_order
+    from pipeline.probe import AudioUnreadable, probe_duration
+
+    instances, _ = read_input(cfg)
+    sources = sorted({(i.audio, i.start, i.end) for i in instances}, key=source_order)
+    durations, unreadable, too_long = [], 0, 0
+    for audio, start, end in sources:
+        try:
+            total = probe_duration(audio)
+        except AudioUnreadable:
+            unreadable += 1
+            continue
+        d = max(0.0, min(end if end is not None else total, total) - (start or 0.0))
+        if d <= 0:
+            unreadable += 1
+        elif d >= cfg.decode.max_seconds:
+            too_long += 1
+        else:
+            durations.append(d)
+    seconds = sum(durations)
+    sizes, gpu_h = {}, {}
+    for e in cfg.encoders:
+        info = ENCODERS[e]
+        layers = len(cfg.layers.get(e) or info.layers)
+        frames = sum(clip_frames(e, d, info.frame_rate, info.window_seconds) for d in durations)
+        sizes[e] = frames * layers * info.dim * bytes_per_value(cfg.storage.dtype, layers, info.dim)
+        if e in FLOPS_PER_WINDOW:
+            flops = FLOPS_PER_WINDOW[e] * sum(math.ceil(d / info.window_seconds) for d in durations)
+        else:
+            flops = FLOPS_PER_SECOND[e] * seconds
+        gpu_h[e] = flops / (gpu_peak_tflops * 1e12 * mfu) / 3600
+    total = sum(sizes.values())
+    return PlanReport(
+        instances=len(instances), clips=len(durations), unreadable=unreadable, too_long=too_long,
+        audio_hours=seconds / 3600, bytes_per_encoder=sizes, bytes_total=total,
+        bytes_per_audio_second=total / seconds if seconds else 0.0, gpu_hours_per_encoder=gpu_h,
+        gpu_hours_total=sum(gpu_h.values()),
+        assumptions={"dims": "ALARM checkpoints (ALARM.md §2)", "dtype": cfg.storage.dtype,
+                     "gpu_peak_tflops": gpu_peak_tflops, "mfu": mfu,
+                     "clips": "distinct audio+cut (identical content under two paths counts twice here)"})

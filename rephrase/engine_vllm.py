@@ -1,0 +1,93 @@
+"""The vLLM engine: offline ``vllm.LLM`` with prefix caching and large batches.
+
+The only module that imports vllm. The system prompt is shared by every request of a pass, so
+prefix caching computes it once per replica. Prompts arrive already templated; per-request seeds
+and caps go into one ``SamplingParams`` each. Scripts that start it need a ``__main__`` guard
+(vLLM starts worker processes with spawn).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rephrase.engines import FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, EngineConfig, GenRequest, GenResult
+
+log = logging.getLogger(__name__)
+
+
+def sampling_params(request: GenRequest) -> Any:
+    """vLLM ``SamplingParams`` for one request."""
+    from vllm import SamplingParams
+
+    s = request.sampling
+    return SamplingParams(
+        n=1, temperature=s.temperature, top_p=s.top_p if not s.greedy else 1.0,
+        top_k=s.top_k if s.top_k > 0 and not s.greedy else -1, seed=request.seed,
+        max_tokens=request.max_tokens, skip_special_tokens=True,
+    )
+
+
+class VllmEngine:
+    """``Engine`` over ``vllm.LLM.generate``."""
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        from vllm import LLM
+
+        self.cfg = cfg
+        self.model_id = cfg.model
+        self.llm = LLM(
+            model=cfg.model, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+            enable_prefix_caching=cfg.enable_prefix_caching, max_num_seqs=cfg.max_num_seqs,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            tensor_parallel_size=cfg.tensor_parallel_size, seed=0, **cfg.extra,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """One ``LLM.generate`` call for the whole list; a failure is narrowed down by halving."""
+        results: dict[str, GenResult] = {}
+        ready: list[tuple[GenRequest, list[int]]] = []
+        for request in requests:
+            ids = self.tokenizer(request.prompt, add_special_tokens=False).input_ids
+            if len(ids) + request.max_tokens > self.cfg.max_model_len:
+                results[request.key] = GenResult(
+                    request.key, "", len(ids), 0, FINISH_ERROR,
+                    f"prompt of {len(ids)} tokens + cap {request.max_tokens} exceeds max_model_len "
+                    f"{self.cfg.max_model_len}")
+            else:
+                ready.append((request, ids))
+        self._run(ready, results)
+        return [results[request.key] for request in requests]
+
+    def _run(self, batch: list[tuple[GenRequest, list[int]]], results: dict[str, GenResult]) -> None:
+        if not batch:
+            return
+        try:
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": ids} for _, ids in batch],
+                [sampling_params(request) for request, _ in batch], use_tqdm=False,
+            )
+        except Exception as err:  # one bad request must not sink the others
+            if len(batch) == 1:
+                request, ids = batch[0]
+                log.warning("request %s failed: %s", request.key, err)
+                results[request.key] = GenResult(request.key, "", len(ids), 0, FINISH_ERROR,
+                                                 f"{type(err).__name__}: {err}")
+                return
+            half = len(batch) // 2
+            self._run(batch[:half], results)
+            self._run(batch[half:], results)
+            return
+        for (request, ids), output in zip(batch, outputs):
+            completion = output.outputs[0]
+            finish = FINISH_LENGTH if completion.finish_reason == "length" else FINISH_STOP
+            if completion.finish_reason not in ("length", "stop"):
+                results[request.key] = GenResult(request.key, "", len(ids), len(completion.token_ids),
+                                                 FINISH_ERROR, f"finish_reason {completion.finish_reason}")
+                continue
+            results[request.key] = GenResult(request.key, completion.text, len(ids),
+                                             len(completion.token_ids), finish)

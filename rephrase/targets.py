@@ -1,0 +1,159 @@
+"""Reading a run's cached generations back per instance, and writing targets and rejects.
+
+The keys are recomputed from the run's inputs and config exactly as the passes built them, so
+validation sees precisely the generations the current templates would use, never stale ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rephrase.cache import PassCache
+from rephrase.engines import weights_fingerprint
+from rephrase.inputs import InputRow
+from rephrase.parse import answer_target, extract_last_answer, is_incomplete, restore_tags
+from rephrase.passes import ANSWER, REPHRASE, answer_request, rephrase_request, template_opens_thinking
+
+TARGETS_FILE = "targets.parquet"
+REJECTS_FILE = "rejects.parquet"
+STATS_FILE = "stats.json"
+
+
+def _cache_root(out: Path, run_cfg: Any) -> Path:
+    return Path(run_cfg.cache_dir) if run_cfg.cache_dir else out / "cache"
+
+
+def collect_candidates(out: Path, run_cfg: Any, tokenizer: Any) -> tuple[list[Any], list[str]]:
+    """One ``Candidate`` per input whose generations are all done; ids still pending separately."""
+    import pyarrow.parquet as pq
+
+    from rephrase.run import INPUTS_FILE, pass_specs
+    from rephrase.validate import Candidate
+
+    specs = pass_specs(run_cfg, weights_fingerprint(run_cfg.engine.model))
+    root = _cache_root(out, run_cfg)
+    answers = PassCache(root, ANSWER).read()
+    rephrased = PassCache(root, REPHRASE).read()
+    opens = template_opens_thinking(tokenizer)
+    candidates: list[Candidate] = []
+    pending: list[str] = []
+    for raw in pq.read_table(out / INPUTS_FILE).to_pylist():
+        row = InputRow(**raw)
+        key = answer_request(specs[ANSWER], tokenizer, row).key
+        answer = answers.get(key)
+        if answer is None:
+            pending.append(row.instance_id)
+            continue
+        cand = Candidate(row=row, answer=answer.text, answer_key=key)
+        candidates.append(cand)
+        if not answer.ok:
+            cand.reason = f"generation_error: answer: {answer.error}"
+            continue
+        if row.kind == "instruction":
+            cand.target = answer_target(answer.text, opens)
+            cand.incomplete = is_incomplete(answer.text)
+            continue
+        request, prepared = rephrase_request(specs[REPHRASE], tokenizer, answer.text)
+        cand.rephrase_key = request.key
+        cand.incomplete = prepared.incomplete
+        done = rephrased.get(request.key)
+        if done is None:
+            candidates.pop()
+            pending.append(row.instance_id)
+            continue
+        cand.forced = done.forced
+        if not done.ok:
+            cand.reason = f"generation_error: rephrase: {done.error}"
+            continue
+        extracted = extract_last_answer(done.text)
+        if extracted is None:
+            cand.reason = "unparseable"
+            continue
+        cand.target = restore_tags(extracted, prepared.incomplete, opens)
+    return candidates, pending
+
+
+def _write(rows: list[dict[str, Any]], schema: Any, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    tmp.replace(path)
+
+
+def _schemas() -> tuple[Any, Any]:
+    import pyarrow as pa
+
+    targets = pa.schema([
+        ("instance_id", pa.string()), ("clip_key", pa.string()), ("dataset", pa.string()),
+        ("kind", pa.string()), ("prompt", pa.string()), ("target", pa.string()),
+        ("incomplete", pa.bool_()), ("split", pa.string()), ("n_tokens", pa.int64()),
+        ("model", pa.string()), ("model_fingerprint", pa.string()),
+        ("answer_template_hash", pa.string()), ("rephrase_template_hash", pa.string()),
+        ("sampling", pa.string()), ("answer_key", pa.string()), ("rephrase_key", pa.string()),
+        ("budget_forced", pa.bool_()), ("description", pa.string()), ("answer", pa.string()),
+        ("audio", pa.string()), ("duration", pa.float64()),
+    ])
+    rejects = pa.schema([
+        ("instance_id", pa.string()), ("dataset", pa.string()), ("stage", pa.string()),
+        ("reason", pa.string()), ("rule", pa.string()), ("target", pa.string()),
+    ])
+    return targets, rejects
+
+
+def write_outputs(out: Path, run_cfg: Any, cfg: Any, candidates: list[Any], pending: list[str],
+                  input_rejects: list[dict[str, Any]], hits: Counter, n_inputs: int) -> dict[str, Any]:
+    """Write targets, rejects and statistics; return the statistics."""
+    from rephrase.run import pass_specs
+    from rephrase.validate import split_for
+
+    fingerprint = weights_fingerprint(run_cfg.engine.model)
+    specs = pass_specs(run_cfg, fingerprint)
+    target_schema, reject_schema = _schemas()
+    kept: list[dict[str, Any]] = []
+    rejects = [{"instance_id": r["instance_id"], "dataset": r["dataset"], "stage": r["stage"],
+                "reason": r["reason"], "rule": r["reason"].split(":", 1)[0], "target": None}
+               for r in input_rejects]
+    for cand in candidates:
+        row = cand.row
+        if cand.reason is not None:
+            stage = "generate" if cand.reason.startswith("generation_error") else "validate"
+            rejects.append({"instance_id": row.instance_id, "dataset": row.dataset, "stage": stage,
+                            "reason": cand.reason, "rule": cand.reason.split(":", 1)[0]
+                            if not cand.reason.startswith(("leak:", "refusal:")) else cand.reason,
+                            "target": cand.target})
+            continue
+        audio = row.kind == "audio"
+        kept.append({
+            "instance_id": row.instance_id, "clip_key": row.clip_key, "dataset": row.dataset,
+            "kind": row.kind, "prompt": row.prompt, "target": cand.target, "incomplete": cand.incomplete,
+            "split": split_for(row.dataset, row.instance_id, cfg.val_fraction),
+            "n_tokens": cand.extra.get("n_tokens"), "model": run_cfg.engine.model,
+            "model_fingerprint": fingerprint, "answer_template_hash": specs[ANSWER].template_hash,
+            "rephrase_template_hash": specs[REPHRASE].template_hash if audio else None,
+            "sampling": specs[ANSWER].sampling.to_json(), "answer_key": cand.answer_key,
+            "rephrase_key": cand.rephrase_key, "budget_forced": cand.forced,
+            "description": row.description, "answer": cand.answer, "audio": row.audio,
+            "duration": row.duration,
+        })
+    _write(kept, target_schema, out / TARGETS_FILE)
+    _write(rejects, reject_schema, out / REJECTS_FILE)
+    stats = {
+        "inputs": n_inputs,
+        "kept": len(kept),
+        "pending": len(pending),
+        "rejected": len(rejects),
+        "split": dict(Counter(r["split"] for r in kept)),
+        "kept_per_dataset": dict(Counter(r["dataset"] for r in kept)),
+        "incomplete_kept": sum(1 for r in kept if r["incomplete"]),
+        "rejected_per_rule": dict(Counter(r["rule"] for r in rejects).most_common()),
+        "rule_hits": dict(hits.most_common()),
+        "clip_keys": "filled from --instances" if run_cfg and any(r["clip_key"] for r in kept)
+        else "null (no --instances given or no match)",
+    }
+    (out / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+    return stats

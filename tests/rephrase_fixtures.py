@@ -1,0 +1,98 @@
+"""Fixtures for the rephrase tests: tiny manifests with real audio files, and a scripted engine.
+
+The scripted engine is a deterministic stand-in used only where a test needs exact text (parsing,
+caching, validation); the real engines are tested on the tiny Qwen3 in test_rephrase_engines.py
+and test_rephrase_vllm.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rephrase.engines import ENGINES, FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, EngineConfig, GenRequest, GenResult
+
+CAPTIONS = ["dog barking", "rain on a roof", "a church bell", "a car horn", "birds singing", "a door slam"]
+
+
+def write_manifest(folder: Path, n_audio: int = 6, n_instruction: int = 1, extra: list[dict] | None = None,
+                   seconds: float = 1.0) -> Path:
+    """Short WAV files and a JSONL manifest: sound rows, instruction rows, plus ``extra`` rows."""
+    import soundfile as sf
+
+    audio = folder / "audio"
+    audio.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows: list[dict[str, Any]] = []
+    for i in range(n_audio + n_instruction):
+        name = f"clip{i}.wav"
+        sf.write(audio / name, (0.1 * rng.standard_normal(int(16000 * seconds))).astype("float32"), 16000)
+        if i < n_audio:
+            rows.append({"id": f"a{i}", "audio": f"audio/{name}", "dataset": "sounds" if i % 2 else "other",
+                         "metadata": {"caption": CAPTIONS[i % len(CAPTIONS)]},
+                         "prompt": f"What do you hear? (question {i})"})
+        else:
+            rows.append({"id": f"q{i}", "audio": f"audio/{name}", "dataset": "instructions",
+                         "kind": "instruction", "context": f"The meeting is at {i} o'clock.",
+                         "prompt": "When is the meeting?"})
+    rows += extra or []
+    path = folder / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+class ScriptedEngine:
+    """A deterministic engine: its output is a function of the prompt; "tokens" are words.
+
+    * pass-1 prompts get a reasoning trace that reads from the description, then an answer;
+    * rephrase prompts get a short thinking block, then the response with reading words swapped
+      for hearing words inside ``<answer>`` tags;
+    * a prompt containing ``LONGTHINK`` thinks past any budget (to exercise budget forcing);
+    * a prompt containing ``FAILME`` fails with an error (to exercise error rows).
+    """
+
+    calls: list[str] = []  # keys generated, across instances (tests reset it)
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.model_id = cfg.model
+
+    def _script(self, prompt: str) -> str:
+        user = prompt.rsplit("<|im_start|>user\n", 1)[-1].split("<|im_end|>", 1)[0]
+        generated = prompt.split("<|im_start|>assistant\n", 1)[-1]
+        if generated.startswith("<think>\n"):
+            generated = generated[len("<think>\n"):]
+        if "<text_llm_reasoning>" in user:
+            if "LONGTHINK" in user and "</think>" not in generated:
+                text = "hmm " * 10_000
+            else:
+                body = user.replace("The description says", "I hear").replace("|", "")
+                body = re.sub(r"\[\d\d:\d\d-\d\d:\d\d\] ", "", body)
+                text = "I will swap the reading words.\n</think>\n\n<answer>" + body + "</answer>"
+        else:
+            content = user.split("<start_audio>")[-1].split("<end_audio>")[0]
+            opening = "The description says" if "<start_audio>" in user else "The question is about"
+            reasoning = f"{opening} {content}. " + "Let me think about what it means. " * 12
+            text = reasoning + "\n</think>\n\nIt sounds like " + content + "."
+        # a continuation only produces what follows what was generated already
+        return text[len(generated):] if text.startswith(generated) else text
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        results = []
+        for request in requests:
+            ScriptedEngine.calls.append(request.key)
+            n_prompt = len(request.prompt.split())
+            if "FAILME" in request.prompt:
+                results.append(GenResult(request.key, "", n_prompt, 0, FINISH_ERROR, "scripted failure"))
+                continue
+            words = re.findall(r"\S+\s*", self._script(request.prompt))
+            finish = FINISH_STOP if len(words) <= request.max_tokens else FINISH_LENGTH
+            text = "".join(words[:request.max_tokens])
+            results.append(GenResult(request.key, text, n_prompt, min(len(words), request.max_tokens), finish))
+        return results
+
+
+ENGINES.setdefault("scripted", ScriptedEngine)

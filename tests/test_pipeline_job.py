@@ -1,0 +1,227 @@
+"""The feature job on real local Ray, real tiny encoders and a real Zarr store on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from pipeline.decode import DecodeConfig, decode_clip
+from pipeline.job import PipelineConfig, plan_parts, run_pipeline
+from pipeline.store import StoreConfig, open_features
+from pipeline.verify import store_status, verify_store
+from store_fixtures import good_corpus, hostile_corpus, tone, write_manifest_rows, write_shard, write_wav
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny_whisper_dir: Path, tiny_w2vbert_dir: Path) -> dict:
+    import torch
+
+    from pipeline.encoders import EncoderConfig, build_encoder
+
+    torch.set_num_threads(1)  # the actors run one thread each on 2 cores: same kernels, same bytes
+    return {n: build_encoder(EncoderConfig(n, preset="tiny")) for n in ("whisper", "w2vbert")}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], list[dict]]:
+    folder = tmp_path_factory.mktemp("corpus")
+    good = good_corpus(folder / "good", count=5)
+    bad, expected = hostile_corpus(folder / "bad")
+    # The same audio under another id, the same samples in another container, and a cut.
+    import soundfile as sf
+
+    samples, rate = sf.read(good[0]["audio"], dtype="int16")
+    flac = write_wav(folder / "good" / "copy.flac", samples, rate)
+    extra = [{"id": "same-audio", "audio": good[0]["audio"], "dataset": "toy"},
+             {"id": "same-content", "audio": str(flac), "dataset": "other"},
+             {"id": "cut", "audio": good[1]["audio"], "dataset": "toy", "start": 0.1, "end": 0.5}]
+    manifest = write_manifest_rows(good + extra + bad + [{"id": "no-dataset", "audio": "x.wav"}],
+                                   folder / "manifest.jsonl")
+    return manifest, expected, good + extra
+
+
+def config(store: Path, manifest: Path, **kw: object) -> PipelineConfig:
+    base = {"encoders": ["whisper", "w2vbert"], "preset": "tiny", "progress": False}
+    return PipelineConfig(store=str(store), manifest=str(manifest), **{**base, **kw})
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Bytes of every file a job writes, except the summary (it has timings) and the lock."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in ("summary.json", ".lock")}
+
+
+def test_plan_parts_is_stable_when_whole_parts_are_removed() -> None:
+    rng = np.random.default_rng(0)
+    clips = {f"k{i}": float(rng.uniform(0.5, 3)) for i in range(40)}
+    parts = plan_parts(clips, 5.0)
+    assert sorted(k for p in parts for k in p) == sorted(clips)
+    assert all(sum(clips[k] for k in p) <= 5.0 for p in parts)
+    done = {k for p in parts[1::3] for k in p}
+    rest = {k: d for k, d in clips.items() if k not in done}
+    assert plan_parts(rest, 5.0) == [p for i, p in enumerate(parts) if i % 3 != 1]
+
+
+def test_store_equals_direct_encoding_and_rejects_have_reasons(ray_session, encoders, corpus, tmp_path: Path):
+    manifest, expected, good = corpus
+    store = tmp_path / "store"
+    summary = run_pipeline(config(store, manifest, encoders=["whisper"],
+                                  storage={"dtype": "float32", "part_seconds": 2.0}))
+    # 5 files + a cut = 6 clips; same-audio and same-content rows are the same clip as good0.
+    assert summary.clips == 6 and summary.encoded == {"whisper": 6}
+    instances = pq.read_table(store / "instances.parquet").to_pylist()
+    by_id = {r["id"]: r for r in instances}
+    assert by_id["same-audio"]["key"] == by_id["same-content"]["key"] == by_id["good0"]["key"]
+    assert by_id["cut"]["duration"] == pytest.approx(0.4)
+    rejects = {r["id"]: r["reason"] for r in pq.read_table(store / "rejects.parquet").to_pylist()}
+    for rid, kind in expected.items():
+        assert rejects[rid].startswith(kind), (rid, rejects[rid])
+    assert rejects[None].startswith("manifest: line")  # the row without a dataset
+    assert summary.rejected["missing"] == 1 and summary.rejected["too long"] == 1
+
+    reader = open_features(store, "whisper", encoders["whisper"].spec())
+    assert len(reader) == 6 and reader.spec["store"]["dtype"] == "float32"
+    for row in good:
+        clip = decode_clip(row["audio"], row.get("start"), row.get("end"), DecodeConfig())
+        direct = encoders["whisper"].encode([clip.at(16000)])[0]
+        np.testing.assert_allclose(reader.read(clip.key), direct, rtol=1e-5, atol=1e-5)
+    # Exact: the same call the stage made for a part (its clips in order) gives the same bytes.
+    group = reader.group
+    part = sorted(p for p in (group / "parts").iterdir())[0]
+    keys = pq.read_table(part / "clips.parquet").column("key").to_pylist()
+    sources = {r["key"]: r for r in instances}
+    waves = [decode_clip(sources[k]["audio"], sources[k]["start"], sources[k]["end"], DecodeConfig()).at(16000)
+             for k in keys]
+    for key, feats in zip(keys, encoders["whisper"].encode(waves), strict=True):
+        np.testing.assert_array_equal(reader.read(key), feats)
+    assert verify_store(store).ok
+
+    # Adding an encoder computes only that encoder; a rerun computes nothing.
+    before = tree_digest(store / "features" / "whisper")
+    summary = run_pipeline(config(store, manifest, storage={"dtype": "float32", "part_seconds": 2.0}))
+    assert summary.encoded == {"whisper": 0, "w2vbert": 6} and summary.skipped["whisper"] == 6
+    assert tree_digest(store / "features" / "whisper") == before
+    w2v = open_features(store, "w2vbert")
+    for key in w2v.keys():
+        row = sources[key]
+        clip = decode_clip(row["audio"], row["start"], row["end"], DecodeConfig())
+        np.testing.assert_allclose(w2v.read(key), encoders["w2vbert"].encode([clip.at(16000)])[0],
+                                   rtol=1e-5, atol=1e-5)
+    summary = run_pipeline(config(store, manifest, storage={"dtype": "float32", "part_seconds": 2.0}))
+    assert summary.encoded == {"whisper": 0, "w2vbert": 0}
+    status = store_status(store)
+    assert {g["encoder"]: (g["done"], g["pending"]) for g in status["groups"].values()} == \
+        {"whisper": (6, 0), "w2vbert": (6, 0)}
+    assert status["rejected"]["manifest"] == 1
+
+    # Another store setting is another group; the float32 group is refused to a float16 reader.
+    run_pipeline(config(store, manifest, encoders=["whisper"]))
+    f16 = open_features(store, "whisper", {"encoder": encoders["whisper"].spec(), "store": StoreConfig().settings()})
+    for key in f16.keys():
+        np.testing.assert_allclose(f16.read(key), reader.read(key), rtol=2 ** -10, atol=1e-4)
+    from pipeline.store import StoreSpecError
+
+    with pytest.raises(StoreSpecError, match="2 groups"):
+        open_features(store, "whisper")
+
+
+def test_webdataset_input_reuses_content_keys(ray_session, encoders, corpus, tmp_path: Path) -> None:
+    _, _, good = corpus
+    members = [(f"s{i}", Path(r["audio"]), {"id": f"wds{i}", "dataset": "shards"}) for i, r in enumerate(good[:4])]
+    write_shard(tmp_path / "shards" / "000.tar", members[:2])
+    write_shard(tmp_path / "shards" / "001.tar", members[2:] + [("nojson", Path(good[4]["audio"]), {})])
+    cfg = PipelineConfig(store=str(tmp_path / "store"), shards=[str(tmp_path / "shards" / "{000..001}.tar")],
+                         encoders=["whisper"], preset="tiny", progress=False)
+    summary = run_pipeline(cfg)
+    assert summary.instances == 5 and summary.encoded == {"whisper": summary.clips}
+    instances = {r["id"]: r for r in pq.read_table(tmp_path / "store" / "instances.parquet").to_pylist()}
+    assert instances["001/nojson"]["dataset"] == "webdataset"
+    assert instances["wds0"]["audio"].endswith("000.tar#s0.wav")
+    for i, row in enumerate(good[:4]):
+        assert instances[f"wds{i}"]["key"] == decode_clip(row["audio"], None, None, DecodeConfig()).key
+    reader = open_features(tmp_path / "store", "whisper")
+    assert sorted(reader.keys()) == sorted({r["key"] for r in instances.values()})
+
+
+KILL_SCRIPT = """
+import sys
+from pipeline.job import PipelineConfig, run_pipeline
+run_pipeline(PipelineConfig(store=sys.argv[1], manifest=sys.argv[2], encoders=["whisper", "w2vbert"],
+             preset="tiny", num_cpus=2, progress=False, storage={"part_seconds": 1.0}))
+"""
+
+
+def test_sigkill_then_rerun_gives_the_same_store(ray_session, tmp_path: Path) -> None:
+    rows = good_corpus(tmp_path / "audio", count=14, seconds=(0.3, 0.9))
+    manifest = write_manifest_rows(rows, tmp_path / "m.jsonl")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_pipeline(config(whole, manifest, storage={"part_seconds": 1.0}))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(killed), str(manifest)], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while not list(killed.glob("features/*/*/parts/*/_DONE")):
+            assert proc.poll() is None, "the job ended before any part was committed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the job and its own Ray processes, all at once
+        proc.wait()
+    done_at_kill = len(list(killed.glob("features/*/*/parts/*/_DONE")))
+    total = len(list(whole.glob("features/*/*/parts/*/_DONE")))
+    assert 0 < done_at_kill < total
+    assert not verify_store(killed).ok
+
+    summary = run_pipeline(config(killed, manifest, storage={"part_seconds": 1.0}))
+    assert sum(summary.encoded.values()) < 2 * summary.clips  # finished parts were not redone
+    assert verify_store(killed).ok
+    assert tree_digest(killed) == tree_digest(whole)
+
+
+def test_cli_plan_status_verify(ray_session, corpus, tmp_path: Path) -> None:
+    from cli import main
+
+    manifest, _, _ = corpus
+    runner = CliRunner()
+    result = runner.invoke(main, ["pipeline", "plan", str(manifest)])
+    assert result.exit_code == 0, result.output
+    assert "6 clips" not in result.output  # plan counts distinct audio+cut, not content
+    assert "1.408 MB per audio-second" in result.output
+    assert "1 too long" in result.output
+    store = tmp_path / "store"
+    result = runner.invoke(main, ["pipeline", "run", str(manifest), "--store", str(store), "--encoders",
+                                  "w2vbert", "--preset", "tiny", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["pipeline", "status", "--store", str(store)])
+    assert result.exit_code == 0 and "6 done, 0 pending" in result.output, result.output
+    assert "rejected (truncated): 1" in result.output
+    assert runner.invoke(main, ["pipeline", "verify", "--store", str(store)]).exit_code == 0
+    index = next(store.glob("features/w2vbert/*/index.parquet"))
+    index.unlink()
+    result = runner.invoke(main, ["pipeline", "verify", "--store", str(store)])
+    assert result.exit_code == 1 and "index.parquet is missing" in result.output
+    result = runner.invoke(main, ["pipeline", "run", str(manifest), "--encoders", "nope", "--store", str(store)])
+    assert result.exit_code == 2 and "unknown encoder" in result.output
