@@ -242,17 +242,100 @@ def train_convert(src: Path, dst: Path, direction: str, encoder: str | None) -> 
     DST is a safetensors file. Tensors are renamed, never changed. From a checkpoint folder
     with config.json, the matching front-end config is written beside DST.
     """
+    from pipeline.configs import ConfigError
     from trainer.convert import ConvertError, convert_file
 
     try:
         summary = convert_file(src, dst, direction, encoder=encoder)
-    except (ConvertError, FileNotFoundError) as err:
+    except (ConvertError, ConfigError, FileNotFoundError) as err:
         fail(str(err))
     click.echo(f"wrote {summary.converted} tensors to {dst} ({summary.skipped} non-audio tensors left out)")
     if summary.config_path is not None:
         click.echo(f"front-end config: {summary.config_path}")
         for name, layers in summary.layers.items():
             click.echo(f"  {name}: the release averages hidden states {layers}; the feature store must keep these")
+
+
+# train run / cache-adapters / export (owner: H5, trainer/train.py, cache_adapters.py, export.py).
+@train.command("run")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="TrainConfig YAML (see trainer/config.py for every key).")
+@click.option("--fresh", is_flag=True, help="Ignore checkpoints in the output folder and start at step 0.")
+@click.option("--allow-changed-data", is_flag=True,
+              help="Resume even if the targets or the feature store changed since the checkpoint.")
+@click.option("--init", "init", multiple=True, type=click.Path(path_type=Path),
+              help="Initialise the front end from these checkpoints (added to the config's init).")
+@click.option("--freeze", "freeze", multiple=True, type=click.Choice(["adapters", "fusion", "delimiters"]),
+              help="Keep these front-end parts frozen (added to the config's freeze).")
+def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tuple[Path, ...],
+              freeze: tuple[str, ...]) -> None:
+    """Train from cached features; resumes from the latest checkpoint in output_dir unless --fresh.
+
+    For several GPUs or nodes launch the same config with torchrun:
+    torchrun --nproc_per_node N -m trainer.train C.yaml
+    """
+    from pipeline.configs import ConfigError, from_dict, load_config, to_dict
+    from trainer.config import TrainConfig
+    from trainer.data import DataError
+    from trainer.train import DataChangedError
+    from trainer.train import train as run_training
+
+    try:
+        cfg = load_config(TrainConfig, config_path)
+        if init or freeze:
+            data = to_dict(cfg)
+            data["init"] = list(cfg.init) + [str(p) for p in init]
+            data["freeze"] = sorted(set(cfg.freeze) | set(freeze))
+            cfg = from_dict(TrainConfig, data)
+        result = run_training(cfg, fresh=fresh, allow_changed_data=allow_changed_data)
+    except (ConfigError, DataError, DataChangedError) as err:
+        fail(str(err))
+    click.echo(f"step {result.step}; checkpoint {result.checkpoint}")
+    for dataset, loss in sorted(result.eval_losses.items()):
+        click.echo(f"  eval loss {dataset}: {loss:.4f}")
+
+
+@train.command("cache-adapters")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="The fusion-stage TrainConfig (init = adapter checkpoints, freeze adapters).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Cache store folder (default: the config's adapter_cache).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+              help="Stored value type of the adapter outputs.")
+def train_cache_adapters(config_path: Path, out: Path | None, dtype: str) -> None:
+    """Run the frozen adapters once over every clip of the targets (the second-level cache)."""
+    from pipeline.configs import ConfigError, load_config
+    from trainer.cache_adapters import cache_adapter_outputs
+    from trainer.config import TrainConfig
+
+    try:
+        cfg = load_config(TrainConfig, config_path)
+        target = out or (Path(cfg.adapter_cache) if cfg.adapter_cache else None)
+        if target is None:
+            fail("give --out or set adapter_cache in the config")
+        written = cache_adapter_outputs(cfg, target, dtype=dtype)
+    except ConfigError as err:
+        fail(str(err))
+    for name, count in written.items():
+        click.echo(f"{name}: {count} clips cached in {target}")
+
+
+@train.command("export")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+def train_export(source: Path, out: Path) -> None:
+    """Export a run (latest checkpoint) or a checkpoint as a self-contained folder.
+
+    The folder holds every front-end weight, the encoders' store specs, the LLM id and the
+    prompt layout.
+    """
+    from trainer.export import export_model
+
+    try:
+        folder = export_model(source, out)
+    except FileNotFoundError as err:
+        fail(str(err))
+    click.echo(f"exported to {folder}")
 
 
 # ---------------------------------------------------------------------------------------- models

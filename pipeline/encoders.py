@@ -336,8 +336,9 @@ class WhisperWindows:
         """Encode a batch of windows (each at most ``window_samples`` long)."""
         import torch
 
+        # The extractor's torch STFT runs on the model's device (it returns the features on the CPU).
         feats = self.extractor(windows, sampling_rate=self.extractor.sampling_rate, padding="max_length",
-                               return_tensors="pt").input_features
+                               return_tensors="pt", device=str(self.device)).input_features
         with torch.inference_mode():
             out = self.module(feats.to(self.device, self.dtype), output_hidden_states=True)
         stacked = stack_layers(out.hidden_states, self.layers)

@@ -16,8 +16,6 @@ All functions take batched float waves ``(batch, samples)`` and return ``(batch,
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import torch
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
@@ -138,10 +136,10 @@ def htk_mel_banks(num_bins: int, n_fft: int, sample_rate: int, f_min: float = 0.
     f_max = sample_rate / 2 if f_max is None else f_max
     freqs = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1, dtype=torch.float64)
 
-    def to_mel(f: Any) -> torch.Tensor:
-        return 2595.0 * torch.log10(1.0 + torch.as_tensor(f, dtype=torch.float64) / 700.0)
+    def to_mel(f: float) -> float:
+        return 2595.0 * math.log10(1.0 + f / 700.0)
 
-    mel_points = torch.linspace(float(to_mel(f_min)), float(to_mel(f_max)), num_bins + 2, dtype=torch.float64)
+    mel_points = torch.linspace(to_mel(f_min), to_mel(f_max), num_bins + 2, dtype=torch.float64)
     f_points = 700.0 * (10 ** (mel_points / 2595.0) - 1.0)
     f_diff = f_points[1:] - f_points[:-1]
     slopes = f_points.unsqueeze(0) - freqs.unsqueeze(1)

@@ -55,6 +55,13 @@ class EnginePool:
         inner = dataclasses.replace(cfg, workers=0)
         self.actors = [actor_cls.remote(inner) for _ in range(cfg.workers)]
 
+    @classmethod
+    def wrap(cls, engine: Engine) -> EnginePool:
+        """A pool around an engine that is already loaded in this process."""
+        pool = cls.__new__(cls)
+        pool.cfg, pool.engine, pool.actors = None, engine, []
+        return pool
+
     def map_chunks(self, fn: Callable[[Engine, T], R], chunks: Iterable[T]) -> Iterator[tuple[T, R]]:
         """Yield ``(chunk, fn(engine, chunk))`` as chunks finish (in any order with actors)."""
         if self.engine is not None:
@@ -87,5 +94,7 @@ class EnginePool:
 
             for actor in self.actors:
                 ray.kill(actor)
+        elif self.engine is not None and hasattr(self.engine, "close"):
+            self.engine.close()
         self.actors = []
         self.engine = None

@@ -182,9 +182,14 @@ def forced_chunk(engine: Engine, chunk: list[GenRequest], total_max_tokens: int,
 class _LazyPool:
     """Loads the engine only when some request is not cached (a cached rerun loads no model)."""
 
-    def __init__(self, cfg: EngineConfig) -> None:
+    def __init__(self, cfg: EngineConfig, engine: Engine | None = None) -> None:
         self.cfg = cfg
         self.pool = None
+        if engine is not None:
+            from rephrase.pool import EnginePool
+
+            self.pool = EnginePool.wrap(engine)
+        self.owned = engine is None
 
     def get(self):
         if self.pool is None:
@@ -194,7 +199,7 @@ class _LazyPool:
         return self.pool
 
     def close(self) -> None:
-        if self.pool is not None:
+        if self.pool is not None and self.owned:
             self.pool.close()
             self.pool = None
 
@@ -256,7 +261,7 @@ def load_tokenizer(model: str) -> Any:
 
 def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig | None = None,
                  instances: str | Path | None = None, retry_failed: bool = False,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, engine: Engine | None = None) -> dict[str, Any]:
     """Run both passes over a manifest, then validate into ``<out>/targets.parquet``.
 
     Args:
@@ -267,6 +272,8 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
             (left null without it).
         retry_failed: regenerate keys whose cached row is an error.
         progress: show progress bars.
+        engine: an already loaded engine to use in this process instead of loading ``cfg.engine``
+            (benchmarks and tests reuse one); it must be the model ``cfg.engine.model`` names.
 
     Returns:
         Per-pass statistics and the validation report.
@@ -292,7 +299,7 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
     tokenizer = load_tokenizer(cfg.engine.model)
     specs = pass_specs(cfg, weights_fingerprint(cfg.engine.model))
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-    pool = _LazyPool(cfg.engine)
+    pool = _LazyPool(cfg.engine, engine)
     report: dict[str, Any] = {"inputs": len(rows), "input_rejects": len(input_rejects)}
     try:
         answer_cache = PassCache(cache_root, ANSWER)
@@ -332,8 +339,8 @@ def load_run(out_dir: str | Path) -> tuple[RephraseConfig, dict[str, Any]]:
     return load_config(RephraseConfig, out / CONFIG_FILE), json.loads((out / RUN_FILE).read_text())
 
 
-def retry_failed(out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+def retry_failed(out_dir: str | Path, progress: bool = True, engine: Engine | None = None) -> dict[str, Any]:
     """Rerun a run folder, regenerating only the requests that failed (and anything never done)."""
     cfg, record = load_run(out_dir)
     return run_rephrase(record["manifest"], out_dir, cfg, record.get("instances"), retry_failed=True,
-                        progress=progress)
+                        progress=progress, engine=engine)

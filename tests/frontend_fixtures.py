@@ -6,11 +6,11 @@ import torch
 
 from trainer.frontend import AudioFrontEnd, EncoderShape, FrontEndConfig, build_frontend
 
-# Tiny shapes with the real structure: whisper's dim differs from adapter_dim (Linear in), w2vbert's
+# Tiny shapes with the real structure (conv_hidden_dim = 2 x adapter_dim as in the release): whisper's dim differs from adapter_dim (Linear in), w2vbert's
 # equals it (identity), sslam is narrower, muq gets the MLP.
 TINY_ENCODERS = [EncoderShape("whisper", 2, 12), EncoderShape("w2vbert", 3, 8),
                  EncoderShape("muq", 2, 8), EncoderShape("sslam", 2, 6)]
-TINY_SIZES = {"llm_dim": 16, "adapter_dim": 8, "conv_hidden_dim": 12, "ca_dim": 8, "ca_heads": 2,
+TINY_SIZES = {"llm_dim": 16, "adapter_dim": 8, "conv_hidden_dim": 16, "ca_dim": 8, "ca_heads": 2,
               "ca_ffn_dim": 16, "perceiver_latents": 3, "perceiver_dim": 8, "perceiver_heads": 2,
               "perceiver_layers": 2, "perceiver_repeats": 2}
 # Raw-feature lengths per encoder of a two-row batch: odd and even lengths, muq at 25 Hz, and a

@@ -63,7 +63,7 @@ def hostile_corpus(folder: Path) -> tuple[list[dict], dict[str, str]]:
     nan[100] = np.nan
     sf.write(folder / "nan.wav", nan, 16000, subtype="FLOAT")
     add("nan", folder / "nan.wav", "non-finite")
-    add("cut", good, "empty cut", start=5.0, end=6.0)
+    add("badcut", good, "empty cut", start=5.0, end=6.0)
     write_wav(folder / "long.wav", tone(60.5, 8000), 8000)
     add("long", folder / "long.wav", "too long")
     return rows, expected

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from click.testing import CliRunner
-from frontend_fixtures import tiny_batch, tiny_frontend
+from frontend_fixtures import TINY_ENCODERS, tiny_batch, tiny_frontend
 from safetensors.torch import load_file, save_file
 
 from cli import main
@@ -14,6 +14,7 @@ from trainer.convert import (
     convert_file,
     convert_original_to_ours,
     convert_ours_to_original,
+    original_frontend_config,
     split_original,
 )
 
@@ -112,6 +113,19 @@ def test_single_adapter_file_of_the_release():
     assert set(ours) == {k for k in frontend.state_dict() if k.startswith("adapters.w2vbert.")}
 
 
+def test_single_adapter_pth_through_the_cli(tmp_path):
+    frontend = tiny_frontend("none", ["whisper"])
+    prefix = "model.audio_adapter.adapters.whisper."
+    torch.save({k.removeprefix(prefix): v for k, v in convert_ours_to_original(frontend.state_dict()).items()
+                if k.startswith(prefix)}, tmp_path / "whisper.pth")
+    result = CliRunner().invoke(main, ["train", "convert", str(tmp_path / "whisper.pth"), str(tmp_path / "w.safetensors"),
+                                       "--direction", "to-ours", "--encoder", "whisper"])
+    assert result.exit_code == 0, result.output
+    loaded = load_file(str(tmp_path / "w.safetensors"))
+    expected = {k: v for k, v in frontend.state_dict().items() if k.startswith("adapters.whisper.")}
+    assert set(loaded) == set(expected) and all(torch.equal(loaded[k], v) for k, v in expected.items())
+
+
 def test_unknown_keys_raise():
     with pytest.raises(ConvertError, match="no mapping"):
         convert_original_to_ours({"model.audio_adapter.adapters.whisper.adapter.encoder.conformer_layers.0.w":
@@ -151,3 +165,88 @@ def test_convert_file_refuses_a_file_without_front_end_tensors(tmp_path):
     save_file({"model.embed_tokens.weight": torch.ones(2)}, str(tmp_path / "llm.safetensors"))
     with pytest.raises(ConvertError, match="no audio front-end"):
         convert_file(tmp_path / "llm.safetensors", tmp_path / "out.safetensors", "to-ours")
+
+
+def release_config(fusion: str) -> dict:
+    """The parts of a release checkpoint's config.json that describe the front end (4B sizes)."""
+    def conv(name, layers, dim, norm):
+        return {"encoder_name": name, "adapter_name": "downsampler_conformer", "audio_encoder_layers": layers,
+                "norm_type": norm, "pre_average": True, "downsampler_depth": 1, "use_conformer": False,
+                "encoder_embedding_dim": dim, "adapter_embedding_dim": 1024, "llm_embedding_dim": 2560,
+                "layer_fusion_config": {"layer_fusion_type": "weighted_average"}}
+
+    def identity(name, layers):
+        return {"encoder_name": name, "adapter_name": "identity", "audio_encoder_layers": layers,
+                "pre_average": True, "adapter_embedding_dim": 1024, "llm_embedding_dim": 2560, "use_llm_proj": False}
+
+    layers = {"whisper": [7, 15, 23, 31], "sslam": [3, 7, 11], "muq": [4, 8, 12], "w2vbert": [6, 10, 15, 20, 24]}
+    cond = {"main_encoder": "whisper", "conditional_encoders": ["w2vbert", "muq", "sslam"]}
+    if fusion == "ca":
+        adapters = [conv("whisper", layers["whisper"], 1280, "batch"), conv("sslam", layers["sslam"], 768, "layer"),
+                    {"encoder_name": "muq", "adapter_name": "mlp", "audio_encoder_layers": layers["muq"],
+                     "pre_average": True, "encoder_embedding_dim": 1024, "hidden_dim": 1024,
+                     "adapter_embedding_dim": 1024, "llm_embedding_dim": 2560},
+                    conv("w2vbert", layers["w2vbert"], 1024, "layer")]
+        fusion_cfg = {"fusion_type": "crossattention", "llm_embedding_dim": 2560, "hidden_dim": 1024,
+                      "ffn_dims": 4096, "dropout": 0.1, "num_attention_heads": 16, "num_hidden_layers": [1, 1, 1],
+                      "use_skip_connection": False, **cond}
+    else:
+        adapters = [conv("whisper", layers["whisper"], 1280, "batch"),
+                    *(identity(n, layers[n]) for n in ("sslam", "muq", "w2vbert"))]
+        fusion_cfg = {"fusion_type": "multiperceiver", "llm_embedding_dim": 2560, "num_latents": [20] * 3,
+                      "num_latent_channels": [768] * 3, "num_cross_attention_heads": [4] * 3,
+                      "num_cross_attention_layers": [1] * 3, "first_cross_attention_layer_shared": [True] * 3,
+                      "first_self_attention_block_shared": [True] * 3, "num_self_attention_heads": [4] * 3,
+                      "num_self_attention_blocks": [3] * 3, "num_self_attention_layers_per_block": [6] * 3,
+                      "conditional_embedding_dim": [1024, 1024, 768], **cond}
+    return {"hidden_size": 2560, "use_explicit_audio_tokens": False, "audio_sep_d_embed": 2560,
+            "audio_adapter_configs": adapters, "audio_fusion_config": fusion_cfg,
+            "audio_postprocessing_config": {"postprocessing_type": "identity"}}
+
+
+@pytest.mark.parametrize("fusion", ["ca", "perceiver"])
+def test_release_config_gives_our_full_size_defaults(fusion):
+    from trainer.frontend import ALARM_ORDER, FrontEndConfig, default_encoders
+
+    cfg, layers = original_frontend_config(release_config(fusion))
+    assert cfg == FrontEndConfig(encoders=default_encoders(ALARM_ORDER), fusion=fusion)
+    assert layers["whisper"] == [7, 15, 23, 31] and layers["w2vbert"] == [6, 10, 15, 20, 24]
+
+
+def test_unsupported_release_variants_raise():
+    config = release_config("ca")
+    config["audio_adapter_configs"][0]["use_conformer"] = True
+    with pytest.raises(ConvertError, match="conformer"):
+        original_frontend_config(config)
+    config = release_config("ca")
+    config["audio_fusion_config"]["use_skip_connection"] = True
+    with pytest.raises(ConvertError, match="skip"):
+        original_frontend_config(config)
+
+
+def test_release_folder_writes_a_loadable_config(tmp_path):
+    import json
+
+    from pipeline.configs import load_config
+    from trainer.frontend import FrontEndConfig, build_frontend
+
+    frontend = tiny_frontend("ca")
+    folder = tmp_path / "ALARM-CA"
+    folder.mkdir()
+    save_file(convert_ours_to_original(frontend.state_dict()), str(folder / "model.safetensors"))
+    config = release_config("ca")
+    # Shrink the release config to the tiny shapes of the saved weights.
+    tiny = {e.name: e for e in TINY_ENCODERS}
+    for a in config["audio_adapter_configs"]:
+        shape = tiny[a["encoder_name"]]
+        a.update(encoder_embedding_dim=shape.dim, adapter_embedding_dim=8, llm_embedding_dim=16,
+                 audio_encoder_layers=a["audio_encoder_layers"][: shape.layers])
+    config["audio_fusion_config"].update(hidden_dim=8, ffn_dims=16, num_attention_heads=2)
+    (folder / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(main, ["train", "convert", str(folder), str(tmp_path / "ours.safetensors"),
+                                       "--direction", "to-ours"])
+    assert result.exit_code == 0, result.output
+    assert "whisper: the release averages hidden states [7, 15]" in result.output
+    cfg = load_config(FrontEndConfig, tmp_path / "ours.frontend.yaml")
+    rebuilt = build_frontend(cfg)
+    rebuilt.load_state_dict(load_file(str(tmp_path / "ours.safetensors")), strict=True)

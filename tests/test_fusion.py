@@ -168,3 +168,14 @@ def test_whisper_adapter_batchnorm_updates_when_trained():
     before = bn.running_mean.clone()
     frontend(*tiny_batch(frontend))
     assert not torch.equal(before, bn.running_mean)
+
+
+def test_alarm_p_recipe_freezes_only_the_whisper_adapter():
+    # The release's ALARM-P run freezes only whisper; the compressed encoders' layer weights train.
+    frontend = tiny_frontend("perceiver")
+    frontend.freeze("adapters.whisper", "delimiters")
+    assert frontend.trainable_parts() == ["adapters.w2vbert", "adapters.muq", "adapters.sslam", "fusion"]
+    assert not frontend.audio_start.requires_grad and not frontend.adapters["whisper"].conv1.weight.requires_grad
+    assert frontend.adapters["sslam"].average.layer_weights.requires_grad
+    assert set(frontend.part_state_dict()) >= {"adapters.sslam.average.layer_weights", "fusion.latent_start"}
+    assert not any(k.startswith(("adapters.whisper.", "audio_")) for k in frontend.part_state_dict())

@@ -97,7 +97,7 @@ def test_store_equals_direct_encoding_and_rejects_have_reasons(ray_session, enco
     rejects = {r["id"]: r["reason"] for r in pq.read_table(store / "rejects.parquet").to_pylist()}
     for rid, kind in expected.items():
         assert rejects[rid].startswith(kind), (rid, rejects[rid])
-    assert rejects[None].startswith("manifest: line")  # the row without a dataset
+    assert rejects["no-dataset"].startswith("manifest: line")  # invalid row: no dataset
     assert summary.rejected["missing"] == 1 and summary.rejected["too long"] == 1
 
     reader = open_features(store, "whisper", encoders["whisper"].spec())

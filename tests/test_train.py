@@ -1,0 +1,213 @@
+"""train(cfg) end to end on a CPU: learning, frozen LLM, exact resume, DDP, fusion stage, cache, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from train_fixtures import target_rows, tiny_clips, write_feature_store, write_targets
+
+from pipeline.configs import save_config
+from trainer.config import TrainConfig
+from trainer.train import DataChangedError, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_FRONTEND = {"adapter_dim": 16, "conv_hidden_dim": 32, "ca_dim": 16, "ca_heads": 2, "ca_ffn_dim": 32}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    """A real store (whisper 2x16, w2vbert 2x12) and targets over 8 clips."""
+    root = tmp_path_factory.mktemp("train-data")
+    clips = tiny_clips(8, lo=12, hi=40)
+    write_feature_store(root / "store", clips, encoder="whisper", layers=2, dim=16, seed=0)
+    write_feature_store(root / "store", clips, encoder="w2vbert", layers=2, dim=12, seed=1)
+    write_targets(root / "targets.parquet", target_rows(clips))
+    return {"root": root, "store": root / "store", "targets": root / "targets.parquet"}
+
+
+@pytest.fixture(scope="module")
+def learnable_llm(tmp_path_factory, tiny_qwen3_dir) -> Path:
+    """The tiny Qwen3 with a wide weight init, so a few steps can move its loss a lot.
+
+    With the default init (std 0.02) a 64-wide head cannot separate logits by more than about a
+    nat, whatever the audio says; this is the same real class, saved and loaded with from_pretrained.
+    """
+    from transformers import AutoConfig, AutoTokenizer, Qwen3ForCausalLM
+
+    out = tmp_path_factory.mktemp("learnable-qwen3")
+    config = AutoConfig.from_pretrained(tiny_qwen3_dir)
+    config.initializer_range = 0.5
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_qwen3_dir).save_pretrained(out)
+    return out
+
+
+def make_cfg(data: dict[str, Path], out: Path, llm: Path, **overrides) -> TrainConfig:
+    base = dict(targets=str(data["targets"]), store=str(data["store"]), output_dir=str(out), llm=str(llm),
+                frontend=dict(TINY_FRONTEND), batch_tokens=300, max_seq_len=200, num_workers=0, lr=3e-3,
+                warmup_steps=2, epochs=50, eval_every=0, save_every=100, log_every=1, sample_generations=1,
+                sample_max_new_tokens=4, progress=False)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def read_logs(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "logs.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_llm_untouched_encoders_never_built(data, learnable_llm, tmp_path, monkeypatch):
+    import pipeline.encoders
+    import transformers
+
+    def no_encoders(*args, **kwargs):
+        raise AssertionError("the trainer must not construct an encoder")
+
+    monkeypatch.setattr(pipeline.encoders, "build_encoder", no_encoders)
+    loaded = []
+    real_from_pretrained = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):  # keep a handle on the LLM the trainer loads
+        loaded.append(real_from_pretrained(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    run = tmp_path / "run"
+    result = train(make_cfg(data, run, learnable_llm, lr=1e-2, max_steps=14, eval_every=7))
+    assert result.step == 14
+    assert result.losses[-1] < 0.6 * result.losses[0], result.losses
+
+    # The LLM, head included, is bit-for-bit what was loaded.
+    reference = real_from_pretrained(learnable_llm).state_dict()
+    after = loaded[0].state_dict()
+    assert set(after) == set(reference)
+    assert all(torch.equal(after[k], reference[k]) for k in reference)
+    assert not any(p.requires_grad for p in loaded[0].parameters())
+
+    # Checkpoint: front-end weights only, plus metadata naming the data it was trained on.
+    weights = load_file(str(result.checkpoint / "trainable.safetensors"))
+    assert weights and all(k.startswith(("adapters.whisper.", "audio_start", "audio_end")) for k in weights)
+    assert any("running_mean" in k for k in weights)  # whisper's BatchNorm statistics travel along
+    meta = json.loads((result.checkpoint / "meta.json").read_text())
+    assert meta["step"] == 14 and set(meta["store_spec_ids"]) == {"whisper"}
+    assert meta["targets_fingerprint"] and meta["config"]["lr"] == 1e-2
+
+    logs = read_logs(run)
+    evals = [r for r in logs if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [7, 14]
+    assert set(evals[-1]["eval_loss_per_dataset"]) == {"dsA", "dsB"}
+    assert evals[-1]["samples"] and isinstance(evals[-1]["samples"][0]["generated"], str)
+    assert [r["step"] for r in logs if "loss" in r] == list(range(1, 15))
+    assert (run / "rejects.jsonl").read_text() == ""
+
+
+def test_kill_and_resume_is_bitwise_identical(data, tiny_qwen3_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    common = dict(grad_accum=2, batch_tokens=250, seed=5, lr=1e-2)
+    straight = train(make_cfg(data, tmp_path / "straight", tiny_qwen3_dir, max_steps=6, **common))
+    steps_per_epoch = json.loads((straight.checkpoint / "meta.json").read_text())["sampler"]
+    assert straight.step == 6
+
+    first = train(make_cfg(data, tmp_path / "killed", tiny_qwen3_dir, max_steps=3, **common))
+    assert first.step == 3
+    cfg_path = tmp_path / "resume.yaml"
+    save_config(make_cfg(data, tmp_path / "killed", tiny_qwen3_dir, max_steps=6, **common), cfg_path)
+    out = CliRunner().invoke(main, ["train", "run", "--config", str(cfg_path)], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert "step 6" in out.output
+
+    a = tmp_path / "straight" / "checkpoints" / "step_00000006"
+    b = tmp_path / "killed" / "checkpoints" / "step_00000006"
+    for name in ("trainable.safetensors", "optimizer.safetensors"):
+        wa, wb = load_file(str(a / name)), load_file(str(b / name))
+        assert set(wa) == set(wb)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    meta_a, meta_b = (json.loads((p / "meta.json").read_text()) for p in (a, b))
+    assert meta_a["sampler"] == meta_b["sampler"] == steps_per_epoch
+    assert meta_a["sampler"]["epoch"] >= 1  # the run crossed an epoch boundary
+    resumed_losses = [r["loss"] for r in read_logs(tmp_path / "killed") if "loss" in r]
+    assert resumed_losses == [r["loss"] for r in read_logs(tmp_path / "straight") if "loss" in r]
+
+    # A resumed run refuses changed targets unless told otherwise.
+    rows = target_rows(tiny_clips(8, lo=12, hi=40))
+    rows[0]["target"] = "Something else entirely."
+    changed = write_targets(tmp_path / "changed.parquet", rows)
+    cfg = make_cfg(data, tmp_path / "killed", tiny_qwen3_dir, max_steps=6, **common)
+    cfg.targets = str(changed)
+    with pytest.raises(DataChangedError, match="targets fingerprint"):
+        train(cfg)
+    save_config(cfg, cfg_path)
+    out = CliRunner().invoke(main, ["train", "run", "--config", str(cfg_path)])
+    assert out.exit_code == 2 and "--allow-changed-data" in out.output
+
+
+def test_two_gloo_processes_match_one_process(data, tiny_qwen3_dir, tmp_path):
+    common = dict(batch_tokens=250, seed=9, lr=1e-2, max_steps=4, sample_generations=0)
+    single = train(make_cfg(data, tmp_path / "one", tiny_qwen3_dir, grad_accum=2, **common))
+    cfg_path = tmp_path / "ddp.yaml"
+    save_config(make_cfg(data, tmp_path / "two", tiny_qwen3_dir, grad_accum=1, **common), cfg_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29531", "-m", "trainer.train", str(cfg_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = [r["loss"] for r in read_logs(tmp_path / "two") if "loss" in r]
+    assert len(two) == len(single.losses) == 4
+    assert two == pytest.approx(single.losses, rel=1e-5)
+    wa = load_file(str(single.checkpoint / "trainable.safetensors"))
+    wb = load_file(str(tmp_path / "two" / "checkpoints" / "step_00000004" / "trainable.safetensors"))
+    for k in wa:
+        if "running" not in k and "num_batches" not in k:
+            assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
+def test_fusion_stage_with_frozen_adapters_cache_and_export(data, tiny_qwen3_dir, tmp_path):
+    from trainer.cache_adapters import cache_adapter_outputs
+    from trainer.export import load_export
+
+    stage1 = {}
+    for name in ("whisper", "w2vbert"):
+        stage1[name] = train(make_cfg(data, tmp_path / f"stage1-{name}", tiny_qwen3_dir, encoders=[name],
+                                      max_steps=2, sample_generations=0)).checkpoint
+    init = [str(stage1["whisper"]), str(stage1["w2vbert"])]
+    fusion = dict(encoders=["whisper", "w2vbert"], fusion="ca", init=init, freeze=["adapters"], max_steps=3,
+                  sample_generations=0)
+    raw = train(make_cfg(data, tmp_path / "fusion-raw", tiny_qwen3_dir, **fusion))
+    weights = load_file(str(raw.checkpoint / "trainable.safetensors"))
+    assert weights and not any(k.startswith("adapters.") for k in weights)  # frozen: not saved
+    assert any(k.startswith("fusion.") for k in weights)
+
+    cache_cfg = make_cfg(data, tmp_path / "fusion-cached", tiny_qwen3_dir, adapter_cache=str(tmp_path / "cache"),
+                         **fusion)
+    written = cache_adapter_outputs(cache_cfg, tmp_path / "cache")
+    assert written == {"whisper": 8, "w2vbert": 8}
+    assert cache_adapter_outputs(cache_cfg, tmp_path / "cache") == {"whisper": 0, "w2vbert": 0}  # resumable
+    cached = train(cache_cfg)
+    assert cached.losses == pytest.approx(raw.losses, rel=1e-5)  # same training, adapters skipped
+
+    # Export: adapters from stage 1, fusion from the fusion run, all in one self-contained folder.
+    from trainer.export import export_model
+
+    folder = export_model(tmp_path / "fusion-raw", tmp_path / "export")
+    frontend, info = load_export(folder)
+    assert info["llm"] == str(tiny_qwen3_dir) and info["prompt_layout"]["head"] == "<|im_start|>user\n"
+    assert set(info["encoders"]) == {"whisper", "w2vbert"} and info["frontend"]["fusion"] == "ca"
+    state = frontend.state_dict()
+    for name, ckpt in stage1.items():
+        for k, v in load_file(str(Path(ckpt) / "trainable.safetensors")).items():
+            if k.startswith("adapters."):
+                assert torch.equal(state[k], v), k  # frozen adapters are exactly stage 1's
+    for k, v in weights.items():
+        assert torch.equal(state[k], v), k
+    yaml.safe_load((tmp_path / "fusion-raw" / "config.yaml").read_text())  # the run's config is saved
