@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cuda:0 when a GPU is visible, else cpu")
     parser.add_argument("--dtype", default=None, help="bfloat16 on a GPU, float32 on a CPU")
     parser.add_argument("--encoders", default="whisper,w2vbert,muq,sslam")
-    parser.add_argument("--clips", type=int, default=64)
+    parser.add_argument("--clips", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=None, help="total audio seconds (rescales the clips)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1)

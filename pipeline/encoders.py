@@ -241,7 +241,10 @@ class WindowedEncoder:
     def encode(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Encode clips window by window, batching windows of similar length; see the module docstring."""
         m = self.model
-        clips = [np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(-1)) for w in waves]
+        clips = [np.ascontiguousarray(np.asarray(w, dtype=np.float32)) for w in waves]
+        bad = [i for i, c in enumerate(clips) if c.ndim != 1]
+        if bad:
+            raise ValueError(f"{self.name}: encode expects 1-D mono waves; clips {bad} have other shapes")
         windows = [
             Window(c, i, a, b)
             for c, wave in enumerate(clips)

@@ -16,6 +16,7 @@ All functions take batched float waves ``(batch, samples)`` and return ``(batch,
 from __future__ import annotations
 
 import math
+
 import torch
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
@@ -91,11 +92,26 @@ def kaldi_fbank(waves: torch.Tensor, num_mel_bins: int = 128, sample_rate: int =
     if preemphasis:
         previous = torch.cat([x[..., :1], x[..., :-1]], dim=-1)
         x = x - preemphasis * previous
-    x = x * frame_window(window, frame_length).to(x.device)
     fft_size = 1 << max(0, math.ceil(math.log2(frame_length)))
-    power = torch.fft.rfft(x, n=fft_size).abs().pow(2)
-    banks = kaldi_mel_banks(num_mel_bins, fft_size, sample_rate, low_freq, high_freq).to(x.device)
+    win, banks = _fbank_tables(window, frame_length, num_mel_bins, fft_size, sample_rate, low_freq, high_freq,
+                               x.device)
+    power = torch.fft.rfft(x * win, n=fft_size).abs().pow(2)
     return torch.clamp(power @ banks.T, min=FLOAT32_EPS).log()
+
+
+_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _fbank_tables(window: str, frame_length: int, num_mel_bins: int, fft_size: int, sample_rate: int,
+                  low_freq: float, high_freq: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window and mel filters on ``device``, built once per setting (an encoder calls fbank per window)."""
+    key = (window, frame_length, num_mel_bins, fft_size, sample_rate, low_freq, high_freq, str(device))
+    if key not in _TABLES:
+        with torch.device("cpu"):  # never cache tensors built under a meta-device context
+            tables = (frame_window(window, frame_length),
+                      kaldi_mel_banks(num_mel_bins, fft_size, sample_rate, low_freq, high_freq))
+        _TABLES[key] = (tables[0].to(device), tables[1].to(device))
+    return _TABLES[key]
 
 
 def seamless_fbank(waves: list[torch.Tensor], stride: int = 2) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.configs import ConfigError, from_dict, to_dict
 from pipeline.decode import DecodeConfig, DecodeError, decode_clip
-from pipeline.store import StoreConfig
+from pipeline.store import StoreConfig, group_spec, spec_id
 
 ALL_ENCODERS = ("whisper", "w2vbert", "muq", "sslam")
 
@@ -107,6 +107,8 @@ class PipelineConfig:
             raise ConfigError("actors_per_encoder must be >= 1 and per-actor resources >= 0")
         if self.cpus_per_task <= 0:
             raise ConfigError("cpus_per_task must be positive")
+        if self.gpus_per_actor > 0 and not self.device.startswith("cuda"):
+            raise ConfigError(f"gpus_per_actor={self.gpus_per_actor} needs device 'cuda', not {self.device!r}")
 
     def encoder_config(self, name: str) -> dict[str, Any]:
         """The EncoderConfig fields (as a dict, so it travels to Ray actors) for ``name``."""
@@ -275,6 +277,11 @@ class EncodeStage:
         self.name = encoder["name"]
         self.group = Path(group)
         self.storage = StoreConfig(**storage)
+        # On a cluster this actor may sit on a node with other weights or code: never mix them in.
+        sid = spec_id(group_spec(self.encoder.spec(), self.storage))
+        if sid != self.group.name:
+            raise RuntimeError(f"{self.name} on this node has spec {sid}, the job planned {self.group.name}; "
+                               "the nodes do not share the same checkpoint or code")
         self.chunk_clips = max(1, 4 * int(encoder["batch_size"]))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -322,13 +329,18 @@ class EncodeStage:
         return encode_s, info.bytes, write_s + time.perf_counter() - t0
 
 
-def _encoder_facts(encoder: dict[str, Any]) -> dict[str, Any]:
-    """Build an encoder once (in a throwaway worker) for its spec and shape."""
+def encoder_facts(encoder: dict[str, Any]) -> dict[str, Any]:
+    """Build an encoder once on the driver for its spec and shape, then free it."""
+    import gc
+
     from pipeline.encoders import EncoderConfig, build_encoder
 
     enc = build_encoder(EncoderConfig(**encoder))
-    return {"spec": enc.spec(), "layers": len(enc.layers), "dim": enc.dim, "frame_rate": enc.frame_rate,
-            "sample_rate": enc.sample_rate}
+    facts = {"spec": enc.spec(), "layers": len(enc.layers), "dim": enc.dim, "frame_rate": enc.frame_rate,
+             "sample_rate": enc.sample_rate}
+    del enc
+    gc.collect()
+    return facts
 
 
 # ------------------------------------------------------------------------------------------ job
@@ -452,7 +464,7 @@ def _run_locked(cfg: PipelineConfig, root: Path, instances: list[Any], input_rej
                 started: float) -> PipelineSummary:
     import ray
 
-    from pipeline.store import clear_tmp, group_spec, init_group, load_index, spec_id, write_index
+    from pipeline.store import clear_tmp, init_group, load_index, write_index
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own bar below speaks in clips and audio-hours
@@ -467,9 +479,7 @@ def _run_locked(cfg: PipelineConfig, root: Path, instances: list[Any], input_rej
     stage_s["key"] = time.perf_counter() - t0
 
     # Groups and plans per encoder.
-    facts_fn = ray.remote(num_cpus=cfg.cpus_per_task, max_calls=1)(_encoder_facts)
-    facts = dict(zip(cfg.encoders, ray.get([facts_fn.remote(cfg.encoder_config(e)) for e in cfg.encoders]),
-                     strict=True))
+    facts = {e: encoder_facts(cfg.encoder_config(e)) for e in cfg.encoders}
     groups, units, skipped = {}, {}, {}
     for e in cfg.encoders:
         f = facts[e]

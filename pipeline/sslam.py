@@ -105,7 +105,10 @@ class FixedPositions(nn.Module):
     def __init__(self, cfg: SSLAMConfig) -> None:
         super().__init__()
         table = patch_positions(cfg.embed_dim, cfg.max_length, cfg.mel_bins // cfg.patch_size)
-        self.positions = nn.Parameter(table, requires_grad=False)
+        # Allocated on the current default device (meta included), then filled.
+        self.positions = nn.Parameter(torch.zeros(table.shape), requires_grad=False)
+        with torch.no_grad():
+            self.positions.copy_(table)
 
 
 class Attention(nn.Module):

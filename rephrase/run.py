@@ -253,7 +253,9 @@ def _write_table(rows: list[Any], path: Path) -> None:
     tmp.replace(path)
 
 
+@functools.lru_cache(maxsize=4)
 def load_tokenizer(model: str) -> Any:
+    """The model's tokenizer, loaded once per process (it is only read from)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model)

@@ -56,6 +56,7 @@ class ScriptedEngine:
     """
 
     calls: list[str] = []  # keys generated, across instances (tests reset it)
+    fail_marker = "FAILME"  # tests change it to let a retry succeed
 
     def __init__(self, cfg: EngineConfig) -> None:
         self.model_id = cfg.model
@@ -85,7 +86,7 @@ class ScriptedEngine:
         for request in requests:
             ScriptedEngine.calls.append(request.key)
             n_prompt = len(request.prompt.split())
-            if "FAILME" in request.prompt:
+            if self.fail_marker in request.prompt:
                 results.append(GenResult(request.key, "", n_prompt, 0, FINISH_ERROR, "scripted failure"))
                 continue
             words = re.findall(r"\S+\s*", self._script(request.prompt))

@@ -24,7 +24,7 @@ TINY_FRONTEND = {"adapter_dim": 16, "conv_hidden_dim": 32, "ca_dim": 16, "ca_hea
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
-    """A real store (whisper 2x16, w2vbert 2x12) and targets over 8 clips."""
+    """A real store (whisper 2x16, w2vbert 2x12) and targets over 8 clips (6 train, 2 validation)."""
     root = tmp_path_factory.mktemp("train-data")
     clips = tiny_clips(8, lo=12, hi=40)
     write_feature_store(root / "store", clips, encoder="whisper", layers=2, dim=16, seed=0)
@@ -80,8 +80,8 @@ def test_loss_falls_llm_untouched_encoders_never_built(data, learnable_llm, tmp_
         return loaded[-1]
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
-    run = tmp_path / "run"
-    result = train(make_cfg(data, run, learnable_llm, lr=1e-2, max_steps=14, eval_every=7))
+    run = tmp_path / "run"  # one batch holds every training row: a fixed set, seen each step
+    result = train(make_cfg(data, run, learnable_llm, lr=1e-2, max_steps=14, eval_every=7, batch_tokens=2000))
     assert result.step == 14
     assert result.losses[-1] < 0.6 * result.losses[0], result.losses
 
@@ -179,7 +179,7 @@ def test_fusion_stage_with_frozen_adapters_cache_and_export(data, tiny_qwen3_dir
     stage1 = {}
     for name in ("whisper", "w2vbert"):
         stage1[name] = train(make_cfg(data, tmp_path / f"stage1-{name}", tiny_qwen3_dir, encoders=[name],
-                                      max_steps=2, sample_generations=0)).checkpoint
+                                      max_steps=1, sample_generations=0)).checkpoint
     init = [str(stage1["whisper"]), str(stage1["w2vbert"])]
     fusion = dict(encoders=["whisper", "w2vbert"], fusion="ca", init=init, freeze=["adapters"], max_steps=3,
                   sample_generations=0)

@@ -36,7 +36,7 @@ def target_rows(clips: dict[str, int], per_clip: int = 1, val_every: int = 4,
             n = c * per_clip + j
             word = WORDS[c % len(WORDS)]
             rows.append({
-                "instance_id": f"i{n:04d}", "clip_key": key, "dataset": datasets[c % len(datasets)],
+                "instance_id": f"i{n:04d}", "clip_key": key, "dataset": datasets[(c // 3) % len(datasets)],
                 "prompt": f"What do you hear in clip {c}?",
                 "target": f"I hear a {word}. The {word} sounds clear.</think>\n\nA {word}.",
                 "incomplete": False, "split": "validation" if n % val_every == val_every - 1 else "train",

@@ -249,18 +249,35 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    random.seed(cfg.seed + dist.rank)
-    np.random.seed(cfg.seed + dist.rank)
-    torch.manual_seed(cfg.seed + dist.rank)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same on every process: the front end starts identical
+
+    # ---------------------------------------------------------------- data in (a resumed run checks it first)
+    readers = open_readers(cfg)
+    table = read_targets(cfg.targets)
+    fingerprint = targets_fingerprint(table)
+    spec_ids = {name: r.spec_id for name, r in readers.items()}
+    latest = None if fresh else ck.latest_checkpoint(run_dir)
+    state = ck.load_checkpoint(latest) if latest is not None else None
+    if state is not None:
+        if not allow_changed_data:
+            _check_resume_data(state.meta, spec_ids, fingerprint)
+        if state.meta["sampler"]["world_size"] != dist.world:
+            raise ConfigError(f"{latest} was written by {state.meta['sampler']['world_size']} process(es); resume "
+                              f"with as many (the sampler position is per process) or start --fresh")
 
     # ---------------------------------------------------------------- model (frozen LLM, front end)
     tokenizer = AutoTokenizer.from_pretrained(cfg.llm)
     layout = PromptLayout.from_tokenizer(tokenizer, cfg.audio_prompt_separator)
     llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=torch.bfloat16 if bf16 else torch.float32)
     llm.requires_grad_(False).eval().to(device)
-    readers = open_readers(cfg)
     frontend = make_frontend(cfg, readers, llm.config.hidden_size)
     frontend.to(device).train()
+    if dist.world > 1:
+        _broadcast_module(frontend)
+        if dist.rank:  # from here on (dropout) each process has its own stream; rank 0 keeps seed's
+            torch.manual_seed(cfg.seed + dist.rank)
     named = [(n, p) for n, p in frontend.named_parameters() if p.requires_grad]
     if not named:
         raise ConfigError(f"freeze {cfg.freeze} leaves nothing to train")
@@ -271,11 +288,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     model = Model(llm, frontend, layout, cfg.max_seq_len, device, torch.bfloat16 if bf16 else None,
                   cached=bool(cfg.adapter_cache))
 
-    # ---------------------------------------------------------------- data
-    table = read_targets(cfg.targets)
-    fingerprint = targets_fingerprint(table)
-    spec_ids = {name: r.spec_id for name, r in readers.items()}
-
+    # ---------------------------------------------------------------- data (join, sampler, loaders)
     def count_audio(frames: dict[str, np.ndarray]) -> np.ndarray:
         return frontend.output_lengths({k: torch.as_tensor(v) for k, v in frames.items()}).numpy()
 
@@ -307,18 +320,13 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
 
     # ---------------------------------------------------------------- resume
     step, epoch, start = 0, 0, 0
-    latest = None if fresh else ck.latest_checkpoint(run_dir)
-    if latest is not None:
-        state = ck.load_checkpoint(latest)
-        if not allow_changed_data:
-            _check_resume_data(state.meta, spec_ids, fingerprint)
+    if state is not None:
         frontend.load_state_dict(state.weights, strict=False)
         ck.optimizer_from_flat(optimizer, names, state.optimizer_tensors, state.meta["optimizer_groups"])
         scheduler.load_state_dict(state.meta["scheduler"])
         step, epoch, start = state.meta["step"], state.meta["sampler"]["epoch"], state.meta["sampler"]["start"]
-        rng = state.meta["rng"]
-        if len(rng) == dist.world:
-            ck.restore_rng(rng[dist.rank])
+        ck.restore_rng(state.meta["rng"][dist.rank])
+        del state
     log_path = run_dir / "logs.jsonl"
     writer = _tensorboard(run_dir) if dist.main else None
 
@@ -463,6 +471,14 @@ def _sync_grads(params: list[Any], frontend: Any, dist: Dist) -> None:
         if buf.is_floating_point():
             _all_reduce(buf.data, dist)
             buf.data /= dist.world
+
+
+def _broadcast_module(module: Any) -> None:
+    """Give every process rank 0's parameters and buffers."""
+    import torch.distributed as tdist
+
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        tdist.broadcast(tensor.data, src=0)
 
 
 def _tensorboard(run_dir: Path) -> Any:
