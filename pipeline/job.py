@@ -25,15 +25,15 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
-
-import numpy as np
+from typing import Any
 
 from pipeline.configs import ConfigError, from_dict, to_dict
-from pipeline.decode import DecodeConfig, DecodeError, decode_clip
+from pipeline.decode import DecodeConfig
+from pipeline.extract_stages import EncodeStage, decode_unit, encoder_facts, key_batch
 from pipeline.store import StoreConfig, group_spec, spec_id
 
 ALL_ENCODERS = ("whisper", "w2vbert", "muq", "sslam")
@@ -218,131 +218,6 @@ def part_id(keys: list[str]) -> str:
     return hashlib.blake2b("\n".join(keys).encode(), digest_size=10).hexdigest()
 
 
-# ------------------------------------------------------------------------------------------ stages
-
-
-def key_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray task stage: decode each source once for its content key and duration, or its reject reason."""
-    if "source" not in batch:
-        raise KeyError("key_batch needs a 'source' column")
-    # No length limit here: the limit is applied when planning, so changing it needs no re-keying.
-    cfg = DecodeConfig(max_seconds=float("inf"))
-    keys, durations, reasons = [], [], []
-    for text in batch["source"]:
-        src = json.loads(text)
-        try:
-            clip = decode_clip(src["audio"], src["start"], src["end"], cfg)
-            keys.append(clip.key)
-            durations.append(clip.duration)
-            reasons.append("")
-        except DecodeError as err:
-            keys.append("")
-            durations.append(0.0)
-            reasons.append(str(err))
-    return {"source": batch["source"], "key": np.array(keys, dtype=object),
-            "duration": np.array(durations), "reason": np.array(reasons, dtype=object)}
-
-
-def decode_unit(row: dict[str, Any], rates: dict[str, int], quality: str) -> dict[str, Any]:
-    """Ray stage: decode a unit's clips and resample them to every rate its encoders need."""
-    started = time.perf_counter()
-    unit = json.loads(row["unit"])
-    needed = sorted({rates[e] for e in unit["encoders"]})
-    waves: dict[int, list[np.ndarray]] = {r: [] for r in sorted(set(rates.values()))}
-    for src, key in zip(unit["sources"], unit["keys"], strict=True):
-        clip = decode_clip(src["audio"], src["start"], src["end"], DecodeConfig(max_seconds=float("inf")))
-        if clip.key != key:
-            raise RuntimeError(f"{src['audio']} changed while the job ran (content key differs); rerun the job")
-        for r in needed:
-            waves[r].append(clip.at(r, quality))
-    out = {"unit": row["unit"], "decode_s": time.perf_counter() - started}
-    # Every rate gets its columns (empty when unused) so all rows share one schema.
-    for r in waves:
-        out[f"wave_{r}"] = np.concatenate(waves[r]).tobytes() if waves[r] else b""
-        out[f"lengths_{r}"] = json.dumps([len(w) for w in waves[r]])
-    return out
-
-
-class EncodeStage:
-    """Ray actor stage for one encoder: encodes the units whose part it owns and writes that part."""
-
-    def __init__(self, encoder: dict[str, Any], group: str, storage: dict[str, Any], threads: int) -> None:
-        import torch
-
-        from pipeline.encoders import EncoderConfig, build_encoder
-
-        if threads > 0:
-            torch.set_num_threads(threads)
-        self.encoder = build_encoder(EncoderConfig(**encoder))
-        self.name = encoder["name"]
-        self.group = Path(group)
-        self.storage = StoreConfig(**storage)
-        # On a cluster this actor may sit on a node with other weights or code: never mix them in.
-        sid = spec_id(group_spec(self.encoder.spec(), self.storage))
-        if sid != self.group.name:
-            raise RuntimeError(f"{self.name} on this node has spec {sid}, the job planned {self.group.name}; "
-                               "the nodes do not share the same checkpoint or code")
-        self.chunk_clips = max(1, 4 * int(encoder["batch_size"]))
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [c for c in ("unit",) if c not in batch]
-        if missing:
-            raise KeyError(f"EncodeStage needs columns {missing}")
-        out = {k: batch[k] for k in batch}
-        seconds, written, write_s = [], [], []
-        for i, text in enumerate(batch["unit"]):
-            unit = json.loads(text)
-            if self.name not in unit["encoders"]:
-                seconds.append(0.0), written.append(0), write_s.append(0.0)
-                continue
-            rate = self.encoder.sample_rate
-            lengths = json.loads(batch[f"lengths_{rate}"][i])
-            flat = np.frombuffer(batch[f"wave_{rate}"][i], dtype=np.float32)
-            bounds = np.cumsum([0] + lengths)
-            waves = [flat[bounds[j]:bounds[j + 1]] for j in range(len(lengths))]
-            s, b, w = self._write_part(unit, waves)
-            seconds.append(s), written.append(b), write_s.append(w)
-        out[f"{self.name}_encode_s"] = np.array(seconds)
-        out[f"{self.name}_write_s"] = np.array(write_s)
-        out[f"{self.name}_bytes"] = np.array(written, dtype=np.int64)
-        return out
-
-    def _write_part(self, unit: dict[str, Any], waves: list[np.ndarray]) -> tuple[float, int, float]:
-        from pipeline.store import DONE, PartWriter
-
-        if (self.group / "parts" / unit["part"] / DONE).is_file():  # committed by an earlier run
-            return 0.0, 0, 0.0
-        enc = self.encoder
-        total = sum(enc.num_frames(len(w)) for w in waves)
-        writer = PartWriter(self.group, unit["part"], total, len(enc.layers), enc.dim, self.storage)
-        encode_s = write_s = 0.0
-        for start in range(0, len(waves), self.chunk_clips):
-            t0 = time.perf_counter()
-            feats = enc.encode(waves[start:start + self.chunk_clips])
-            t1 = time.perf_counter()
-            for j, f in enumerate(feats, start=start):
-                writer.append(unit["keys"][j], f, unit["durations"][j])
-            write_s += time.perf_counter() - t1
-            encode_s += t1 - t0
-        t0 = time.perf_counter()
-        info = writer.commit()
-        return encode_s, info.bytes, write_s + time.perf_counter() - t0
-
-
-def encoder_facts(encoder: dict[str, Any]) -> dict[str, Any]:
-    """Build an encoder once on the driver for its spec and shape, then free it."""
-    import gc
-
-    from pipeline.encoders import EncoderConfig, build_encoder
-
-    enc = build_encoder(EncoderConfig(**encoder))
-    facts = {"spec": enc.spec(), "layers": len(enc.layers), "dim": enc.dim, "frame_rate": enc.frame_rate,
-             "sample_rate": enc.sample_rate}
-    del enc
-    gc.collect()
-    return facts
-
-
 # ------------------------------------------------------------------------------------------ job
 
 
@@ -473,6 +348,7 @@ def _run_locked(cfg: PipelineConfig, root: Path, instances: list[Any], input_rej
 
     # Key every source (dedupe by audio and cut first).
     t0 = time.perf_counter()
+    clear_tmp(root)
     sources = sorted({(i.audio, i.start, i.end) for i in instances}, key=source_order)
     keyed = key_sources(root, sources, cfg)
     clips, rejected = write_instance_tables(root, instances, input_rejects, keyed, cfg.decode.max_seconds)
@@ -524,13 +400,15 @@ def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str,
 
     rates = {e: facts[e]["sample_rate"] for e in cfg.encoders}
     cpus = cfg.num_cpus or int(ray.cluster_resources().get("CPU", 1))
+    # From the configured encoders, not the busy ones: a resumed job must run the same kernels.
     threads = cfg.torch_threads or max(1, cpus // len(cfg.encoders))
+    busy = [e for e in cfg.encoders if any(e in u["encoders"] for u in units)]
     # Short units first: the first parts commit early, so a killed job has lost little.
     units = sorted(units, key=lambda u: (sum(u["durations"]), u["part"]))
     ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=max(1, len(units)))
     ds = ds.map(decode_unit, fn_kwargs={"rates": rates, "quality": cfg.decode.resample_quality},
                 num_cpus=cfg.cpus_per_task)
-    for e in cfg.encoders:
+    for e in busy:  # an encoder with nothing to do gets no actors
         ds = ds.map_batches(
             EncodeStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.actors_per_encoder),
             num_cpus=cfg.cpus_per_actor,

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.shard_io import RawShardedArray
+
 STORE_FORMAT = 1
 DTYPES = ("float16", "bfloat16", "float32", "int8")
 COMPRESSORS = (None, "zstd")
@@ -193,9 +195,14 @@ def committed_parts(group: Path) -> list[str]:
     return sorted(p.name for p in parts.iterdir() if (p / DONE).is_file())
 
 
-def clear_tmp(group: Path) -> None:
-    """Remove half-written parts left by a killed writer (call only while holding the job lock)."""
-    shutil.rmtree(group / ".tmp", ignore_errors=True)
+def clear_tmp(folder: Path) -> None:
+    """Remove what a killed job left half-written in ``folder``: parts in ``.tmp`` and ``.*.tmp`` files.
+
+    Call only while holding the job lock (another job's temporary files would go too).
+    """
+    shutil.rmtree(folder / ".tmp", ignore_errors=True)
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------ values
@@ -406,7 +413,6 @@ def load_index(group: Path) -> Any:
 
 # ------------------------------------------------------------------------------------------ reader
 
-
 def _resolve_group(root: Path, encoder: str, spec: dict | str | None) -> str:
     groups = list_groups(root, encoder)
     if not groups:
@@ -516,14 +522,12 @@ class FeatureReader:
         return float(self._duration[self._index(key)])
 
     def _open(self, part: int) -> tuple[Any, Any]:
-        import zarr
-
         if self._pid != os.getpid():  # forked: handles of the parent are not ours
             self._arrays, self._pid = {}, os.getpid()
         if part not in self._arrays:
             folder = self.group / "parts" / self._parts[part]
-            features = zarr.open_array(str(folder / "features"), mode="r")
-            scales = zarr.open_array(str(folder / "scales"), mode="r") if self.dtype == "int8" else None
+            features = _open_array(folder / "features")
+            scales = _open_array(folder / "scales") if self.dtype == "int8" else None
             self._arrays[part] = (features, scales)
         return self._arrays[part]
 
@@ -532,5 +536,18 @@ class FeatureReader:
         i = self._index(key)
         features, scales = self._open(int(self._part[i]))
         start, stop = int(self._offset[i]), int(self._offset[i] + self._length[i])
-        values = features[start:stop]
-        return dequantize(values, scales[start:stop] if scales is not None else None, self.dtype)
+        if self.dtype in ("float16", "float32") and isinstance(features, RawShardedArray):
+            return features.read(start, stop, np.dtype(np.float32))  # converts while copying
+        values = _read_rows(features, start, stop)
+        return dequantize(values, _read_rows(scales, start, stop) if scales is not None else None, self.dtype)
+
+
+def _open_array(folder: Path) -> Any:
+    """The fast direct reader when the layout allows it, else the zarr array."""
+    import zarr
+
+    return RawShardedArray.open(folder) or zarr.open_array(str(folder), mode="r")
+
+
+def _read_rows(array: Any, start: int, stop: int) -> np.ndarray:
+    return array.read(start, stop) if isinstance(array, RawShardedArray) else array[start:stop]

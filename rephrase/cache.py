@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+
 def request_key(**parts: Any) -> str:
     """The cache key: a SHA-256 over the JSON of everything that determines a generation."""
     payload = json.dumps(parts, sort_keys=True, ensure_ascii=False)

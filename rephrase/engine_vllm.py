@@ -88,7 +88,7 @@ class VllmEngine:
             self._run(batch[:half], results)
             self._run(batch[half:], results)
             return
-        for (request, ids), output in zip(batch, outputs):
+        for (request, ids), output in zip(batch, outputs, strict=True):
             completion = output.outputs[0]
             finish = FINISH_LENGTH if completion.finish_reason == "length" else FINISH_STOP
             if completion.finish_reason not in ("length", "stop"):

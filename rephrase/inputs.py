@@ -54,7 +54,7 @@ def read_clip_keys(path: str | Path | None) -> dict[str, str]:
         raise ValueError(f"{path} has no instance_id/clip_key (or id/key) columns: {sorted(names)}")
     ids = table.column(id_col).to_pylist()
     keys = table.column(key_col).to_pylist()
-    return {i: k for i, k in zip(ids, keys) if i is not None and k is not None}
+    return {i: k for i, k in zip(ids, keys, strict=True) if i is not None and k is not None}
 
 
 def _probe(instance: Any) -> tuple[float | None, str | None]:
@@ -85,26 +85,23 @@ def collect_inputs(manifest: str | Path, max_audio_seconds: float, instances_pat
     with ThreadPoolExecutor(max_workers=probe_threads) as pool:
         probes = list(pool.map(_probe, result.instances))
     rows: list[InputRow] = []
-    for instance, (duration, error) in zip(result.instances, probes):
-        def drop(reason: str) -> None:
-            rejects.append(InputReject(instance.id, instance.dataset, "input", reason))
-
-        if error is not None or duration is None:
-            drop(error or "unreadable_audio")
-            continue
-        if duration >= max_audio_seconds:
-            drop(f"audio_too_long: {duration:.1f}s >= {max_audio_seconds:g}s")
-            continue
-        if not instance.prompt:
-            drop("no_prompt")
-            continue
+    for instance, (duration, error) in zip(result.instances, probes, strict=True):
+        reason = None
         description = None
-        if instance.kind == "audio":
+        if error is not None or duration is None:
+            reason = error or "unreadable_audio"
+        elif duration >= max_audio_seconds:
+            reason = f"audio_too_long: {duration:.1f}s >= {max_audio_seconds:g}s"
+        elif not instance.prompt:
+            reason = "no_prompt"
+        elif instance.kind == "audio":
             try:
                 description = instance_description(instance, duration)
             except ValueError as err:
-                drop(f"no_description: {err}")
-                continue
+                reason = f"no_description: {err}"
+        if reason is not None:
+            rejects.append(InputReject(instance.id, instance.dataset, "input", reason))
+            continue
         rows.append(InputRow(
             instance_id=instance.id, dataset=instance.dataset, kind=instance.kind, audio=instance.audio,
             prompt=instance.prompt, description=description, context=instance.context,

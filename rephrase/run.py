@@ -155,7 +155,7 @@ def forced_chunk(engine: Engine, chunk: list[GenRequest], total_max_tokens: int,
     first = engine.generate(chunk)
     follow: list[GenRequest] = []
     forced: dict[str, str] = {}
-    for request, result in zip(chunk, first):
+    for request, result in zip(chunk, first, strict=True):
         if result.error or result.finish_reason != FINISH_LENGTH or result.n_tokens >= total_max_tokens:
             continue
         forced[request.key] = "" if prompts.THINK_CLOSE in result.text else closer
@@ -281,7 +281,6 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
         Per-pass statistics and the validation report.
     """
     from pipeline.configs import save_config
-
     from rephrase.inputs import collect_inputs
     from rephrase.validate import validate_run
 

@@ -7,7 +7,6 @@ has a name; a rejected row records the first rule that hit, and the statistics c
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field

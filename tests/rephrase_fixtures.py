@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from rephrase.engines import ENGINES, FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, EngineConfig, GenRequest, GenResult
+from rephrase.engines import (
+    ENGINES,
+    FINISH_ERROR,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    EngineConfig,
+    GenRequest,
+    GenResult,
+)
 
 CAPTIONS = ["dog barking", "rain on a roof", "a church bell", "a car horn", "birds singing", "a door slam"]
 
@@ -52,7 +60,8 @@ class ScriptedEngine:
     * rephrase prompts get a short thinking block, then the response with reading words swapped
       for hearing words inside ``<answer>`` tags;
     * a prompt containing ``LONGTHINK`` thinks past any budget (to exercise budget forcing);
-    * a prompt containing ``FAILME`` fails with an error (to exercise error rows).
+    * a prompt containing ``FAILME`` fails with an error (to exercise error rows);
+    * the judge says yes exactly for targets containing ``JUDGEYES``.
     """
 
     calls: list[str] = []  # keys generated, across instances (tests reset it)
@@ -66,7 +75,10 @@ class ScriptedEngine:
         generated = prompt.split("<|im_start|>assistant\n", 1)[-1]
         if generated.startswith("<think>\n"):
             generated = generated[len("<think>\n"):]
-        if "<text_llm_reasoning>" in user:
+        if "You check training texts" in prompt:  # the judge
+            verdict = "yes" if "JUDGEYES" in user else "no"
+            text = f"Checking.\n</think>\n\n<answer>{verdict}</answer>"
+        elif "<text_llm_reasoning>" in user:
             if "LONGTHINK" in user and "</think>" not in generated:
                 text = "hmm " * 10_000
             else:

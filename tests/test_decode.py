@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from store_fixtures import hostile_corpus, tone, write_shard, write_wav
 
 from pipeline.decode import DecodeConfig, DecodeError, clip_key, decode_clip, resample
-from store_fixtures import hostile_corpus, tone, write_shard, write_wav
 
 CFG = DecodeConfig()
 

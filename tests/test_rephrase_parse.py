@@ -6,7 +6,13 @@ import pytest
 
 from rephrase import prompts
 from rephrase.judge import parse_verdict
-from rephrase.parse import answer_target, extract_last_answer, is_incomplete, prepare_for_rephrase, restore_tags
+from rephrase.parse import (
+    answer_target,
+    extract_last_answer,
+    is_incomplete,
+    prepare_for_rephrase,
+    restore_tags,
+)
 from rephrase.show import highlight_changes
 from rephrase.validate import LEAK_RULES, REFUSAL_RULES, ValidateConfig, rule_hits, split_for
 

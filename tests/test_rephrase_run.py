@@ -165,6 +165,24 @@ def test_budget_forcing_closes_long_thinking_and_the_target_is_parsed(tmp_path, 
     assert run_status(out)["rephrase"]["budget_forced"] == 1
 
 
+def test_optional_judge_rejects_flagged_targets_and_caches_its_verdicts(tmp_path, tiny_qwen3_dir):
+    extra = [{"id": "flagged", "audio": "audio/clip0.wav", "dataset": "sounds",
+              "metadata": {"caption": "JUDGEYES bell"}, "prompt": "What is it?"}]
+    manifest = rf.write_manifest(tmp_path, n_audio=2, n_instruction=0, extra=extra)
+    out = tmp_path / "out"
+    report = run_rephrase(manifest, out, _cfg(tiny_qwen3_dir), progress=False)
+    assert report["validation"]["kept"] == 3  # the judge is off by default
+    rf.ScriptedEngine.calls.clear()
+    stats = validate_run(out, ValidateConfig(min_tokens=5, judge=True), progress=False)
+    assert stats["kept"] == 2 and stats["rejected_per_rule"] == {"judge": 1}
+    assert len(rf.ScriptedEngine.calls) == 3
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    assert [(r["instance_id"], r["reason"]) for r in rejects] == [("flagged", "judge:text_access")]
+    rf.ScriptedEngine.calls.clear()
+    assert validate_run(out, ValidateConfig(min_tokens=5, judge=True), progress=False)["kept"] == 2
+    assert rf.ScriptedEngine.calls == []
+
+
 def test_truncated_answers_are_kept_as_incomplete_targets(tmp_path, tiny_qwen3_dir):
     manifest = rf.write_manifest(tmp_path, n_audio=2, n_instruction=1)
     out = tmp_path / "out"

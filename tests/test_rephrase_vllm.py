@@ -53,7 +53,7 @@ def test_greedy_matches_transformers_token_for_token(vllm_engine, hf_engine):
                 for i, p in enumerate(_prompts(hf_engine.tokenizer, 4))]
     ours = vllm_engine.generate(requests)
     theirs = hf_engine.generate(requests)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         assert a.error is None and b.error is None
         assert (a.n_prompt_tokens, a.n_tokens, a.finish_reason) == (b.n_prompt_tokens, b.n_tokens, b.finish_reason)
         assert a.text == b.text
@@ -68,7 +68,7 @@ def test_seeded_sampling_is_reproducible_and_shaped_like_transformers(vllm_engin
     other_seed = vllm_engine.generate([GenRequest("x", prompts[0], 16, seed=7)])[0]
     assert other_seed.text != first[0].text
     hf = hf_engine.generate(requests)
-    for a, b in zip(first, hf):
+    for a, b in zip(first, hf, strict=True):
         assert a.n_tokens == b.n_tokens == 16
         assert a.finish_reason == b.finish_reason == "length"
 
@@ -82,8 +82,8 @@ def test_overlong_prompt_is_an_error_row_and_others_finish(vllm_engine):
 
 
 def test_full_run_on_vllm_then_rerun_generates_nothing(tmp_path, vllm_engine, tiny_qwen3_dir):
-    import rephrase_fixtures as rf
     import pyarrow.parquet as pq
+    import rephrase_fixtures as rf
 
     from rephrase.run import RephraseConfig, run_rephrase
 

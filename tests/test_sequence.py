@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.sequence import (IGNORE_INDEX, LayoutError, PromptLayout, SequenceTooLong, assemble_batch,
-                              fit_target, prompt_embeds)
+from trainer.sequence import (
+    IGNORE_INDEX,
+    LayoutError,
+    PromptLayout,
+    SequenceTooLong,
+    assemble_batch,
+    fit_target,
+    prompt_embeds,
+)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,8 +66,9 @@ def read_logs(run: Path) -> list[dict]:
 
 
 def test_loss_falls_llm_untouched_encoders_never_built(data, learnable_llm, tmp_path, monkeypatch):
-    import pipeline.encoders
     import transformers
+
+    import pipeline.encoders
 
     def no_encoders(*args, **kwargs):
         raise AssertionError("the trainer must not construct an encoder")
@@ -158,8 +160,11 @@ def test_two_gloo_processes_match_one_process(data, tiny_qwen3_dir, tmp_path):
     cfg_path = tmp_path / "ddp.yaml"
     save_config(make_cfg(data, tmp_path / "two", tiny_qwen3_dir, grad_accum=1, **common), cfg_path)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29531", "-m", "trainer.train", str(cfg_path)],
+                           "--master_port", str(port), "-m", "trainer.train", str(cfg_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = [r["loss"] for r in read_logs(tmp_path / "two") if "loss" in r]
@@ -172,8 +177,25 @@ def test_two_gloo_processes_match_one_process(data, tiny_qwen3_dir, tmp_path):
             assert torch.allclose(wa[k], wb[k], atol=1e-5), k
 
 
+def test_bad_configs_fail_at_once():
+    from pipeline.configs import ConfigError
+
+    with pytest.raises(ConfigError, match="fusion 'none' trains one encoder"):
+        TrainConfig(encoders=["whisper", "w2vbert"])
+    with pytest.raises(ConfigError, match="list it first"):
+        TrainConfig(encoders=["w2vbert", "whisper"], fusion="ca")
+    with pytest.raises(ConfigError, match="unknown part"):
+        TrainConfig(freeze=["llm"])
+    with pytest.raises(ConfigError, match="add 'adapters' to freeze"):
+        TrainConfig(encoders=["whisper", "w2vbert"], fusion="ca", adapter_cache="c")
+    with pytest.raises(ConfigError, match="batch_tokens"):
+        TrainConfig(batch_tokens=100, max_seq_len=4096)
+
+
 def test_fusion_stage_with_frozen_adapters_cache_and_export(data, tiny_qwen3_dir, tmp_path):
-    from trainer.cache_adapters import cache_adapter_outputs
+    from click.testing import CliRunner
+
+    from cli import main
     from trainer.export import load_export
 
     stage1 = {}
@@ -190,21 +212,25 @@ def test_fusion_stage_with_frozen_adapters_cache_and_export(data, tiny_qwen3_dir
 
     cache_cfg = make_cfg(data, tmp_path / "fusion-cached", tiny_qwen3_dir, adapter_cache=str(tmp_path / "cache"),
                          **fusion)
-    written = cache_adapter_outputs(cache_cfg, tmp_path / "cache")
-    assert written == {"whisper": 8, "w2vbert": 8}
-    assert cache_adapter_outputs(cache_cfg, tmp_path / "cache") == {"whisper": 0, "w2vbert": 0}  # resumable
+    save_config(cache_cfg, tmp_path / "fusion.yaml")
+    cache_cmd = ["train", "cache-adapters", "--config", str(tmp_path / "fusion.yaml")]
+    out = CliRunner().invoke(main, cache_cmd, catch_exceptions=False)
+    assert out.exit_code == 0 and "whisper: 8 clips cached" in out.output and "w2vbert: 8 clips" in out.output
+    out = CliRunner().invoke(main, cache_cmd, catch_exceptions=False)
+    assert "whisper: 0 clips cached" in out.output  # a rerun skips committed parts
     cached = train(cache_cfg)
     assert cached.losses == pytest.approx(raw.losses, rel=1e-5)  # same training, adapters skipped
 
     # Export: adapters from stage 1, fusion from the fusion run, all in one self-contained folder.
-    from trainer.export import export_model
-
-    folder = export_model(tmp_path / "fusion-raw", tmp_path / "export")
+    folder = tmp_path / "export"
+    out = CliRunner().invoke(main, ["train", "export", str(tmp_path / "fusion-raw"), str(folder)],
+                             catch_exceptions=False)
+    assert out.exit_code == 0, out.output
     frontend, info = load_export(folder)
     assert info["llm"] == str(tiny_qwen3_dir) and info["prompt_layout"]["head"] == "<|im_start|>user\n"
     assert set(info["encoders"]) == {"whisper", "w2vbert"} and info["frontend"]["fusion"] == "ca"
     state = frontend.state_dict()
-    for name, ckpt in stage1.items():
+    for ckpt in stage1.values():
         for k, v in load_file(str(Path(ckpt) / "trainable.safetensors")).items():
             if k.startswith("adapters."):
                 assert torch.equal(state[k], v), k  # frozen adapters are exactly stage 1's

@@ -10,8 +10,14 @@ import pytest
 import torch
 from train_fixtures import target_rows, tiny_clips, write_feature_store
 
-from trainer.data import (DataError, FeatureDataset, TokenBudgetSampler, join_targets, make_loader,
-                          targets_fingerprint)
+from trainer.data import (
+    DataError,
+    FeatureDataset,
+    TokenBudgetSampler,
+    join_targets,
+    make_loader,
+    targets_fingerprint,
+)
 from trainer.sequence import PromptLayout
 
 
@@ -44,8 +50,8 @@ def test_join_tokenises_and_counts(store, layout, qwen3_tokenizer):
                                                                      if r["split"] == "validation"}
     e = next(x for x in examples if x.instance_id == "i0000")
     assert e.frames == {"whisper": clips["clip000"]}
-    assert e.prompt_ids == layout.prompt_ids(qwen3_tokenizer, rows[0]["prompt"])
-    assert e.target_ids == layout.target_ids(qwen3_tokenizer, rows[0]["target"])
+    assert e.prompt_ids.tolist() == layout.prompt_ids(qwen3_tokenizer, rows[0]["prompt"])
+    assert e.target_ids.tolist() == layout.target_ids(qwen3_tokenizer, rows[0]["target"])
     audio = (clips["clip000"] + 1) // 2 + 2
     assert e.n_tokens == len(layout.head_ids) + audio + len(e.prompt_ids) + len(e.target_ids)
 
@@ -117,7 +123,7 @@ def test_sampler_ranks_split_the_single_process_batches():
     ranks = [TokenBudgetSampler(lengths, 900, seed=3, bucket_size=4, rank=r, world_size=2).batches(0)
              for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == len(one) // 2
-    assert [b for pair in zip(*ranks) for b in pair] == one[: len(one) // 2 * 2]
+    assert [b for pair in zip(*ranks, strict=True) for b in pair] == one[: len(one) // 2 * 2]
 
 
 def test_loader_workers_open_the_store_lazily(store, layout, qwen3_tokenizer):
@@ -130,7 +136,7 @@ def test_loader_workers_open_the_store_lazily(store, layout, qwen3_tokenizer):
     serial = list(make_loader(dataset, sampler, num_workers=0))
     parallel = list(make_loader(dataset, sampler, num_workers=2))
     assert [b["instance_ids"] for b in serial] == [b["instance_ids"] for b in parallel]
-    for a, b in zip(serial, parallel):
+    for a, b in zip(serial, parallel, strict=True):
         assert torch.equal(a["feats"]["whisper"], b["feats"]["whisper"])
     batch = serial[0]
     for i, iid in enumerate(batch["instance_ids"]):
@@ -139,6 +145,21 @@ def test_loader_workers_open_the_store_lazily(store, layout, qwen3_tokenizer):
         assert n == clips[example.clip_key]
         assert np.array_equal(batch["feats"]["whisper"][i, :n].numpy(), reader.read(example.clip_key))
         assert (batch["feats"]["whisper"][i, n:] == 0).all()
-        assert torch.equal(batch["target_ids"][i], torch.tensor(example.target_ids))
+        assert batch["target_ids"][i].tolist() == example.target_ids.tolist()
     assert batch["n_tokens"] == sum(next(e for e in examples if e.instance_id == i).n_tokens
                                     for i in batch["instance_ids"])
+
+
+def test_a_store_without_the_pinned_spec_is_refused(store, tmp_path):
+    from trainer.config import TrainConfig
+    from trainer.train import open_readers
+
+    _, reader = store
+    cfg = TrainConfig(targets="t.parquet", store=str(reader.root), output_dir=str(tmp_path))
+    assert open_readers(cfg)["whisper"].spec_id == reader.spec_id
+    cfg.store_specs = {"whisper": "0123456789abcdef"}
+    with pytest.raises(DataError, match="no group '0123456789abcdef'"):
+        open_readers(cfg)
+    cfg.store_specs, cfg.encoders = {}, ["w2vbert"]
+    with pytest.raises(DataError, match="no features for encoder 'w2vbert'"):
+        open_readers(cfg)

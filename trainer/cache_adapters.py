@@ -99,7 +99,7 @@ def cache_adapter_outputs(cfg: TrainConfig, out: str | Path, batch_clips: int = 
             if part_id in committed_parts(group):
                 continue
             writer = PartWriter(group, part_id, sum(len(o) for o in outputs), 1, outputs[0].shape[-1], store_cfg)
-            for key, values in zip(part_keys, outputs):
+            for key, values in zip(part_keys, outputs, strict=True):
                 writer.append(key, values[:, None, :], reader.duration(key))
             writer.commit()
             written[name] += len(part_keys)

@@ -70,6 +70,8 @@ class TrainConfig:
     """Length of the cosine schedule in optimiser steps (0: epochs x steps per epoch)."""
     grad_clip: float = 1.0
     seed: int = 42
+    gradient_checkpointing: bool = False
+    """Recompute the LLM's activations in the backward pass (long sequences on a GPU)."""
     precision: str = "auto"
     """"auto" (bf16 autocast on GPU, float32 on CPU), "bf16" or "fp32"."""
     device: str = "auto"

@@ -35,8 +35,11 @@ class Example:
     instance_id: str
     clip_key: str
     dataset: str
-    prompt_ids: list[int]
-    target_ids: list[int]
+    prompt_ids: np.ndarray
+    """int32 ids from after the audio span to the thinking opener (arrays, not lists: millions of
+    rows stay compact and DataLoader workers do not touch their pages through refcounts)."""
+    target_ids: np.ndarray
+    """int32 ids of the (fitted) target."""
     frames: dict[str, int]
     n_tokens: int
     """Sequence length: head + audio vectors + prompt + (fitted) target."""
@@ -110,14 +113,14 @@ def join_targets(table: Any, readers: dict[str, Any], layout: PromptLayout, toke
         raise DataError("targets reference clips the feature store lacks (run `alarm pipeline run` "
                         "for them or drop them from the targets):\n  " + "\n  ".join(lines))
     prompts = _encode_batch(tokenizer, [layout.middle + r["prompt"] + layout.tail for r in rows])
-    targets = [layout.target_ids(tokenizer, r["target"] or "") for r in rows]
+    targets = _encode_batch(tokenizer, [layout.target_text(r["target"] or "") for r in rows])
     clip_keys = sorted({r["clip_key"] for r in rows})
     frames = {name: np.array([readers[name].num_frames(k) for k in clip_keys], dtype=np.int64)
               for name in encoders}
     audio = np.asarray(count_audio(frames)).astype(np.int64)
     clip_no = {k: i for i, k in enumerate(clip_keys)}
     result = JoinResult()
-    for row, prompt_ids, target_ids in zip(rows, prompts, targets):
+    for row, prompt_ids, target_ids in zip(rows, prompts, targets, strict=True):
         i = clip_no[row["clip_key"]]
         if row["split"] not in SPLITS:
             result.rejects.append({"instance_id": row["instance_id"],
@@ -128,12 +131,13 @@ def join_targets(table: Any, readers: dict[str, Any], layout: PromptLayout, toke
             continue
         fixed = len(layout.head_ids) + int(audio[i]) + len(prompt_ids)
         try:
-            target_ids = list(fit_target(fixed, target_ids, max_seq_len))
+            target_ids = fit_target(fixed, target_ids, max_seq_len)
         except SequenceTooLong as err:
             result.rejects.append({"instance_id": row["instance_id"], "reason": str(err)})
             continue
         example = Example(instance_id=row["instance_id"], clip_key=row["clip_key"], dataset=row["dataset"],
-                          prompt_ids=prompt_ids, target_ids=target_ids,
+                          prompt_ids=np.asarray(prompt_ids, dtype=np.int32),
+                          target_ids=np.asarray(target_ids, dtype=np.int32),
                           frames={name: int(frames[name][i]) for name in encoders},
                           n_tokens=fixed + len(target_ids))
         result.splits.setdefault(row["split"], []).append(example)
@@ -285,8 +289,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "feats": feats,
         "lengths": lengths,
-        "prompt_ids": [torch.tensor(e.prompt_ids, dtype=torch.long) for e in examples],
-        "target_ids": [torch.tensor(e.target_ids, dtype=torch.long) for e in examples],
+        "prompt_ids": [torch.from_numpy(np.asarray(e.prompt_ids)).long() for e in examples],
+        "target_ids": [torch.from_numpy(np.asarray(e.target_ids)).long() for e in examples],
         "instance_ids": [e.instance_id for e in examples],
         "datasets": [e.dataset for e in examples],
         "n_tokens": sum(e.n_tokens for e in examples),

@@ -88,11 +88,16 @@ class PromptLayout:
         """Token ids from after the audio span to the thinking opener, for one prompt."""
         return tokenizer.encode(self.middle + prompt + self.tail, add_special_tokens=False)
 
-    def target_ids(self, tokenizer: Any, target: str) -> list[int]:
-        """Token ids of a target; a leading thinking opener is dropped (the layout already has it)."""
+    @staticmethod
+    def target_text(target: str) -> str:
+        """A target without a leading thinking opener (the layout already ends with it)."""
         if target.startswith("<think>"):
             target = target[len("<think>"):].removeprefix("\n")
-        return tokenizer.encode(target, add_special_tokens=False)
+        return target
+
+    def target_ids(self, tokenizer: Any, target: str) -> list[int]:
+        """Token ids of a target (see ``target_text``); no EOS is added."""
+        return tokenizer.encode(self.target_text(target), add_special_tokens=False)
 
 
 def fit_target(n_fixed: int, target_ids: Sequence[int], max_seq_len: int) -> Sequence[int]:
@@ -160,7 +165,7 @@ def assemble_batch(audio_embeds: torch.Tensor, audio_lengths: torch.Tensor, head
     inputs = rows[0].new_zeros((len(rows), width, dim))
     label_t = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (row, lab) in enumerate(zip(rows, labels)):
+    for i, (row, lab) in enumerate(zip(rows, labels, strict=True)):
         inputs[i, : len(row)] = row
         label_t[i, : len(lab)] = lab
         mask[i, : len(row)] = 1

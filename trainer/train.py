@@ -174,10 +174,21 @@ class Model:
 
 
 def open_readers(cfg: TrainConfig) -> dict[str, Any]:
-    """The feature store's reader per configured encoder (a pinned spec id is enforced)."""
-    from pipeline.store import open_features
+    """The feature store's reader per configured encoder (a pinned spec id is enforced).
 
-    return {name: open_features(cfg.store, name, cfg.store_specs.get(name) or None) for name in cfg.encoders}
+    Raises:
+        DataError: An encoder has no features in the store, or none under the pinned spec.
+    """
+    from pipeline.store import StoreSpecError, open_features
+    from trainer.data import DataError
+
+    readers = {}
+    for name in cfg.encoders:
+        try:
+            readers[name] = open_features(cfg.store, name, cfg.store_specs.get(name) or None)
+        except StoreSpecError as err:
+            raise DataError(f"feature store: {err}") from err
+    return readers
 
 
 def make_frontend(cfg: TrainConfig, readers: dict[str, Any], llm_dim: int) -> Any:
@@ -192,7 +203,7 @@ def make_frontend(cfg: TrainConfig, readers: dict[str, Any], llm_dim: int) -> An
     shapes = [EncoderShape(name, r.layers, r.dim) for name, r in readers.items()]
     frontend = build_frontend(FrontEndConfig(encoders=shapes, fusion=cfg.fusion, llm_dim=llm_dim, **cfg.frontend))
     for source in cfg.init:
-        unexpected = frontend.load_state_dict(load_weights(source), strict=False).unexpected_keys
+        unexpected = frontend.load_state_dict(load_weights(source), strict=True).unexpected_keys
         if unexpected:
             raise ConfigError(f"init {source}: weights that this front end does not have: {unexpected[:10]}")
     if cfg.freeze:
@@ -233,8 +244,15 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
 
     from trainer import checkpoint as ck
     from trainer.cache_adapters import open_adapter_cache
-    from trainer.data import (FeatureDataset, TokenBudgetSampler, join_targets, make_loader, read_targets,
-                              targets_fingerprint, write_rejects)
+    from trainer.data import (
+        FeatureDataset,
+        TokenBudgetSampler,
+        join_targets,
+        make_loader,
+        read_targets,
+        targets_fingerprint,
+        write_rejects,
+    )
     from trainer.sequence import PromptLayout
 
     # ---------------------------------------------------------------- setup
@@ -272,6 +290,8 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     layout = PromptLayout.from_tokenizer(tokenizer, cfg.audio_prompt_separator)
     llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=torch.bfloat16 if bf16 else torch.float32)
     llm.requires_grad_(False).eval().to(device)
+    if cfg.gradient_checkpointing:  # recompute the frozen LLM's activations in the backward pass
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     frontend = make_frontend(cfg, readers, llm.config.hidden_size)
     frontend.to(device).train()
     if dist.world > 1:
@@ -321,7 +341,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     # ---------------------------------------------------------------- resume
     step, epoch, start = 0, 0, 0
     if state is not None:
-        frontend.load_state_dict(state.weights, strict=False)
+        frontend.load_state_dict(state.weights, strict=True)
         ck.optimizer_from_flat(optimizer, names, state.optimizer_tensors, state.meta["optimizer_groups"])
         scheduler.load_state_dict(state.meta["scheduler"])
         step, epoch, start = state.meta["step"], state.meta["sampler"]["epoch"], state.meta["sampler"]["start"]
@@ -351,7 +371,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
                 if cfg.eval_max_batches and b >= cfg.eval_max_batches:
                     break
                 row_loss, row_count = model.loss(batch)
-                for ds, l_, c in zip(batch["datasets"], row_loss.tolist(), row_count.tolist()):
+                for ds, l_, c in zip(batch["datasets"], row_loss.tolist(), row_count.tolist(), strict=True):
                     sums[ds] = sums.get(ds, 0.0) + l_
                     counts[ds] = counts.get(ds, 0.0) + c
             datasets = sorted(set(e.dataset for e in val_rows))
@@ -362,10 +382,10 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
 
                 picks = [val_set[i] for i in range(min(cfg.sample_generations, len(val_set)))]
                 batch = collate(picks)
-                for row, text in zip(picks, model.generate(batch, tokenizer, cfg.sample_max_new_tokens)):
+                for row, text in zip(picks, model.generate(batch, tokenizer, cfg.sample_max_new_tokens), strict=True):
                     samples.append({"instance_id": row["example"].instance_id, "generated": text})
         frontend.train()
-        losses = {d: float(t[0] / t[1]) for d, t in zip(datasets, totals) if t[1] > 0}
+        losses = {d: float(t[0] / t[1]) for d, t in zip(datasets, totals, strict=True) if t[1] > 0}
         if losses:
             all_loss = float(totals[:, 0].sum() / totals[:, 1].sum())
             log({"step": step, "eval_loss": all_loss, "eval_loss_per_dataset": losses, "samples": samples})
@@ -464,10 +484,10 @@ def _sync_grads(params: list[Any], frontend: Any, dist: Dist) -> None:
     flat = torch.cat([g.reshape(-1) for g in grads])
     _all_reduce(flat, dist)
     offset = 0
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
         offset += g.numel()
-    for name, buf in frontend.named_buffers():
+    for _name, buf in frontend.named_buffers():
         if buf.is_floating_point():
             _all_reduce(buf.data, dist)
             buf.data /= dist.world
