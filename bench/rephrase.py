@@ -77,7 +77,7 @@ def main() -> None:
     from rephrase.engines import EngineConfig, load_engine, weights_fingerprint
     from rephrase.passes import ANSWER, answer_request
     from rephrase.pool import EnginePool
-    from rephrase.run import RephraseConfig, _LazyPool, execute_pass, load_tokenizer, pass_specs, plain_chunk
+    from rephrase.run import RephraseConfig, LazyPool, execute_pass, load_tokenizer, pass_specs, plain_chunk
 
     if args.model is None:
         from rephrase.qwen3 import build_tiny_qwen3
@@ -108,28 +108,30 @@ def main() -> None:
         outputs = llm.chat(conversations, params, use_tqdm=False)
         return time.perf_counter() - start, [o.outputs[0].text for o in outputs]
 
-    def ours() -> tuple[float, list]:
+    def ours() -> tuple[float, list, float]:
         llm.reset_prefix_cache()
         with tempfile.TemporaryDirectory() as tmp:
             cache = PassCache(tmp, ANSWER)
             start = time.perf_counter()
             requests = [answer_request(spec, tokenizer, r) for r in rows]
-            stats = execute_pass(spec, requests, cache, _LazyPool(engine_cfg, engine), plain_chunk,
+            stats = execute_pass(spec, requests, cache, LazyPool(engine_cfg, engine), plain_chunk,
                                  cfg.chunk_size, progress=False)
             elapsed = time.perf_counter() - start
             done = cache.read()
-        assert stats.generated == len(rows)
-        return elapsed, [done[r.key].text for r in requests]
+        if stats.generated != len(rows):
+            raise RuntimeError(f"the stage generated {stats.generated} of {len(rows)} requests")
+        engine_s = sum(done[r.key].gen_seconds for r in requests)  # time inside engine.generate
+        return elapsed, [done[r.key].text for r in requests], engine_s
 
     # warm-up (first-call allocations), then alternate the two sides
     llm.generate(["warm up"], sampling_params(answer_request(spec, tokenizer, rows[0])), use_tqdm=False)
-    bare_times, our_times, same = [], [], True
-    tokens = 0
+    bare_times, our_times, engine_times, same = [], [], [], True
     for _ in range(args.repeats):
         t_bare, bare_texts = bare()
-        t_ours, our_texts = ours()
+        t_ours, our_texts, t_engine = ours()
         bare_times.append(t_bare)
         our_times.append(t_ours)
+        engine_times.append(t_engine)
         same = same and bare_texts == our_texts
     requests = [answer_request(spec, tokenizer, r) for r in rows]
     llm.reset_prefix_cache()
@@ -143,9 +145,13 @@ def main() -> None:
         "bench": "rephrase", "device": torch.cuda.get_device_name(0) if on_gpu else "cpu",
         "model": Path(args.model).name, "requests": args.requests, "max_tokens": args.max_tokens,
         "repeats": args.repeats, "vllm_load_s": round(vllm_load_s, 2),
+        # medians over the repeats; the runs themselves are listed to show the noise
         "bare_vllm_chat_s": round(statistics.median(bare_times), 3),
         "stage_on_vllm_s": round(statistics.median(our_times), 3),
         "stage_overhead_pct": round(100 * (statistics.median(our_times) / statistics.median(bare_times) - 1), 1),
+        "stage_outside_engine_s": round(statistics.median(o - e for o, e in zip(our_times, engine_times,
+                                                                                    strict=True)), 3),
+        "bare_runs_s": [round(t, 2) for t in bare_times], "stage_runs_s": [round(t, 2) for t in our_times],
         "same_outputs": same, "vllm_tokens": tokens, "vllm_tok_s": round(tokens / vllm_s, 1),
     }
     if not args.skip_transformers:

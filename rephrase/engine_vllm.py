@@ -28,6 +28,20 @@ def sampling_params(request: GenRequest) -> Any:
     )
 
 
+def _platform_defaults(cfg: EngineConfig) -> dict[str, Any]:
+    """Engine arguments this platform needs (``cfg.extra`` still overrides them).
+
+    vLLM's CPU backend cannot rewind a seeded request's generator after a partial (chunked)
+    prefill ("CPU Generator does not use offset") and the engine dies; whole-prompt prefill
+    avoids it, as vLLM itself does for MLA models on CPU.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return {}
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(cfg.max_model_len, 8192)}
+
+
 class VllmEngine:
     """``Engine`` over ``vllm.LLM.generate``."""
 
@@ -40,7 +54,7 @@ class VllmEngine:
             model=cfg.model, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
             enable_prefix_caching=cfg.enable_prefix_caching, max_num_seqs=cfg.max_num_seqs,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
-            tensor_parallel_size=cfg.tensor_parallel_size, seed=0, **cfg.extra,
+            tensor_parallel_size=cfg.tensor_parallel_size, seed=0, **{**_platform_defaults(cfg), **cfg.extra},
         )
         self.tokenizer = self.llm.get_tokenizer()
 

@@ -32,13 +32,13 @@ def judge_candidates(candidates: list[Any], out: Path, run_cfg: Any, tokenizer: 
     from rephrase.cache import PassCache
     from rephrase.engines import weights_fingerprint
     from rephrase.passes import JUDGE, judge_request
-    from rephrase.run import _LazyPool, execute_pass, pass_specs, plain_chunk
+    from rephrase.run import LazyPool, execute_pass, pass_specs, plain_chunk
 
     spec = pass_specs(run_cfg, weights_fingerprint(run_cfg.engine.model))[JUDGE]
     cache = PassCache(Path(run_cfg.cache_dir) if run_cfg.cache_dir else out / "cache", JUDGE)
     requests = {id(c): judge_request(spec, tokenizer, c.target) for c in candidates}
     own_pool = pool is None
-    pool = pool or _LazyPool(run_cfg.engine)
+    pool = pool or LazyPool(run_cfg.engine)
     try:
         execute_pass(spec, list(requests.values()), cache, pool, plain_chunk, run_cfg.chunk_size,
                      progress=progress)

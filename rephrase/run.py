@@ -53,8 +53,9 @@ class RephraseConfig:
         top_p: overrides the model's generation config when set.
         top_k: overrides the model's generation config when set.
         seed: base seed, part of every cache key; each request's seed derives from its key.
-        chunk_size: requests per cache part (and per engine call); a killed job loses at most one
-            chunk per replica.
+        chunk_size: requests per engine call and per cache part. vLLM batches only within one
+            call, so keep it at least ``engine.max_num_seqs`` on GPUs; a killed job loses at most
+            the chunk each replica had in flight.
         max_audio_seconds: clips this long or longer are dropped before generation (60).
         answer_system_prompt: replaces ``prompts.ANSWER_SYSTEM_PROMPT`` when set.
         rephrase_system_prompt: replaces ``prompts.REPHRASE_SYSTEM_PROMPT`` when set.
@@ -72,7 +73,7 @@ class RephraseConfig:
     top_p: float | None = None
     top_k: int | None = None
     seed: int = 0
-    chunk_size: int = 256
+    chunk_size: int = 2048
     max_audio_seconds: float = 60.0
     answer_system_prompt: str | None = None
     rephrase_system_prompt: str | None = None
@@ -179,7 +180,7 @@ def forced_chunk(engine: Engine, chunk: list[GenRequest], total_max_tokens: int,
 # --------------------------------------------------------------------------- driver
 
 
-class _LazyPool:
+class LazyPool:
     """Loads the engine only when some request is not cached (a cached rerun loads no model)."""
 
     def __init__(self, cfg: EngineConfig, engine: Engine | None = None) -> None:
@@ -204,7 +205,7 @@ class _LazyPool:
             self.pool = None
 
 
-def execute_pass(spec: PassSpec, requests: list[GenRequest], cache: PassCache, pool: _LazyPool,
+def execute_pass(spec: PassSpec, requests: list[GenRequest], cache: PassCache, pool: LazyPool,
                  fn: Any, chunk_size: int, retry_failed: bool = False, progress: bool = True) -> PassStats:
     """Generate every request whose key the cache lacks (or holds as an error, when retrying)."""
     from tqdm import tqdm
@@ -300,7 +301,7 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
     tokenizer = load_tokenizer(cfg.engine.model)
     specs = pass_specs(cfg, weights_fingerprint(cfg.engine.model))
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-    pool = _LazyPool(cfg.engine, engine)
+    pool = LazyPool(cfg.engine, engine)
     report: dict[str, Any] = {"inputs": len(rows), "input_rejects": len(input_rejects)}
     try:
         answer_cache = PassCache(cache_root, ANSWER)

@@ -81,6 +81,19 @@ def test_overlong_prompt_is_an_error_row_and_others_finish(vllm_engine):
     assert results[1].error is None and results[1].n_tokens == 8
 
 
+def test_many_long_seeded_prompts_in_one_call(vllm_engine, hf_engine):
+    # more prompt tokens than one engine step holds: on CPU a chunked prefill of a seeded request
+    # used to kill vLLM's engine core; every request must come back
+    from rephrase import prompts
+    from rephrase.passes import chat_prompt
+
+    long_prompts = [chat_prompt(hf_engine.tokenizer, prompts.REPHRASE_SYSTEM_PROMPT, f"<text_llm_reasoning>{i}")
+                    for i in range(12)]
+    assert sum(hf_engine.count_tokens(p) for p in long_prompts) > 8192
+    results = vllm_engine.generate([GenRequest(f"l{i}", p, 4, seed=i) for i, p in enumerate(long_prompts)])
+    assert [r.error for r in results] == [None] * 12 and all(r.n_tokens == 4 for r in results)
+
+
 def test_full_run_on_vllm_then_rerun_generates_nothing(tmp_path, vllm_engine, tiny_qwen3_dir):
     import pyarrow.parquet as pq
     import rephrase_fixtures as rf

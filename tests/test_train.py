@@ -153,6 +153,16 @@ def test_kill_and_resume_is_bitwise_identical(data, tiny_qwen3_dir, tmp_path):
     out = CliRunner().invoke(main, ["train", "run", "--config", str(cfg_path)])
     assert out.exit_code == 2 and "--allow-changed-data" in out.output
 
+    # --fresh starts at step 0 and sets the earlier run aside instead of resuming from it.
+    cfg.max_steps = 1
+    save_config(cfg, cfg_path)
+    out = CliRunner().invoke(main, ["train", "run", "--config", str(cfg_path), "--fresh"], catch_exceptions=False)
+    assert out.exit_code == 0 and "step 1;" in out.output
+    killed = tmp_path / "killed"
+    assert [p.name for p in (killed / "checkpoints").iterdir()] == ["step_00000001"]
+    (aside,) = killed.glob("previous-*")
+    assert (aside / "checkpoints" / "step_00000006" / "meta.json").is_file()
+
 
 def test_two_gloo_processes_match_one_process(data, tiny_qwen3_dir, tmp_path):
     common = dict(batch_tokens=250, seed=9, lr=1e-2, max_steps=4, sample_generations=0)

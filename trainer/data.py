@@ -310,4 +310,4 @@ def make_loader(dataset: FeatureDataset, sampler: TokenBudgetSampler, num_worker
 
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None,
-                      generator=torch.Generator().manual_seed(seed))
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))

@@ -50,7 +50,7 @@ def export_model(source: str | Path, out: str | Path) -> Path:
     cfg = from_dict(TrainConfig, ckpt.meta["config"])
     readers = open_readers(cfg)
     frontend = make_frontend(cfg, readers, AutoConfig.from_pretrained(cfg.llm).hidden_size)
-    frontend.load_state_dict(ckpt.weights, strict=True)
+    frontend.load_state_dict(ckpt.weights, strict=False)
     layout = PromptLayout.from_tokenizer(AutoTokenizer.from_pretrained(cfg.llm), cfg.audio_prompt_separator)
     info = {
         "version": EXPORT_VERSION,

@@ -203,7 +203,7 @@ def make_frontend(cfg: TrainConfig, readers: dict[str, Any], llm_dim: int) -> An
     shapes = [EncoderShape(name, r.layers, r.dim) for name, r in readers.items()]
     frontend = build_frontend(FrontEndConfig(encoders=shapes, fusion=cfg.fusion, llm_dim=llm_dim, **cfg.frontend))
     for source in cfg.init:
-        unexpected = frontend.load_state_dict(load_weights(source), strict=True).unexpected_keys
+        unexpected = frontend.load_state_dict(load_weights(source), strict=False).unexpected_keys
         if unexpected:
             raise ConfigError(f"init {source}: weights that this front end does not have: {unexpected[:10]}")
     if cfg.freeze:
@@ -266,7 +266,10 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     run_dir = Path(cfg.output_dir)
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            _set_aside(run_dir)
         save_config(cfg, run_dir / "config.yaml")
+    _barrier(dist)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the same on every process: the front end starts identical
@@ -292,6 +295,8 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     llm.requires_grad_(False).eval().to(device)
     if cfg.gradient_checkpointing:  # recompute the frozen LLM's activations in the backward pass
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Transformers checkpoints only in train mode; Qwen3 has no dropout, so nothing else changes.
+        llm.train()
     frontend = make_frontend(cfg, readers, llm.config.hidden_size)
     frontend.to(device).train()
     if dist.world > 1:
@@ -341,7 +346,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     # ---------------------------------------------------------------- resume
     step, epoch, start = 0, 0, 0
     if state is not None:
-        frontend.load_state_dict(state.weights, strict=True)
+        frontend.load_state_dict(state.weights, strict=False)
         ck.optimizer_from_flat(optimizer, names, state.optimizer_tensors, state.meta["optimizer_groups"])
         scheduler.load_state_dict(state.meta["scheduler"])
         step, epoch, start = state.meta["step"], state.meta["sampler"]["epoch"], state.meta["sampler"]["start"]
@@ -362,6 +367,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     # ---------------------------------------------------------------- eval
     def evaluate() -> dict[str, float]:
         frontend.eval()
+        llm.eval()
         sums: dict[str, float] = {}
         counts: dict[str, float] = {}
         samples = []
@@ -385,6 +391,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
                 for row, text in zip(picks, model.generate(batch, tokenizer, cfg.sample_max_new_tokens), strict=True):
                     samples.append({"instance_id": row["example"].instance_id, "generated": text})
         frontend.train()
+        llm.train(cfg.gradient_checkpointing)
         losses = {d: float(t[0] / t[1]) for d, t in zip(datasets, totals, strict=True) if t[1] > 0}
         if losses:
             all_loss = float(totals[:, 0].sum() / totals[:, 1].sum())
@@ -491,6 +498,24 @@ def _sync_grads(params: list[Any], frontend: Any, dist: Dist) -> None:
         if buf.is_floating_point():
             _all_reduce(buf.data, dist)
             buf.data /= dist.world
+
+
+def _set_aside(run_dir: Path) -> None:
+    """Move an earlier run's checkpoints and logs to ``previous-<time>/`` (a fresh start keeps them)."""
+    old = [run_dir / name for name in ("checkpoints", "logs.jsonl", "rejects.jsonl", "tensorboard")
+           if (run_dir / name).exists()]
+    if old:
+        aside = run_dir / time.strftime("previous-%Y%m%d-%H%M%S")
+        aside.mkdir()
+        for path in old:
+            path.rename(aside / path.name)
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
 
 
 def _broadcast_module(module: Any) -> None:
