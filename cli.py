@@ -307,6 +307,8 @@ def rephrase_show(out_dir: Path, count: int, seed: int | None) -> None:
         rows = sample_targets(out_dir, count, seed)
     except FileNotFoundError as err:
         fail(str(err))
+    if not rows:
+        click.echo("no targets were kept; see rejects.parquet and stats.json in the run folder")
     for row in rows:
         click.secho(f"== {row['instance_id']} ({row['dataset']}, {row['split']}, "
                     f"{'incomplete' if row['incomplete'] else 'complete'})", bold=True)
@@ -373,7 +375,8 @@ def train_convert(src: Path, dst: Path, direction: str, encoder: str | None) -> 
 @train.command("run")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
               help="TrainConfig YAML (see trainer/config.py for every key).")
-@click.option("--fresh", is_flag=True, help="Ignore checkpoints in the output folder and start at step 0.")
+@click.option("--fresh", is_flag=True,
+              help="Start at step 0; earlier checkpoints and logs move to output_dir/previous-<time>/.")
 @click.option("--allow-changed-data", is_flag=True,
               help="Resume even if the targets or the feature store changed since the checkpoint.")
 @click.option("--init", "init", multiple=True, type=click.Path(path_type=Path),
@@ -384,8 +387,10 @@ def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tu
               freeze: tuple[str, ...]) -> None:
     """Train from cached features; resumes from the latest checkpoint in output_dir unless --fresh.
 
-    For several GPUs or nodes launch the same config with torchrun:
-    torchrun --nproc_per_node N -m trainer.train C.yaml
+    For several GPUs or nodes launch the same config with torchrun (same flags):
+
+    \b
+    torchrun --nproc_per_node N -m trainer.train C.yaml [--fresh] [--allow-changed-data]
     """
     from pipeline.configs import ConfigError, from_dict, load_config, to_dict
     from trainer.config import TrainConfig

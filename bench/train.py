@@ -18,7 +18,7 @@ Cold reads use posix_fadvise(DONTNEED) after an fsync to evict the files, so the
 warm reads compare the loader's own overhead (Zarr decoding, dequantising to float32, batching,
 worker start and IPC) against a memcpy-speed read, a far stricter bar.
 
-Usage: ``python bench/train.py [--clips 64] [--steps 5] [--batch-clips 4] [--workers 0,2] [--rounds 2]``
+Usage: ``python bench/train.py [--clips 64] [--steps 6] [--batch-clips 4] [--workers 0,2] [--rounds 2]``
 """
 
 from __future__ import annotations
@@ -197,6 +197,8 @@ def bench_step(mode: str, steps: int, batch_clips: int, device: str, workdir: Pa
     from trainer.train import Model
 
     torch.manual_seed(0)
+    if device == "cpu":  # one thread: on a shared 2-core machine, spinning OpenMP threads make timings bimodal
+        torch.set_num_threads(1)
     dev = torch.device(device)
     llm, tokenizer, sizes = build_llm(device)
     llm.to(dev)
@@ -240,7 +242,7 @@ def bench_step(mode: str, steps: int, batch_clips: int, device: str, workdir: Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-clips", type=int, default=4)
     parser.add_argument("--workers", default="0,2", help="DataLoader worker counts to try (best is reported)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each step mode")

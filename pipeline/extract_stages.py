@@ -83,26 +83,25 @@ class EncodeStage:
         self.chunk_clips = max(1, 4 * int(encoder["batch_size"]))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [c for c in ("unit",) if c not in batch]
+        rate = self.encoder.sample_rate
+        missing = [c for c in ("unit", f"wave_{rate}", f"lengths_{rate}") if c not in batch]
         if missing:
-            raise KeyError(f"EncodeStage needs columns {missing}")
+            raise KeyError(f"EncodeStage({self.name}) needs columns {missing}")
         out = {k: batch[k] for k in batch}
-        seconds, written, write_s = [], [], []
+        stats = []  # (encode seconds, bytes written, write seconds) per row
         for i, text in enumerate(batch["unit"]):
             unit = json.loads(text)
-            if self.name not in unit["encoders"]:
-                seconds.append(0.0), written.append(0), write_s.append(0.0)
+            if self.name not in unit["encoders"]:  # this unit's part for us is already committed
+                stats.append((0.0, 0, 0.0))
                 continue
             rate = self.encoder.sample_rate
             lengths = json.loads(batch[f"lengths_{rate}"][i])
             flat = np.frombuffer(batch[f"wave_{rate}"][i], dtype=np.float32)
             bounds = np.cumsum([0] + lengths)
-            waves = [flat[bounds[j]:bounds[j + 1]] for j in range(len(lengths))]
-            s, b, w = self._write_part(unit, waves)
-            seconds.append(s), written.append(b), write_s.append(w)
-        out[f"{self.name}_encode_s"] = np.array(seconds)
-        out[f"{self.name}_write_s"] = np.array(write_s)
-        out[f"{self.name}_bytes"] = np.array(written, dtype=np.int64)
+            stats.append(self._write_part(unit, [flat[bounds[j]:bounds[j + 1]] for j in range(len(lengths))]))
+        out[f"{self.name}_encode_s"] = np.array([s[0] for s in stats], dtype=np.float64)
+        out[f"{self.name}_bytes"] = np.array([s[1] for s in stats], dtype=np.int64)
+        out[f"{self.name}_write_s"] = np.array([s[2] for s in stats], dtype=np.float64)
         return out
 
     def _write_part(self, unit: dict[str, Any], waves: list[np.ndarray]) -> tuple[float, int, float]:

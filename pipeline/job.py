@@ -59,7 +59,8 @@ class PipelineConfig:
         address: Ray cluster address to join; None starts an embedded local Ray.
         num_cpus: CPUs of the embedded Ray (None: all).
         actors_per_encoder: actor pool size per encoder.
-        cpus_per_actor: CPUs each encoder actor requests (fractional so 2 cores never deadlock).
+        cpus_per_actor: CPUs each encoder actor requests; None: 1 with GPUs, else a share of 3/4 of the
+            CPUs, so the actors never hold every CPU and starve the decode tasks (a deadlock on 2 cores).
         gpus_per_actor: GPUs each encoder actor requests (0 on CPU machines).
         cpus_per_task: CPUs each decode task requests.
         torch_threads: torch threads per encoder actor; 0 = CPUs / number of encoders.
@@ -81,7 +82,7 @@ class PipelineConfig:
     address: str | None = None
     num_cpus: int | None = None
     actors_per_encoder: int = 1
-    cpus_per_actor: float = 0.5
+    cpus_per_actor: float | None = None
     gpus_per_actor: float = 0.0
     cpus_per_task: float = 0.25
     torch_threads: int = 0
@@ -103,7 +104,7 @@ class PipelineConfig:
             self.decode = from_dict(DecodeConfig, self.decode, "decode")
         if isinstance(self.storage, dict):
             self.storage = from_dict(StoreConfig, self.storage, "storage")
-        if self.actors_per_encoder < 1 or self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
+        if self.actors_per_encoder < 1 or (self.cpus_per_actor or 0) < 0 or self.gpus_per_actor < 0:
             raise ConfigError("actors_per_encoder must be >= 1 and per-actor resources >= 0")
         if self.cpus_per_task <= 0:
             raise ConfigError("cpus_per_task must be positive")
@@ -255,9 +256,10 @@ def key_sources(root: Path, sources: list[tuple[str, float | None, float | None]
             size, mtime = source_stat(s[0])
             result[s] = {"audio": s[0], "start": s[1], "end": s[2], "size": size, "mtime_ns": mtime,
                          "key": r["key"] or None, "duration": float(r["duration"]), "reason": r["reason"] or None}
-    rows = sorted(({**cached_row} for cached_row in {**{k[:3]: v for k, v in cached.items()},
-                                                     **result}.values()),
-                  key=lambda r: source_order((r["audio"], r["start"], r["end"])))
+    # Keep what other inputs keyed (a store may serve many manifests); this run's results win.
+    merged = {k[:3]: v for k, v in cached.items()}
+    merged.update(result)
+    rows = sorted(merged.values(), key=lambda r: source_order((r["audio"], r["start"], r["end"])))
     schema = pa.schema([("audio", pa.string()), ("start", pa.float64()), ("end", pa.float64()),
                         ("size", pa.int64()), ("mtime_ns", pa.int64()), ("key", pa.string()),
                         ("duration", pa.float64()), ("reason", pa.string())])
@@ -306,7 +308,9 @@ def write_instance_tables(root: Path, instances: list[Any], input_rejects: list[
         old = pq.read_table(path).to_pylist() if path.is_file() else []
         # Instances seen before but not in this input keep their rows (stores may serve many manifests).
         merged = [r for r in old if r["id"] not in new_ids] + rows
-        merged.sort(key=lambda r: (r["id"] is None, r["id"] or "", r.get("reason", "")))
+        # Rows without an id (unparseable manifest lines) come back on every run: keep one of each.
+        unique = {tuple(sorted((k, str(v)) for k, v in r.items())): r for r in merged}
+        merged = sorted(unique.values(), key=lambda r: (r["id"] is None, r["id"] or "", r.get("reason", "")))
         write_parquet_atomic(pa.Table.from_pylist(merged, schema=schemas[name]), path)
     return clips, Counter(reason_kind(r["reason"]) for r in rejected)
 
@@ -403,6 +407,13 @@ def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str,
     # From the configured encoders, not the busy ones: a resumed job must run the same kernels.
     threads = cfg.torch_threads or max(1, cpus // len(cfg.encoders))
     busy = [e for e in cfg.encoders if any(e in u["encoders"] for u in units)]
+    actors = len(busy) * cfg.actors_per_encoder
+    actor_cpus = cfg.cpus_per_actor
+    if actor_cpus is None:
+        actor_cpus = 1.0 if cfg.gpus_per_actor else round(min(1.0, 0.75 * cpus / actors), 3)
+    if actor_cpus * actors + cfg.cpus_per_task > cpus:
+        raise ConfigError(f"{actors} encoder actors x {actor_cpus} CPUs leave no CPU for the decode tasks "
+                          f"({cpus} CPUs); lower cpus_per_actor or actors_per_encoder")
     # Short units first: the first parts commit early, so a killed job has lost little.
     units = sorted(units, key=lambda u: (sum(u["durations"]), u["part"]))
     ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=max(1, len(units)))
@@ -411,7 +422,7 @@ def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str,
     for e in busy:  # an encoder with nothing to do gets no actors
         ds = ds.map_batches(
             EncodeStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.actors_per_encoder),
-            num_cpus=cfg.cpus_per_actor,
+            num_cpus=actor_cpus,
             num_gpus=cfg.gpus_per_actor or None,
             fn_constructor_kwargs={"encoder": cfg.encoder_config(e), "group": str(groups[e]),
                                    "storage": to_dict(cfg.storage), "threads": threads})

@@ -356,8 +356,15 @@ class PartWriter:
             shutil.rmtree(self.tmp, ignore_errors=True)
         else:
             if final.exists():  # renamed by a writer that was killed before marking it done
-                shutil.rmtree(final)
-            os.replace(self.tmp, final)
+                shutil.rmtree(final, ignore_errors=True)
+            try:
+                os.replace(self.tmp, final)
+            except OSError:
+                # A retried task's twin renamed the same part first (same clips, same bytes): keep theirs.
+                if not final.exists():
+                    raise
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return PartInfo(self.part_id, len(self._rows), self._written, 0)
             marker = {"part": self.part_id, "clips": len(self._rows), "frames": self._written, "files": files}
             write_atomic(final / DONE, (json.dumps(marker, indent=1, sort_keys=True) + "\n").encode())
         return PartInfo(self.part_id, len(self._rows), self._written, size)

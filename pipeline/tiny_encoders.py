@@ -8,35 +8,18 @@ They are built once under ``alarm_cache_dir()`` (written to a temporary folder, 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.cache import alarm_cache_dir
+from pipeline.cache import build_once
 
 # Part of the folder name, so a change of the tiny configs below builds a new folder.
 TINY_VERSION = "1"
 
 
 def _build_once(name: str, write: Callable[[Path], None]) -> Path:
-    """Return ``alarm_cache_dir()/name``, writing it with ``write(tmp)`` and an atomic rename if missing."""
-    final = alarm_cache_dir() / name
-    if (final / ".done").is_file():
-        return final
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=alarm_cache_dir()))
-    try:
-        write(tmp)
-        (tmp / ".done").write_text("ok\n")
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished first: keep theirs
-            if not (final / ".done").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    """Build ``name`` once into the model cache (the name carries the builder's version)."""
+    return build_once(name, {"kind": name}, write)
 
 
 def build_tiny_whisper() -> Path:

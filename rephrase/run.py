@@ -217,10 +217,11 @@ def execute_pass(spec: PassSpec, requests: list[GenRequest], cache: PassCache, p
     if not todo:
         return stats
     chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
+    replicas = pool.get()  # loads the model on first use; not part of the pass's throughput
     bar = tqdm(total=len(todo), desc=f"{spec.name}", unit="req", disable=not progress)
     started = time.perf_counter()
     try:
-        for chunk, (results, seconds) in pool.get().map_chunks(fn, chunks):
+        for chunk, (results, seconds) in replicas.map_chunks(fn, chunks):
             by_key = {r.key: r for r in chunk}
             created = time.time()
             rows = [

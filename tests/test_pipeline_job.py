@@ -145,10 +145,16 @@ def test_webdataset_input_reuses_content_keys(ray_session, encoders, corpus, tmp
     members = [(f"s{i}", Path(r["audio"]), {"id": f"wds{i}", "dataset": "shards"}) for i, r in enumerate(good[:4])]
     write_shard(tmp_path / "shards" / "000.tar", members[:2])
     write_shard(tmp_path / "shards" / "001.tar", members[2:] + [("nojson", Path(good[4]["audio"]), {})])
+    # All four encoders at once on 2 CPUs: the actors must leave CPU to the decode tasks (no deadlock),
+    # and MuQ gets its 24 kHz audio.
     cfg = PipelineConfig(store=str(tmp_path / "store"), shards=[str(tmp_path / "shards" / "{000..001}.tar")],
-                         encoders=["whisper"], preset="tiny", progress=False)
+                         encoders=["whisper", "w2vbert", "muq", "sslam"], preset="tiny", progress=False)
     summary = run_pipeline(cfg)
-    assert summary.instances == 5 and summary.encoded == {"whisper": summary.clips}
+    assert summary.instances == 5 and set(summary.encoded.values()) == {summary.clips}
+    muq = open_features(tmp_path / "store", "muq")
+    assert muq.spec["encoder"]["sample_rate"] == 24000
+    for key in muq.keys():
+        assert abs(muq.num_frames(key) - muq.duration(key) * 24000 / 960) <= 1
     instances = {r["id"]: r for r in pq.read_table(tmp_path / "store" / "instances.parquet").to_pylist()}
     assert instances["001/nojson"]["dataset"] == "webdataset"
     assert instances["wds0"]["audio"].endswith("000.tar#s0.wav")

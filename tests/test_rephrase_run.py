@@ -239,5 +239,11 @@ def test_cli_run_status_validate_show_retry(tmp_path, tiny_qwen3_dir):
     bad = runner.invoke(main, ["rephrase", "run", str(manifest), "--out", str(out), "--engine", "nope",
                                "--model", str(tiny_qwen3_dir)])
     assert bad.exit_code == 2 and "unknown engine" in bad.output
+    try:
+        import vllm  # noqa: F401
+    except ImportError:  # the main environment: a clear message instead of a traceback
+        novllm = runner.invoke(main, ["rephrase", "run", str(manifest), "--out", str(tmp_path / "v"),
+                                      "--engine", "vllm", "--model", str(tiny_qwen3_dir)])
+        assert novllm.exit_code == 2 and "needs vLLM" in novllm.output
     missing = runner.invoke(main, ["rephrase", "status", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not a rephrase run folder" in missing.output

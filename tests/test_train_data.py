@@ -63,6 +63,9 @@ def test_missing_features_fail_before_training_listing_the_clips(store, layout, 
     rows[5]["clip_key"] = "nowhere-2"
     with pytest.raises(DataError, match=r"whisper: 2 clip\(s\) without features.*nowhere-1.*nowhere-2"):
         join_targets(pa.Table.from_pylist(rows), {"whisper": reader}, layout, qwen3_tokenizer, count_audio, 4096)
+    rows[2]["clip_key"] = None
+    with pytest.raises(DataError, match=r"1 target\(s\) have no clip_key.*i0002"):
+        join_targets(pa.Table.from_pylist(rows), {"whisper": reader}, layout, qwen3_tokenizer, count_audio, 4096)
 
 
 def test_bad_rows_become_rejects_with_reasons(store, layout, qwen3_tokenizer):
@@ -163,3 +166,32 @@ def test_a_store_without_the_pinned_spec_is_refused(store, tmp_path):
     cfg.store_specs, cfg.encoders = {}, ["w2vbert"]
     with pytest.raises(DataError, match="no features for encoder 'w2vbert'"):
         open_readers(cfg)
+
+
+@pytest.mark.parametrize("fusion", ["none", "ca", "perceiver"])
+def test_token_budget_count_matches_the_front_end(tmp_path, fusion):
+    """The audio count the join budgets with is what the front end really emits, per fusion."""
+    from trainer.data import collate
+    from trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
+
+    clips = tiny_clips(5, lo=7, hi=50, seed=3)
+    readers = {"whisper": write_feature_store(tmp_path, clips, "whisper", layers=2, dim=8)}
+    if fusion != "none":
+        readers["w2vbert"] = write_feature_store(tmp_path, clips, "w2vbert", layers=2, dim=6, seed=1)
+    frontend = build_frontend(FrontEndConfig(
+        encoders=[EncoderShape(n, r.layers, r.dim) for n, r in readers.items()], fusion=fusion, llm_dim=16,
+        adapter_dim=8, conv_hidden_dim=8, ca_dim=8, ca_heads=2, ca_ffn_dim=8, perceiver_latents=3,
+        perceiver_dim=8, perceiver_heads=2, perceiver_layers=1, perceiver_repeats=1)).eval()
+    dataset = FeatureDataset([_example(k, n) for k, n in clips.items()], readers)
+    batch = collate([dataset[i] for i in range(len(clips))])
+    with torch.no_grad():
+        _, lengths = frontend(batch["feats"], batch["lengths"])
+    frames = {n: np.array([r.num_frames(k) for k in clips]) for n, r in readers.items()}
+    predicted = frontend.output_lengths({n: torch.as_tensor(v) for n, v in frames.items()})
+    assert predicted.tolist() == lengths.tolist()
+
+
+def _example(key: str, frames: int):
+    from trainer.data import Example
+
+    return Example(key, key, "d", np.zeros(1, np.int32), np.zeros(1, np.int32), {"whisper": frames}, 0)

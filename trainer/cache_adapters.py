@@ -73,7 +73,7 @@ def cache_adapter_outputs(cfg: TrainConfig, out: str | Path, batch_clips: int = 
     readers = open_readers(cfg)
     llm_dim = AutoConfig.from_pretrained(cfg.llm).hidden_size
     frontend = make_frontend(cfg, readers, llm_dim).eval()
-    keys = sorted(set(read_targets(cfg.targets).column("clip_key").to_pylist()))
+    keys = sorted({k for k in read_targets(cfg.targets).column("clip_key").to_pylist() if k})
     missing = {n: [k for k in keys if k not in r] for n, r in readers.items()}
     if any(missing.values()):
         raise ConfigError(f"clips without features: { {n: m[:20] for n, m in missing.items() if m} }")

@@ -103,6 +103,10 @@ def join_targets(table: Any, readers: dict[str, Any], layout: PromptLayout, toke
     rows = table.select(list(TARGET_COLUMNS)).to_pylist()
     encoders = list(readers)
     missing: dict[str, list[str]] = {}
+    unkeyed = [r["instance_id"] for r in rows if not r["clip_key"]]
+    if unkeyed:
+        raise DataError(f"{len(unkeyed)} target(s) have no clip_key (their audio is not in the feature store), "
+                        f"e.g. {unkeyed[:20]}")
     for name, reader in readers.items():
         absent = sorted({r["clip_key"] for r in rows if r["clip_key"] not in reader})
         if absent:
