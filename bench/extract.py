@@ -8,7 +8,8 @@ mixed rates and channel counts), with the ``tiny`` preset:
 * pipeline: ``run_pipeline`` (embedded local Ray, fresh store); audio-seconds per second, the ratio.
 * store overhead: bytes on disk per audio-second against the raw payload (values x bytes per value).
 * memory: peak RSS of the whole job (driver + Ray processes) at N and 4N clips, in subprocesses.
-* compression: the float16 whisper group rewritten with zstd: size ratio and random-read speed of both.
+* compression: float16 features without and with zstd (the tiny whisper outputs, and synthetic
+  whisper-sized features): size ratio and random-read speed (direct reads, zarr reads, zstd).
 
 Usage: ``python bench/extract.py [--clips 300] [--encoders whisper,w2vbert] [--rss-clips 60]``
 """
@@ -94,35 +95,54 @@ def store_overhead(store: Path, encoders: list[str]) -> dict[str, float]:
             "store_over_payload": disk / payload}
 
 
-def compression(store: Path, workdir: Path, reads: int = 400) -> dict[str, float]:
-    """Rewrite the whisper float16 group with zstd; compare size and random-read speed."""
+def compression(clips: dict[str, np.ndarray], workdir: Path, reads: int = 300) -> dict[str, float]:
+    """Write ``clips`` as float16 without and with zstd; compare size and random-read speed.
+
+    The plain store is read twice: by the reader (direct shard reads) and through zarr, so the cost
+    of decompression is told apart from the cost of zarr's own read path.
+    """
+    import zarr
+
     from pipeline.store import PartWriter, StoreConfig, group_spec, init_group, open_features, write_index
 
-    plain = open_features(store, "whisper")
-    zstd_cfg = StoreConfig(compressor="zstd", compression_level=3)
-    root = workdir / "zstd-store"
-    shutil.rmtree(root, ignore_errors=True)
-    group = init_group(root, "whisper", group_spec(plain.spec["encoder"], zstd_cfg), plain.layers, plain.dim,
-                       plain.frame_rate)
-    keys = plain.keys()
-    writer = PartWriter(group, "all", sum(plain.num_frames(k) for k in keys), plain.layers, plain.dim, zstd_cfg)
-    for k in keys:
-        writer.append(k, plain.read(k), plain.duration(k))
-    writer.commit()
-    write_index(group)
-    packed = open_features(root, "whisper")
-    rng = np.random.default_rng(0)
-    order = [keys[i] for i in rng.integers(0, len(keys), reads)]
-    speeds = {}
-    for name, reader in (("plain", plain), ("zstd", packed)):
-        for k in order[:20]:  # open every part once before timing
-            reader.read(k)
+    layers, dim = next(iter(clips.values())).shape[1:]
+    readers = {}
+    for name, cfg in (("plain", StoreConfig()), ("zstd", StoreConfig(compressor="zstd", compression_level=3))):
+        root = workdir / f"compression-{name}"
+        shutil.rmtree(root, ignore_errors=True)
+        group = init_group(root, "x", group_spec({"bench": True}, cfg), layers, dim, 50.0)
+        writer = PartWriter(group, "all", sum(len(v) for v in clips.values()), layers, dim, cfg)
+        for key, value in clips.items():
+            writer.append(key, value, len(value) / 50)
+        writer.commit()
+        write_index(group)
+        readers[name] = open_features(root, "x")
+    via_zarr = open_features(readers["plain"].root, "x")
+    folder = via_zarr.group / "parts" / "all" / "features"
+    via_zarr._open = lambda part: (zarr.open_array(str(folder), mode="r"), None)  # bench only: force zarr
+    readers["plain_zarr"] = via_zarr
+    order = [str(k) for k in np.random.default_rng(0).choice(sorted(clips), reads)]
+    result = {"zstd_size_ratio": folder_bytes(readers["plain"].group) / folder_bytes(readers["zstd"].group)}
+    for name, reader in readers.items():
+        reader.read(order[0])  # open the part before timing
         t0 = time.perf_counter()
         nbytes = sum(reader.read(k).nbytes // 2 for k in order)  # stored float16 bytes
-        speeds[name] = (reads / (time.perf_counter() - t0), nbytes / (time.perf_counter() - t0) / 1e6)
-    return {"zstd_size_ratio": folder_bytes(plain.group) / folder_bytes(group),
-            "plain_reads_per_s": speeds["plain"][0], "zstd_reads_per_s": speeds["zstd"][0],
-            "plain_read_MBps": speeds["plain"][1], "zstd_read_MBps": speeds["zstd"][1]}
+        elapsed = time.perf_counter() - t0
+        result[f"{name}_reads_per_s"] = reads / elapsed
+        result[f"{name}_read_MBps"] = nbytes / elapsed / 1e6
+    return result
+
+
+def real_dim_clips(count: int = 60, seed: int = 0) -> dict[str, np.ndarray]:
+    """Whisper-sized features (4 x 1280 at 50 Hz) for log-normal 1-30 s clips: smooth in time plus noise."""
+    rng = np.random.default_rng(seed)
+    clips = {}
+    for i in range(count):
+        frames = int(np.clip(rng.lognormal(np.log(5.0), 0.8), 1.0, 30.0) * 50)
+        base = rng.standard_normal((1, 4, 1280)).astype(np.float32)
+        walk = np.cumsum(rng.standard_normal((frames, 4, 1280)).astype(np.float32) * 0.1, axis=0)
+        clips[f"r{i}"] = base + walk + 0.3 * rng.standard_normal((frames, 4, 1280)).astype(np.float32)
+    return clips
 
 
 RSS_SCRIPT = """
@@ -196,7 +216,12 @@ def main() -> None:
         "pipeline_stage_seconds": summary.stage_seconds,
     }
     result.update(store_overhead(store, encoders))
-    result.update(compression(store, workdir))
+    from pipeline.store import open_features
+
+    tiny = open_features(store, "whisper")
+    result.update({f"tiny_whisper_{k}": v for k, v in
+                   compression({k: tiny.read(k) for k in tiny.keys()}, workdir).items()})
+    result.update({f"real_dims_{k}": v for k, v in compression(real_dim_clips(), workdir).items()})
     n = args.rss_clips
     small, _ = make_corpus(workdir / "rss-n", n, seed=1)
     large, _ = make_corpus(workdir / "rss-4n", 4 * n, seed=2)

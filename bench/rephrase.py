@@ -77,7 +77,7 @@ def main() -> None:
     from rephrase.engines import EngineConfig, load_engine, weights_fingerprint
     from rephrase.passes import ANSWER, answer_request
     from rephrase.pool import EnginePool
-    from rephrase.run import RephraseConfig, LazyPool, execute_pass, load_tokenizer, pass_specs, plain_chunk
+    from rephrase.run import LazyPool, RephraseConfig, execute_pass, load_tokenizer, pass_specs, plain_chunk
 
     if args.model is None:
         from rephrase.qwen3 import build_tiny_qwen3

@@ -180,6 +180,11 @@ def prepare_cache(workdir: Path, batch_clips: int, device: str) -> None:
     feats = {f"c{i}": f for i, f in enumerate(encoder.encode(make_waves(batch_clips)))}
     write_store(workdir / "store-b", {k: len(v) for k, v in feats.items()}, len(encoder.layers), encoder.dim,
                 features=feats)
+    del encoder
+    if device == "cuda":  # the step processes measure their own peaks; leave them the memory
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def bench_step(mode: str, steps: int, batch_clips: int, device: str, workdir: Path) -> dict:

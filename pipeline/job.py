@@ -248,8 +248,10 @@ def key_sources(root: Path, sources: list[tuple[str, float | None, float | None]
     if todo:
         items = [{"source": json.dumps({"audio": a, "start": s, "end": e})} for a, s, e in todo]
         blocks = max(1, min(len(items) // 8, 64))
+        # One task per CPU at most: more would only add worker processes (memory), not speed.
+        cpus = cfg.num_cpus or int(ray.cluster_resources().get("CPU", 1))
         ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-            key_batch, batch_size=8, num_cpus=cfg.cpus_per_task)
+            key_batch, batch_size=8, num_cpus=cfg.cpus_per_task, compute=ray.data.TaskPoolStrategy(size=cpus))
         for r in ds.iter_rows():
             src = json.loads(r["source"])
             s = (src["audio"], src["start"], src["end"])
@@ -418,7 +420,7 @@ def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str,
     units = sorted(units, key=lambda u: (sum(u["durations"]), u["part"]))
     ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=max(1, len(units)))
     ds = ds.map(decode_unit, fn_kwargs={"rates": rates, "quality": cfg.decode.resample_quality},
-                num_cpus=cfg.cpus_per_task)
+                num_cpus=cfg.cpus_per_task, compute=ray.data.TaskPoolStrategy(size=cpus))
     for e in busy:  # an encoder with nothing to do gets no actors
         ds = ds.map_batches(
             EncodeStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.actors_per_encoder),

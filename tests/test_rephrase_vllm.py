@@ -112,3 +112,25 @@ def test_full_run_on_vllm_then_rerun_generates_nothing(tmp_path, vllm_engine, ti
     assert all(r["forced"] and r["n_tokens"] <= 40 for r in rows)
     again = run_rephrase(manifest, tmp_path / "out", cfg, progress=False, engine=vllm_engine)
     assert again["answer"]["generated"] == again["rephrase"]["generated"] == 0
+
+
+def test_vllm_replica_in_a_ray_actor_matches_in_process(tiny_qwen3_dir, vllm_engine, hf_engine):
+    # the cluster path: one vllm.LLM per Ray actor (asking for its GPU share where there are GPUs)
+    import dataclasses
+
+    import ray
+
+    from rephrase.pool import EnginePool
+    from rephrase.run import plain_chunk
+
+    requests = [GenRequest(f"r{i}", p, 8, seed=i) for i, p in enumerate(_prompts(hf_engine.tokenizer, 4))]
+    cfg = dataclasses.replace(_cfg(tiny_qwen3_dir, "vllm"), workers=1, cpus_per_worker=1.0)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        pool = EnginePool(cfg)
+        remote = {r.key: r.text for _, (res, _) in pool.map_chunks(plain_chunk, [requests[:2], requests[2:]])
+                  for r, _ in res}
+        pool.close()
+    finally:
+        ray.shutdown()
+    assert remote == {r.key: r.text for r in vllm_engine.generate(requests)}

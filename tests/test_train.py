@@ -204,15 +204,19 @@ def test_bad_configs_fail_at_once():
 
 def test_fusion_stage_with_frozen_adapters_cache_and_export(data, tiny_qwen3_dir, tmp_path):
     from click.testing import CliRunner
+    from safetensors.torch import save_file
 
     from cli import main
     from trainer.export import load_export
+    from trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
 
-    stage1 = {}
-    for name in ("whisper", "w2vbert"):
-        stage1[name] = train(make_cfg(data, tmp_path / f"stage1-{name}", tiny_qwen3_dir, encoders=[name],
-                                      max_steps=1, sample_generations=0)).checkpoint
-    init = [str(stage1["whisper"]), str(stage1["w2vbert"])]
+    # Stage 1: a whisper adapter run (a checkpoint folder) and a w2vbert adapter as a bare .safetensors.
+    stage1 = {"whisper": train(make_cfg(data, tmp_path / "stage1-whisper", tiny_qwen3_dir, max_steps=1,
+                                        sample_generations=0)).checkpoint / "trainable.safetensors"}
+    w2v = build_frontend(FrontEndConfig(encoders=[EncoderShape("w2vbert", 2, 12)], llm_dim=64, **TINY_FRONTEND))
+    stage1["w2vbert"] = tmp_path / "w2vbert-adapter.safetensors"
+    save_file({k: v for k, v in w2v.state_dict().items() if k.startswith("adapters.")}, str(stage1["w2vbert"]))
+    init = [str(stage1["whisper"].parent), str(stage1["w2vbert"])]
     fusion = dict(encoders=["whisper", "w2vbert"], fusion="ca", init=init, freeze=["adapters"], max_steps=3,
                   sample_generations=0)
     raw = train(make_cfg(data, tmp_path / "fusion-raw", tiny_qwen3_dir, **fusion))
@@ -240,8 +244,8 @@ def test_fusion_stage_with_frozen_adapters_cache_and_export(data, tiny_qwen3_dir
     assert info["llm"] == str(tiny_qwen3_dir) and info["prompt_layout"]["head"] == "<|im_start|>user\n"
     assert set(info["encoders"]) == {"whisper", "w2vbert"} and info["frontend"]["fusion"] == "ca"
     state = frontend.state_dict()
-    for ckpt in stage1.values():
-        for k, v in load_file(str(Path(ckpt) / "trainable.safetensors")).items():
+    for path in stage1.values():
+        for k, v in load_file(str(path)).items():
             if k.startswith("adapters."):
                 assert torch.equal(state[k], v), k  # frozen adapters are exactly stage 1's
     for k, v in weights.items():
