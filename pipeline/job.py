@@ -431,7 +431,7 @@ def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str,
     ds = ds.drop_columns([f"{c}_{r}" for r in sorted(set(rates.values())) for c in ("wave", "lengths")])
     total_h = sum(sum(u["durations"]) for u in units) / 3600
     bar = tqdm(total=total_h, disable=not cfg.progress, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} audio-h [{elapsed}<{remaining}{postfix}]")
+               bar_format="{l_bar}{bar}| {n:.4g}/{total:.4g} audio-h [{elapsed}<{remaining}{postfix}]")
     t_start = time.perf_counter()
     clips_done = 0
     stage_s["decode"] = 0.0
