@@ -7,7 +7,7 @@ mixed rates and channel counts), with the ``tiny`` preset:
   encoder (float16); audio-seconds per second.
 * pipeline: ``run_pipeline`` (embedded local Ray, fresh store); audio-seconds per second, the ratio.
 * store overhead: bytes on disk per audio-second against the raw payload (values x bytes per value).
-* memory: peak RSS of the whole job (driver + Ray processes) at N and 4N clips, in subprocesses.
+* memory: peak memory (PSS) of the whole job (driver + its own Ray) at N and 4N clips, in subprocesses.
 * compression: float16 features without and with zstd (the tiny whisper outputs, and synthetic
   whisper-sized features): size ratio and random-read speed (direct reads, zarr reads, zstd).
 
@@ -153,9 +153,13 @@ run_pipeline(PipelineConfig(store=sys.argv[1], manifest=sys.argv[2], encoders=sy
 """
 
 
-def session_rss(sid: int) -> int:
-    """Total resident bytes of every process in session ``sid`` (the job and the Ray it started)."""
-    total = 0
+def session_memory(sid: int) -> tuple[int, int]:
+    """Proportional resident bytes (PSS) of every process in session ``sid`` (the job and its Ray).
+
+    Returns (PSS, RSS) sums. PSS is the honest one: Ray's object store is shared memory mapped into
+    several processes, and summing their RSS counts the same pages once per process.
+    """
+    pss = rss = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -164,26 +168,30 @@ def session_rss(sid: int) -> int:
                 fields = handle.read().rsplit(")", 1)[1].split()
             if int(fields[3]) != sid:  # field 6 of stat: session id
                 continue
-            with open(f"/proc/{entry}/statm") as handle:
-                total += int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            with open(f"/proc/{entry}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+                    elif line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
         except (OSError, ValueError, IndexError):
             continue
-    return total
+    return pss, rss
 
 
-def peak_rss(manifest: Path, store: Path, encoders: list[str]) -> tuple[int, float]:
-    """Run the job in its own session; return its peak total RSS and wall seconds."""
+def peak_memory(manifest: Path, store: Path, encoders: list[str]) -> tuple[int, int]:
+    """Run the job in its own session; return its peak total PSS and peak total RSS."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", RSS_SCRIPT, str(store), str(manifest), ",".join(encoders)],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0
+    peak_pss = peak_rss = 0
     while proc.poll() is None:
-        peak = max(peak, session_rss(proc.pid))
+        pss, rss = session_memory(proc.pid)
+        peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
         time.sleep(0.2)
     if proc.returncode:
         raise RuntimeError(f"pipeline subprocess failed with {proc.returncode}")
-    return peak, time.perf_counter() - started
+    return peak_pss, peak_rss
 
 
 def main() -> None:
@@ -225,10 +233,11 @@ def main() -> None:
     n = args.rss_clips
     small, _ = make_corpus(workdir / "rss-n", n, seed=1)
     large, _ = make_corpus(workdir / "rss-4n", 4 * n, seed=2)
-    rss_n, _ = peak_rss(small, workdir / "rss-store-n", encoders)
-    rss_4n, _ = peak_rss(large, workdir / "rss-store-4n", encoders)
-    result.update({"rss_clips_n": n, "peak_rss_n_MB": rss_n / 1e6, "peak_rss_4n_MB": rss_4n / 1e6,
-                   "rss_growth_4n_over_n": rss_4n / rss_n})
+    pss_n, rss_n = peak_memory(small, workdir / "rss-store-n", encoders)
+    pss_4n, rss_4n = peak_memory(large, workdir / "rss-store-4n", encoders)
+    result.update({"memory_clips_n": n, "peak_pss_n_MB": pss_n / 1e6, "peak_pss_4n_MB": pss_4n / 1e6,
+                   "pss_growth_4n_over_n": pss_4n / pss_n, "peak_rss_sum_n_MB": rss_n / 1e6,
+                   "peak_rss_sum_4n_MB": rss_4n / 1e6, "rss_sum_growth_4n_over_n": rss_4n / rss_n})
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}))
