@@ -64,9 +64,9 @@ class PipelineConfig:
         gpus_per_actor: GPUs each encoder actor requests (0 on CPU machines).
         cpus_per_task: CPUs each decode task requests.
         torch_threads: torch threads per encoder actor; 0 = CPUs / number of encoders.
-        inflight_parts: how many parts of decoded audio may wait for the encoders (the object-store
-            budget of the encode dataset); it bounds the job's memory whatever the corpus size. Raise it
-            when fast GPU encoders starve.
+        inflight_parts: if set, the object-store budget of the encode dataset in parts of decoded audio
+            (bounds how far decoding runs ahead of the encoders). None: Ray Data's default budget. Values
+            of a few parts stalled Ray Data 2.60 on 2 CPUs (each operator's share fell below one part).
         progress: show a progress bar.
     """
 
@@ -89,7 +89,7 @@ class PipelineConfig:
     gpus_per_actor: float = 0.0
     cpus_per_task: float = 0.25
     torch_threads: int = 0
-    inflight_parts: int = 4
+    inflight_parts: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -112,8 +112,8 @@ class PipelineConfig:
             raise ConfigError("actors_per_encoder must be >= 1 and per-actor resources >= 0")
         if self.cpus_per_task <= 0:
             raise ConfigError("cpus_per_task must be positive")
-        if self.inflight_parts < 1:
-            raise ConfigError("inflight_parts must be >= 1")
+        if self.inflight_parts is not None and self.inflight_parts < 1:
+            raise ConfigError("inflight_parts must be >= 1 (or null for Ray Data's default)")
         if self.gpus_per_actor > 0 and not self.device.startswith("cuda"):
             raise ConfigError(f"gpus_per_actor={self.gpus_per_actor} needs device 'cuda', not {self.device!r}")
 
@@ -424,12 +424,12 @@ def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str,
                           f"({cpus} CPUs); lower cpus_per_actor or actors_per_encoder")
     # Short units first: the first parts commit early, so a killed job has lost little.
     units = sorted(units, key=lambda u: (sum(u["durations"]), u["part"]))
-    ctx = ray.data.DataContext.get_current()
-    # Without a budget the decode tasks run ahead of the encoders as far as the object store allows,
-    # so memory would grow with the corpus; with it, decoding waits (memory flat in corpus size).
-    part_bytes = cfg.storage.part_seconds * sum(set(rates.values())) * 4  # float32 waves per rate
-    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-        object_store_memory=int(cfg.inflight_parts * part_bytes))
+    if cfg.inflight_parts is not None:
+        # Decoding runs ahead of the encoders as far as the object-store budget allows.
+        ctx = ray.data.DataContext.get_current()
+        part_bytes = cfg.storage.part_seconds * sum(set(rates.values())) * 4  # float32 waves per rate
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=int(cfg.inflight_parts * part_bytes))
     ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=max(1, len(units)))
     ds = ds.map(decode_unit, fn_kwargs={"rates": rates, "quality": cfg.decode.resample_quality},
                 num_cpus=cfg.cpus_per_task, compute=ray.data.TaskPoolStrategy(size=cpus))
