@@ -46,3 +46,15 @@ def test_unknown_and_invalid_keys_fail_loudly(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(Outer, tmp_path / "list.yaml")
+
+
+def test_train_config_freezes_one_adapter_by_name() -> None:
+    from trainer.config import TrainConfig
+
+    four = ["whisper", "w2vbert", "muq", "sslam"]
+    # The ALARM-P recipe freezes only whisper's adapter.
+    assert TrainConfig(encoders=four, fusion="perceiver", freeze=["adapters.whisper"]).freeze == ["adapters.whisper"]
+    with pytest.raises(ConfigError, match=r"adapters\.muq"):
+        TrainConfig(encoders=["whisper", "w2vbert"], fusion="ca", freeze=["adapters.muq"])
+    with pytest.raises(ConfigError, match="unknown part"):
+        TrainConfig(encoders=four, fusion="ca", freeze=["llm"])

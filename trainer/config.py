@@ -107,9 +107,12 @@ class TrainConfig:
                               "set fusion: ca or perceiver for several")
         if self.fusion != "none" and self.encoders[0] != "whisper":
             raise ConfigError("fusion ca/perceiver use whisper as the query stream: list it first")
-        bad = sorted(set(self.freeze) - set(FREEZABLE))
+        # `adapters.<encoder>` freezes one adapter: the ALARM-P recipe freezes only whisper's.
+        bad = sorted(p for p in self.freeze
+                     if p not in FREEZABLE and not (p.startswith("adapters.") and p[9:] in self.encoders))
         if bad:
-            raise ConfigError(f"freeze: unknown part(s) {bad}; choose from {', '.join(FREEZABLE)}")
+            raise ConfigError(f"freeze: unknown part(s) {bad}; choose from {', '.join(FREEZABLE)} "
+                              f"or adapters.<encoder> with an encoder of this run")
         if self.adapter_cache and "adapters" not in self.freeze:
             raise ConfigError("adapter_cache holds frozen adapter outputs: add 'adapters' to freeze")
         if self.adapter_cache and self.fusion == "none":
