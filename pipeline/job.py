@@ -440,7 +440,10 @@ def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str,
             num_gpus=cfg.gpus_per_actor or None,
             fn_constructor_kwargs={"encoder": cfg.encoder_config(e), "group": str(groups[e]),
                                    "storage": to_dict(cfg.storage), "threads": threads})
-    ds = ds.drop_columns([f"{c}_{r}" for r in sorted(set(rates.values())) for c in ("wave", "lengths")])
+    # Its own small CPU share too: a default 1-CPU task never fits beside the actors on 2 cores,
+    # and the job would wait for it forever.
+    ds = ds.drop_columns([f"{c}_{r}" for r in sorted(set(rates.values())) for c in ("wave", "lengths")],
+                         num_cpus=cfg.cpus_per_task)
     total_h = sum(sum(u["durations"]) for u in units) / 3600
     bar = tqdm(total=total_h, disable=not cfg.progress, dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n:.4g}/{total:.4g} audio-h [{elapsed}<{remaining}{postfix}]")
