@@ -2,7 +2,7 @@
 that runs the encoder. Prints ONE JSON line.
 
 (a) loader: a whisper-shaped store (4 layers x 1280, float16, clips of 2-12 s) read through the
-    trainer's DataLoader (token-budget batches, worker processes, collate to float32) in clips/s and
+    trainer's DataLoader (token-budget batches, worker processes, collate in the stored dtype) in clips/s and
     stored MB/s, against a plain sequential read of the same part files (the ratio's target is
     >= 0.5), cold (evicted from the page cache) and warm, and against the clips/s a training step
     consumes (from (b)).

@@ -538,14 +538,21 @@ class FeatureReader:
             self._arrays[part] = (features, scales)
         return self._arrays[part]
 
-    def read(self, key: str) -> np.ndarray:
-        """A clip's features, ``(frames, layers, dim)`` float32 (dequantised)."""
+    def read(self, key: str, stored: bool = False) -> np.ndarray:
+        """A clip's features, ``(frames, layers, dim)``: float32 (dequantised) by default.
+
+        ``stored=True`` keeps a float16 store's float16 values (half the bytes to copy and to pad;
+        the trainer widens them on its device); other dtypes are dequantised to float32 either way.
+        """
         i = self._index(key)
         features, scales = self._open(int(self._part[i]))
         start, stop = int(self._offset[i]), int(self._offset[i] + self._length[i])
         if self.dtype in ("float16", "float32") and isinstance(features, RawShardedArray):
-            return features.read(start, stop, np.dtype(np.float32))  # converts while copying
+            out = np.float16 if stored and self.dtype == "float16" else np.float32
+            return features.read(start, stop, np.dtype(out))  # converts while copying
         values = _read_rows(features, start, stop)
+        if stored and self.dtype == "float16":
+            return np.asarray(values)
         return dequantize(values, _read_rows(scales, start, stop) if scales is not None else None, self.dtype)
 
 

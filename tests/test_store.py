@@ -200,3 +200,15 @@ def test_reader_is_picklable_and_reads_in_worker_processes(tmp_path: Path) -> No
         sums = pool.map(_read_in_child, [(blob, k) for k in keys])
     np.testing.assert_allclose(sums, [data[k].sum() for k in keys], rtol=1e-5)
     assert len(load_index(reader.group)) == len(data)
+
+
+def test_stored_read_keeps_float16_and_widens_exactly(tmp_path: Path) -> None:
+    from train_fixtures import write_feature_store
+
+    reader = write_feature_store(tmp_path / "s", {"a": 7, "b": 12}, dtype="float16")
+    for key in ("a", "b"):
+        wide, stored = reader.read(key), reader.read(key, stored=True)
+        assert wide.dtype == np.float32 and stored.dtype == np.float16
+        assert np.array_equal(stored.astype(np.float32), wide)
+    f32 = write_feature_store(tmp_path / "t", {"a": 5}, dtype="float32")
+    assert f32.read("a", stored=True).dtype == np.float32  # nothing narrower to keep

@@ -263,7 +263,9 @@ class FeatureDataset:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = self.examples[index]
-        feats = {name: reader.read(example.clip_key) for name, reader in self.readers.items()}
+        # Stored float16 stays float16 until the device: half the bytes to copy, pad and pass
+        # between worker processes (widening to float32 is exact).
+        feats = {name: reader.read(example.clip_key, stored=True) for name, reader in self.readers.items()}
         return {"example": example, "feats": feats}
 
 
@@ -271,7 +273,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Pad features per encoder to (B, T_max, ...) and keep the id lists as tensors.
 
     Returns:
-        feats: name -> float32 tensor (B, T_max, ...); lengths: name -> (B,) valid frames;
+        feats: name -> tensor (B, T_max, ...) in the store's float16 or float32; lengths: name -> (B,) valid frames;
         prompt_ids / target_ids: lists of 1-D long tensors; instance_ids, datasets: lists;
         n_tokens: sequence tokens in the batch (for tokens/s); n_bytes: feature bytes read.
     """
@@ -284,7 +286,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         arrays = [item["feats"][name] for item in items]
         n_bytes += sum(a.nbytes for a in arrays)
         longest = max(a.shape[0] for a in arrays)
-        batch = np.zeros((len(arrays), longest, *arrays[0].shape[1:]), dtype=np.float32)
+        batch = np.zeros((len(arrays), longest, *arrays[0].shape[1:]), dtype=arrays[0].dtype)
         for i, a in enumerate(arrays):
             batch[i, : a.shape[0]] = a
         feats[name] = torch.from_numpy(batch)

@@ -136,7 +136,7 @@ class Model:
         """Front-end output for a collated batch (raw features, or second-level cache rows)."""
         from trainer.adapters import AdapterOutput
 
-        feats = {k: v.to(self.device, non_blocking=True) for k, v in batch["feats"].items()}
+        feats = {k: v.to(self.device, non_blocking=True).float() for k, v in batch["feats"].items()}
         lengths = {k: v.to(self.device) for k, v in batch["lengths"].items()}
         if self.cached:  # rows are frozen adapter outputs stored as (N, 1, D)
             adapted = {k: AdapterOutput(v.squeeze(2), lengths[k]) for k, v in feats.items()}
