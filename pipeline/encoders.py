@@ -14,6 +14,7 @@ dimensions with random weights (benchmarks).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -168,6 +169,34 @@ def resolve_checkpoint_dir(checkpoint: str) -> Path:
             f"checkpoint {checkpoint!r} is neither a local directory nor in the local Hugging Face cache; "
             "download it on a machine with network access (huggingface-cli download) or pass a directory"
         ) from err
+
+
+def read_checkpoint(checkpoint: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``config.json`` and every tensor of a checkpoint (local folder or local HF cache).
+
+    Weights come from ``*.safetensors`` shards, else ``pytorch_model.bin`` / ``model.pt``.
+
+    Raises:
+        FileNotFoundError: Not available offline, or no config or weights in the folder.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    folder = resolve_checkpoint_dir(str(checkpoint))
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no config.json in {folder}")
+    config = json.loads(config_path.read_text())
+    shards = sorted(folder.glob("*.safetensors"))
+    if shards:
+        state: dict[str, Any] = {}
+        for shard in shards:
+            state.update(load_file(str(shard)))
+        return config, state
+    for name in ("pytorch_model.bin", "model.pt"):
+        if (folder / name).is_file():
+            return config, torch.load(folder / name, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"no weights (*.safetensors or pytorch_model.bin) in {folder}")
 
 
 @dataclass(frozen=True)

@@ -407,16 +407,12 @@ def load_muq(path_or_hf_id: str | Path) -> MuQ:
         FileNotFoundError: Not available offline, or no config/weights in the folder.
         RuntimeError: The weights do not match the architecture (missing/unexpected keys or shapes).
     """
-    from pipeline.encoders import resolve_checkpoint_dir
-    from pipeline.sslam import _read_state_dict
+    from pipeline.encoders import read_checkpoint
 
-    folder = resolve_checkpoint_dir(str(path_or_hf_id))
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"no config.json in {folder}")
-    module = MuQ(MuQConfig.from_json(json.loads(config_path.read_text())))
+    config, weights = read_checkpoint(path_or_hf_id)
+    module = MuQ(MuQConfig.from_json(config))
     own = module.state_dict()
-    state = _rename_legacy_keys(_read_state_dict(folder), set(own))
+    state = _rename_legacy_keys(weights, set(own))
     derived = "model.conformer.embed_positions.inv_freq"
     state.setdefault(derived, own[derived])
     module.load_state_dict(state, strict=True)

@@ -202,22 +202,6 @@ class SSLAM(nn.Module):
 # ------------------------------------------------------------------------------------------ loading
 
 
-def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint folder (``*.safetensors``, else ``pytorch_model.bin``)."""
-    from safetensors.torch import load_file
-
-    shards = sorted(folder.glob("*.safetensors"))
-    if shards:
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(str(shard)))
-        return state
-    for name in ("pytorch_model.bin", "model.pt"):
-        if (folder / name).is_file():
-            return torch.load(folder / name, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no weights (*.safetensors or pytorch_model.bin) in {folder}")
-
-
 def load_sslam(path_or_hf_id: str | Path) -> SSLAM:
     """Load SSLAM from a local folder or the local HF cache (offline), with strict key checking.
 
@@ -225,14 +209,11 @@ def load_sslam(path_or_hf_id: str | Path) -> SSLAM:
         FileNotFoundError: Not available offline, or no config/weights in the folder.
         RuntimeError: The weights do not match the architecture (missing/unexpected keys or shapes).
     """
-    from pipeline.encoders import resolve_checkpoint_dir
+    from pipeline.encoders import read_checkpoint
 
-    folder = resolve_checkpoint_dir(str(path_or_hf_id))
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"no config.json in {folder}")
-    module = SSLAM(SSLAMConfig.from_json(json.loads(config_path.read_text())))
-    module.load_state_dict(_read_state_dict(folder), strict=True)
+    config, state = read_checkpoint(path_or_hf_id)
+    module = SSLAM(SSLAMConfig.from_json(config))
+    module.load_state_dict(state, strict=True)
     return module.eval()
 
 

@@ -13,13 +13,14 @@ import logging
 from typing import Any
 
 from rephrase.engines import (
-    FINISH_ERROR,
     FINISH_LENGTH,
     FINISH_STOP,
     EngineConfig,
     GenRequest,
     GenResult,
     Sampling,
+    error_result,
+    tokenize_within_limit,
 )
 
 log = logging.getLogger(__name__)
@@ -87,16 +88,7 @@ class TransformersEngine:
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         """Generate in batches of similar shape; a failing batch is retried request by request."""
-        results: dict[str, GenResult] = {}
-        ready: list[tuple[GenRequest, list[int]]] = []
-        for request in requests:
-            ids = self.tokenizer(request.prompt, add_special_tokens=False).input_ids
-            if len(ids) + request.max_tokens > self.cfg.max_model_len:
-                results[request.key] = _error(
-                    request, f"prompt of {len(ids)} tokens + cap {request.max_tokens} exceeds "
-                    f"max_model_len {self.cfg.max_model_len}", len(ids))
-            else:
-                ready.append((request, ids))
+        ready, results = tokenize_within_limit(self.tokenizer, requests, self.cfg.max_model_len)
         # Same cap and sampling per batch (one generate call), similar lengths (little padding).
         ready.sort(key=lambda item: (item[0].max_tokens, item[0].sampling.to_json(), len(item[1])))
         batch: list[tuple[GenRequest, list[int]]] = []
@@ -115,7 +107,7 @@ class TransformersEngine:
         except Exception as err:  # one bad request must not sink its batch mates
             if len(batch) == 1:
                 log.warning("request %s failed: %s", batch[0][0].key, err)
-                return {batch[0][0].key: _error(batch[0][0], f"{type(err).__name__}: {err}",
+                return {batch[0][0].key: error_result(batch[0][0], f"{type(err).__name__}: {err}",
                                                 len(batch[0][1]))}
             out: dict[str, GenResult] = {}
             for item in batch:
@@ -159,7 +151,3 @@ class TransformersEngine:
 
 def _shape(request: GenRequest) -> tuple[int, str]:
     return request.max_tokens, request.sampling.to_json()
-
-
-def _error(request: GenRequest, reason: str, n_prompt: int = 0) -> GenResult:
-    return GenResult(request.key, "", n_prompt, 0, FINISH_ERROR, reason)

@@ -11,7 +11,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from rephrase.engines import FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, EngineConfig, GenRequest, GenResult
+from rephrase.engines import (
+    FINISH_ERROR,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    EngineConfig,
+    GenRequest,
+    GenResult,
+    error_result,
+    tokenize_within_limit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +78,7 @@ class VllmEngine:
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         """One ``LLM.generate`` call for the whole list; a failure is narrowed down by halving."""
-        results: dict[str, GenResult] = {}
-        ready: list[tuple[GenRequest, list[int]]] = []
-        for request in requests:
-            ids = self.tokenizer(request.prompt, add_special_tokens=False).input_ids
-            if len(ids) + request.max_tokens > self.cfg.max_model_len:
-                results[request.key] = GenResult(
-                    request.key, "", len(ids), 0, FINISH_ERROR,
-                    f"prompt of {len(ids)} tokens + cap {request.max_tokens} exceeds max_model_len "
-                    f"{self.cfg.max_model_len}")
-            else:
-                ready.append((request, ids))
+        ready, results = tokenize_within_limit(self.tokenizer, requests, self.cfg.max_model_len)
         self._run(ready, results)
         return [results[request.key] for request in requests]
 
@@ -95,8 +94,7 @@ class VllmEngine:
             if len(batch) == 1:
                 request, ids = batch[0]
                 log.warning("request %s failed: %s", request.key, err)
-                results[request.key] = GenResult(request.key, "", len(ids), 0, FINISH_ERROR,
-                                                 f"{type(err).__name__}: {err}")
+                results[request.key] = error_result(request, f"{type(err).__name__}: {err}", len(ids))
                 return
             half = len(batch) // 2
             self._run(batch[:half], results)

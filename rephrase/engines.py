@@ -72,6 +72,30 @@ class GenResult:
     error: str | None = None
 
 
+def error_result(request: GenRequest, reason: str, n_prompt: int = 0) -> GenResult:
+    """The result of a request that could not be generated: empty text, the reason kept."""
+    return GenResult(request.key, "", n_prompt, 0, FINISH_ERROR, reason)
+
+
+def tokenize_within_limit(tokenizer: Any, requests: list[GenRequest], max_model_len: int,
+                          ) -> tuple[list[tuple[GenRequest, list[int]]], dict[str, GenResult]]:
+    """Tokenise prompts; a prompt whose cap does not fit ``max_model_len`` becomes an error row.
+
+    Both engines refuse such requests up front, so one over-long prompt never fails a batch.
+    """
+    ready: list[tuple[GenRequest, list[int]]] = []
+    refused: dict[str, GenResult] = {}
+    for request in requests:
+        ids = tokenizer(request.prompt, add_special_tokens=False).input_ids
+        if len(ids) + request.max_tokens > max_model_len:
+            refused[request.key] = error_result(
+                request, f"prompt of {len(ids)} tokens + cap {request.max_tokens} exceeds "
+                f"max_model_len {max_model_len}", len(ids))
+        else:
+            ready.append((request, ids))
+    return ready, refused
+
+
 class Engine(Protocol):
     """An LLM that turns templated prompts into completions."""
 
