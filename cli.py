@@ -484,10 +484,154 @@ def models_build_tiny(out: Path | None) -> None:
 # ---------------------------------------------------------------------------------------- infer
 
 
+# infer (owner: H6, trainer/infer.py).
+@main.command("infer")
+@click.argument("audio", nargs=-1, required=True)
+@click.option("--prompt", required=True, help="The question asked about every AUDIO file.")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="A training run folder (latest checkpoint), a checkpoint folder or an export folder.")
+@click.option("--store", type=click.Path(path_type=Path), default=None,
+              help="The feature store the adapter was trained on (its encoder specs); default: the run's.")
+@click.option("--llm", default=None, help="Path of the frozen LLM, if it moved since training.")
+@click.option("--think-budget", type=int, default=8192, show_default=True,
+              help="Thinking tokens before budget forcing closes the thinking.")
+@click.option("--max-new-tokens", type=int, default=16384, show_default=True, help="Cap on generated tokens.")
+@click.option("--temperature", type=float, default=0.0, show_default=True,
+              help="0: greedy; otherwise sampling with the model's top-p/top-k.")
+@click.option("--engine", type=click.Choice(["transformers", "vllm"]), default="transformers", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (audio, thinking, answer, ...).")
+def infer(audio: tuple[str, ...], prompt: str, checkpoint: Path, store: Path | None, llm: str | None,
+          think_budget: int, max_new_tokens: int, temperature: float, engine: str, device: str,
+          as_json: bool) -> None:
+    """Ask a trained adapter's frozen LLM PROMPT about each AUDIO file.
+
+    The encoders run on the fly with exactly the feature store's spec, the adapters and fusion
+    build the audio span, and the LLM thinks (up to --think-budget tokens, then budget forcing)
+    and answers. Thinking and answer are printed separately; a file that cannot be read gets
+    its reason and the others are still answered.
+    """
+    import json
+    from dataclasses import asdict
+
+    from pipeline.configs import ConfigError
+    from trainer.infer import InferConfig, infer_files
+
+    try:
+        cfg = InferConfig(checkpoint=str(checkpoint), store=str(store) if store else None, llm=llm,
+                          device=device, engine=engine, think_budget=think_budget,
+                          max_new_tokens=max_new_tokens, temperature=temperature)
+        results = infer_files(cfg, list(audio), prompt)
+    except (ConfigError, FileNotFoundError) as err:
+        fail(str(err))
+    for path, result in zip(audio, results, strict=True):
+        if as_json:
+            click.echo(json.dumps({"audio": path, **asdict(result)}, ensure_ascii=False))
+            continue
+        click.secho(f"== {path}", bold=True)
+        if result.error:
+            click.secho(f"error: {result.error}", fg="red")
+            continue
+        forced = ", budget forced" if result.forced else ""
+        click.secho(f"-- thinking ({result.thinking_tokens} tokens{forced})", fg="cyan")
+        click.echo(result.thinking)
+        click.secho(f"-- answer ({result.answer_tokens} tokens)", fg="green")
+        click.echo(result.answer)
+
+
 # ---------------------------------------------------------------------------------------- eval
 
 
+@main.command("eval")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
+              help="Trained front-end checkpoint (or exported folder).")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Output folder: predictions.jsonl, report.json, report.md (a rerun resumes here).")
+@click.option("--store", type=click.Path(path_type=Path), default=None,
+              help="Feature store whose encoder spec to run (default: what the checkpoint names).")
+@click.option("--llm", default=None, help="Frozen LLM folder or id (default: what the checkpoint names).")
+@click.option("--think-budget", type=int, default=8192, show_default=True,
+              help="Thinking tokens before budget forcing.")
+@click.option("--max-new-tokens", type=int, default=16384, show_default=True,
+              help="Output cap, thinking included.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Questions per generate call.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the encoders, front end and LLM run.")
+@click.option("--limit", type=int, default=None, help="Only the first N questions.")
+@click.option("--retry-errors", is_flag=True, help="Ask again the questions whose answer was an error.")
+def eval_command(manifest: Path, checkpoint: Path, out: Path, store: Path | None, llm: str | None,
+                 think_budget: int, max_new_tokens: int, batch_size: int, device: str, limit: int | None,
+                 retry_errors: bool) -> None:
+    """Multiple-choice audio QA: accuracy per category and overall (MMAU/MMSU/MMAR layout).
+
+    MANIFEST is JSONL with id, audio, question, options, answer and category (see
+    manifests/README.md). Unparseable answers count as wrong and are counted separately.
+    """
+    from pipeline.manifest import ManifestError
+    from trainer.evaluate import EvalConfig, evaluate, markdown_tables
+
+    try:
+        cfg = EvalConfig(manifest=str(manifest), checkpoint=str(checkpoint), out=str(out),
+                         store=str(store) if store else None, llm=llm, device=device,
+                         think_budget=think_budget, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         limit=limit, retry_errors=retry_errors)
+        report = evaluate(cfg)
+    except (ManifestError, FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    click.echo(markdown_tables(report))
+    click.echo(f"{report.asked} asked, {report.reused} reused from earlier predictions, "
+               f"{report.rejected} manifest rows rejected" + (f" ({report.rejects_path})" if report.rejected else ""))
+    click.echo(f"report: {report.report_md} and {report.report_json}; predictions: {report.predictions}")
+
+
 # ---------------------------------------------------------------------------------------- stats
+
+
+@main.command("stats")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Also write report.json, report.md and durations.png into this folder.")
+@click.option("--workers", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Threads probing file headers.")
+def stats_command(manifest: Path, as_json: bool, out: Path | None, workers: int) -> None:
+    """Hours, clips and instances per dataset and domain of a manifest, with a totals row.
+
+    Durations come from file headers (cuts count only their part); unreadable audio is counted,
+    not fatal. Domain: instruction (kind), else speech (a transcript), else music (music labels or
+    a music dataset name), else sound.
+    """
+    from pipeline.manifest import ManifestError
+    from pipeline.stats import format_stats, manifest_stats, stats_json, write_stats_report
+
+    try:
+        result = manifest_stats(manifest, workers=workers)
+    except ManifestError as err:
+        fail(str(err))
+    click.echo(stats_json(result) if as_json else format_stats(result))
+    if out is not None:
+        _, md_path = write_stats_report(result, out)
+        click.echo(f"report: {md_path}", err=as_json)
+
+
+@main.command("report")
+@click.argument("folder", type=click.Path(path_type=Path))
+def report_command(folder: Path) -> None:
+    """(Re)write report.json and report.md of an output folder, detected by its contents.
+
+    FOLDER is a feature store, a rephrase run or a training run; any other folder (a demo
+    output, say) gets a report in each subfolder of those kinds.
+    """
+    from pipeline.report import write_any_report
+
+    if not folder.is_dir():
+        fail(f"{folder} is not a folder")
+    written = write_any_report(folder)
+    if not written:
+        fail(f"{folder} is not a feature store, rephrase run or training run folder, and has no such subfolder")
+    for kind, md_path in written:
+        click.echo(f"{kind}: {md_path}")
 
 
 # ---------------------------------------------------------------------------------------- demo
@@ -517,11 +661,15 @@ def demo_corpus(out: Path, seed: int, no_speech: bool) -> None:
 @demo.command("run")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True,
               help="Folder for every output of the demo.")
-def demo_run(out: Path) -> None:
-    """Run the whole job on the demo corpus: every stage that exists, and say what is missing."""
-    from pipeline.demo import run_demo
+@click.option("--train-steps", type=int, default=200, show_default=True, help="Optimiser steps of the fusion model.")
+def demo_run(out: Path, train_steps: int) -> None:
+    """Run the whole job on the demo corpus: corpus, feature cache, rephrasing, training, eval, infer, report.
 
-    run_demo(out)
+    A second run reuses every cache and finishes in a fraction of the time.
+    """
+    from pipeline.demo import DemoConfig, run_demo
+
+    run_demo(out, DemoConfig(train_steps=train_steps))
 
 
 if __name__ == "__main__":

@@ -479,6 +479,10 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     result.checkpoint = save() or result.checkpoint
     if writer is not None:
         writer.close()
+    if dist.main:
+        from pipeline.report import write_train_report
+
+        write_train_report(run_dir)  # report.json, report.md and loss.png beside the run
     return result
 
 

@@ -1,0 +1,534 @@
+"""`evaluate(cfg)`: multiple-choice audio QA (MMAU / MMSU / MMAR layout) with a trained front end.
+
+Sections: eval manifest (questions, rejects) -> prompt -> answer parser -> predictions (append-only,
+resumable) -> scores -> reports (``report.json``, ``report.md``). ALARM.md §6: options are listed as
+``(Option_i) text``, the model must answer ``<answer>i</answer>``, an unparseable answer counts as
+wrong (and is counted separately); thinking budget 8192, output cap 16384.
+
+Generation goes through one seam, ``answer_fn(requests) -> results`` (by default
+``trainer.infer.Listener.generate``), so everything else here is tested without a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.manifest import (
+    ManifestError,
+    Reject,
+    _number,
+    _raw_rows,
+    default_rejects_path,
+    resolve_audio,
+    write_rejects,
+)
+
+REQUIRED = ("id", "audio", "question", "options", "answer", "category")
+KNOWN = set(REQUIRED) | {"dataset", "start", "end"}
+INSTRUCTION = (
+    "Choose the correct option. End your reply with the number of that option between answer tags, "
+    "written as <answer>i</answer> where i is the option number."
+)
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_OPTION_RE = re.compile(r"^option_?(\d+)$", re.IGNORECASE)
+PREDICTIONS = "predictions.jsonl"
+
+AnswerFn = Callable[[list[Any]], list[Any]]
+
+
+# ------------------------------------------------------------------------------------ eval manifest
+
+
+@dataclass(frozen=True)
+class Question:
+    """One multiple-choice question about a clip (or a cut of one).
+
+    ``answer`` is the 1-based number of the correct option, whichever form the manifest used.
+    """
+
+    id: str
+    audio: str
+    question: str
+    options: tuple[str, ...]
+    answer: int
+    category: str
+    dataset: str = "eval"
+    start: float | None = None
+    end: float | None = None
+    line: int = 0
+
+
+def _answer_number(value: Any, options: Sequence[str]) -> int:
+    """The manifest's ``answer`` as a 1-based option number: an integer index, or the option text."""
+    if isinstance(value, bool):
+        raise ValueError(f"'answer' must be an option number or an option text, got {value!r}")
+    if isinstance(value, int):
+        if not 1 <= value <= len(options):
+            raise ValueError(f"'answer' {value} is not an option number (1..{len(options)})")
+        return value
+    if isinstance(value, str):
+        matches = [n for n, text in enumerate(options, start=1) if text.strip() == value.strip()]
+        if not matches:
+            raise ValueError(f"'answer' {value!r} is none of the options")
+        return matches[0]
+    raise ValueError(f"'answer' must be an option number or an option text, got {type(value).__name__}")
+
+
+def parse_question(row: Any, base: Path, line: int) -> Question:
+    """Validate one raw eval-manifest row; raises ``ValueError`` with the reason."""
+    if not isinstance(row, dict):
+        raise ValueError(f"row must be a JSON object, got {type(row).__name__}")
+    missing = [k for k in REQUIRED if row.get(k) in (None, "", [])]
+    if missing:
+        raise ValueError(f"missing field(s): {', '.join(missing)}")
+    unknown = sorted(set(row) - KNOWN)
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    for key in ("id", "audio", "question", "category", "dataset"):
+        if key in row and not isinstance(row[key], str):
+            raise ValueError(f"'{key}' must be a string, got {type(row[key]).__name__}")
+    options = row["options"]
+    if not isinstance(options, list) or not all(isinstance(o, str) and o.strip() for o in options):
+        raise ValueError("'options' must be a list of non-empty strings")
+    if len(options) < 2:
+        raise ValueError(f"'options' needs at least 2 entries, got {len(options)}")
+    if len({o.strip() for o in options}) != len(options):
+        raise ValueError("'options' has the same text twice, so an answer given as text is ambiguous")
+    start, end = _number(row, "start"), _number(row, "end")
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"empty cut: end ({end}) must be after start ({start})")
+    return Question(
+        id=row["id"], audio=resolve_audio(row["audio"], base), question=row["question"].strip(),
+        options=tuple(o.strip() for o in options), answer=_answer_number(row["answer"], options),
+        category=row["category"], dataset=row.get("dataset") or "eval", start=start, end=end, line=line,
+    )
+
+
+@dataclass
+class EvalManifest:
+    """The valid questions of an eval manifest, its rejects, and where the rejects went."""
+
+    path: Path
+    questions: list[Question]
+    rejects: list[Reject]
+    rejects_path: Path | None = None
+
+
+def read_eval_manifest(path: str | Path, rejects_path: str | Path | None = None) -> EvalManifest:
+    """Read and validate an eval manifest (JSONL, JSONL.gz or Parquet; see manifests/README.md).
+
+    Bad rows (malformed, missing or mistyped fields, an answer that is no option, duplicate ids)
+    become rejects with line and reason, written to ``<name>.rejects.jsonl`` beside it.
+
+    Raises:
+        ManifestError: the manifest is missing, unreadable, empty, or has no valid row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"eval manifest {path} does not exist" if not path.exists()
+                            else f"eval manifest {path} is a folder; pass the .jsonl file inside it")
+    base = path.resolve().parent
+    questions: list[Question] = []
+    rejects: list[Reject] = []
+    seen: dict[str, int] = {}
+    rows = 0
+    for line, row, error in _raw_rows(path):
+        rows += 1
+        row_id = row.get("id") if isinstance(row, dict) and isinstance(row.get("id"), str) else None
+        try:
+            if error is not None:
+                raise ValueError(error)
+            question = parse_question(row, base, line)
+            if question.id in seen:
+                raise ValueError(f"duplicate id (first on line {seen[question.id]})")
+        except ValueError as err:
+            rejects.append(Reject(line, row_id, str(err)))
+            continue
+        seen[question.id] = line
+        questions.append(question)
+    if rows == 0:
+        raise ManifestError(f"eval manifest {path} is empty")
+    written = None
+    if rejects:
+        written = Path(rejects_path) if rejects_path else default_rejects_path(path)
+        write_rejects(rejects, written)
+    if not questions:
+        raise ManifestError(f"eval manifest {path} has no valid row ({len(rejects)} rejected; see {written})")
+    return EvalManifest(path, questions, rejects, written)
+
+
+# ------------------------------------------------------------------------------------ prompt, parser
+
+
+def build_prompt(question: Question) -> str:
+    """The question, one ``(Option_i) text`` line per option, then the answer-format instruction."""
+    options = "\n".join(f"(Option_{n}) {text}" for n, text in enumerate(question.options, start=1))
+    return f"{question.question}\n\n{options}\n\n{INSTRUCTION}"
+
+
+def parse_choice(answer: str | None, options: Sequence[str]) -> int | None:
+    """The option number in the last ``<answer>…</answer>`` of ``answer``, or None if unparseable.
+
+    Accepted inside the tags (surrounding whitespace ignored): ``i``, ``Option_i``, ``(Option_i)``
+    (any case, underscore optional), or the text of one option (any case). A number outside 1..len(options)
+    is unparseable, not wrong-but-parsed: the model did not name an option. A bare number is always
+    read as an option number, even where some option's text is a number.
+    """
+    found = _ANSWER_RE.findall(answer or "")
+    if not found:
+        return None
+    inner = found[-1].strip()
+    bare = inner[1:-1].strip() if inner.startswith("(") and inner.endswith(")") else inner
+    match = _OPTION_RE.match(bare)
+    digits = match.group(1) if match else inner if inner.isdecimal() else None
+    if digits is not None:
+        number = int(digits)
+        return number if 1 <= number <= len(options) else None
+    folded = inner.casefold()
+    hits = [n for n, text in enumerate(options, start=1) if text.strip().casefold() == folded]
+    return hits[0] if len(hits) == 1 else None
+
+
+# ------------------------------------------------------------------------------------ config, report
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run: which questions, which trained front end, and how to generate."""
+
+    manifest: str = ""
+    """Eval manifest (JSONL/Parquet: id, audio, question, options, answer, category[, dataset, start, end])."""
+    checkpoint: str = ""
+    """Trained front-end checkpoint (or exported folder) passed to ``trainer.infer.Listener``."""
+    out: str = ""
+    """Output folder: predictions.jsonl, report.json, report.md."""
+    store: str | None = None
+    """Feature store whose encoder spec the encoders run with (default: what the checkpoint names)."""
+    llm: str | None = None
+    """Frozen LLM folder or id (default: what the checkpoint names)."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda: where the encoders, front end and LLM run."""
+    engine: str = "transformers"
+    """Generation engine of the listener."""
+    think_budget: int = 8192
+    """Thinking tokens before budget forcing closes the thought (ALARM.md §6)."""
+    max_new_tokens: int = 16384
+    """Output cap, thinking included (ALARM.md §6)."""
+    temperature: float = 0.0
+    """0 = greedy, so a rerun gives the same answers."""
+    seed: int = 0
+    """Sampling seed (used when temperature > 0)."""
+    batch_size: int = 8
+    """Questions per generate call (also how often predictions are flushed to disk)."""
+    limit: int | None = None
+    """Only the first N valid questions of the manifest."""
+    retry_errors: bool = False
+    """Ask again the questions whose saved prediction is a generation error."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        for name in ("manifest", "checkpoint", "out"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is required")
+        if self.think_budget < 1:
+            raise ValueError(f"think_budget must be >= 1, got {self.think_budget}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or unset), got {self.limit}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.engine not in ("transformers", "vllm"):
+            raise ValueError(f"engine must be transformers or vllm, got {self.engine!r}")
+
+    def run_id(self) -> str:
+        """Fingerprint of everything that decides an answer besides the question itself."""
+        keyed = {"checkpoint": checkpoint_identity(self.checkpoint), "store": self.store, "llm": self.llm,
+                 "engine": self.engine, "think_budget": self.think_budget, "max_new_tokens": self.max_new_tokens,
+                 "temperature": self.temperature, "seed": self.seed}
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def checkpoint_identity(checkpoint: str) -> str:
+    """The checkpoint actually loaded, as a stable string.
+
+    A run folder stands for its latest checkpoint, which moves on while training continues, so it is
+    resolved to that step's folder; the folder's metadata file (step, config, data fingerprints) is
+    hashed in, so a checkpoint rewritten in place is not mistaken for the old one.
+    """
+    from trainer.checkpoint import META_FILE, latest_checkpoint
+    from trainer.export import INFO_FILE
+
+    path = Path(checkpoint)
+    if not path.is_dir():
+        return checkpoint
+    if not (path / META_FILE).is_file() and not (path / INFO_FILE).is_file():
+        path = latest_checkpoint(path) or path
+    meta = next((path / name for name in (META_FILE, INFO_FILE) if (path / name).is_file()), None)
+    digest = hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta else "no-metadata"
+    return f"{path.resolve()}@{digest}"
+
+
+@dataclass
+class Score:
+    """Counts for a group of questions. ``wrong`` includes the unparseable ones and the errors."""
+
+    questions: int = 0
+    correct: int = 0
+    wrong: int = 0
+    unparseable: int = 0
+    errors: int = 0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.questions if self.questions else 0.0
+
+    def add(self, status: str) -> None:
+        self.questions += 1
+        self.correct += status == "correct"
+        self.wrong += status != "correct"
+        self.unparseable += status == "unparseable"
+        self.errors += status == "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "accuracy": round(self.accuracy, 4)}
+
+
+@dataclass
+class EvalReport:
+    """What ``evaluate`` found and where it wrote it."""
+
+    out: Path
+    overall: Score
+    per_category: dict[str, Score]
+    per_dataset: dict[str, Score]
+    asked: int
+    """Questions generated in this call (the rest came from earlier predictions)."""
+    reused: int
+    rejected: int
+    rejects_path: Path | None
+    predictions: Path
+    report_json: Path
+    report_md: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "overall": self.overall.to_dict(),
+            "per_category": {k: v.to_dict() for k, v in self.per_category.items()},
+            "per_dataset": {k: v.to_dict() for k, v in self.per_dataset.items()},
+            "asked": self.asked, "reused": self.reused, "rejected": self.rejected,
+            "rejects": str(self.rejects_path) if self.rejects_path else None,
+            "predictions": str(self.predictions), "settings": self.settings,
+        }
+
+
+SCORE_HEADERS = ["questions", "correct", "unparseable", "errors", "accuracy"]
+
+
+def score_rows(groups: dict[str, Score], overall: Score) -> list[list[Any]]:
+    """Table rows, one per group (sorted) and a last **overall** row."""
+    rows = [(name, s) for name, s in sorted(groups.items())] + [("**overall**", overall)]
+    return [[name, s.questions, s.correct, s.unparseable, s.errors, f"{100 * s.accuracy:.1f}%"] for name, s in rows]
+
+
+def markdown_tables(report: EvalReport) -> str:
+    """The per-category table (and the per-dataset one when there are several datasets)."""
+    from pipeline.report import markdown_table
+
+    text = markdown_table(["category", *SCORE_HEADERS], score_rows(report.per_category, report.overall))
+    if len(report.per_dataset) > 1:
+        text += "\n\n" + markdown_table(["dataset", *SCORE_HEADERS], score_rows(report.per_dataset, report.overall))
+    return text
+
+
+def _write_reports(report: EvalReport) -> None:
+    """report.json and report.md through the shared report writer (atomic writes)."""
+    from pipeline.report import Section, write_report
+
+    rule = ("An unparseable answer (no `<answer>i</answer>` naming an option) counts as wrong, and so does "
+            "a generation error; both are also counted on their own.")
+    sections = [Section("Accuracy per category", text=rule, headers=["category", *SCORE_HEADERS],
+                        rows=score_rows(report.per_category, report.overall))]
+    if len(report.per_dataset) > 1:
+        sections.append(Section("Accuracy per dataset", headers=["dataset", *SCORE_HEADERS],
+                                rows=score_rows(report.per_dataset, report.overall)))
+    sections.append(Section("Settings", text=f"Per-question rows: `{report.predictions.name}`.",
+                            headers=["setting", "value"],
+                            rows=[[k, "–" if v is None else str(v)] for k, v in report.settings.items()]))
+    overall = report.overall
+    key_figures = {"questions": overall.questions, "accuracy": f"{100 * overall.accuracy:.1f}%",
+                   "unparseable": overall.unparseable, "errors": overall.errors,
+                   "rejected manifest rows": report.rejected, "checkpoint": report.settings.get("checkpoint")}
+    write_report(report.out, "Multiple-choice evaluation", report.to_dict(), sections, key_figures)
+
+
+# ------------------------------------------------------------------------------------ predictions
+
+
+def prediction_key(run_id: str, question: Question, prompt: str) -> str:
+    """A prediction is reused only for the same run settings, question id and prompt text."""
+    return hashlib.sha256(f"{run_id}\n{question.id}\n{prompt}".encode()).hexdigest()[:20]
+
+
+def load_predictions(path: Path) -> dict[str, dict[str, Any]]:
+    """Saved predictions by key. A torn last line (a kill mid-write) is cut off the file."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    complete, _, torn = data.rpartition(b"\n")
+    if torn:  # rewrite without the partial line so the next append starts on a fresh line
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(complete + b"\n" if complete else b"")
+        tmp.replace(path)
+    rows: dict[str, dict[str, Any]] = {}
+    for text in (complete.decode("utf-8", errors="replace").splitlines() if complete else []):
+        row = _row_or_none(text)
+        if row is not None:
+            rows[row["key"]] = row
+    return rows
+
+
+def _row_or_none(text: str) -> dict[str, Any] | None:
+    """A saved prediction row, or None for a blank or damaged line (its question is asked again)."""
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("key"), str) else None
+
+
+def _drop_keys(path: Path, keys: set[str]) -> None:
+    """Rewrite predictions without ``keys`` (questions about to be asked again)."""
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if (row := _row_or_none(line)) is not None and row["key"] not in keys]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+
+
+def prediction_row(key: str, run_id: str, question: Question, prompt: str, result: Any) -> dict[str, Any]:
+    """One predictions.jsonl row from a generation result (an ``InferResult`` or alike)."""
+    error = getattr(result, "error", None)
+    choice = None if error else parse_choice(getattr(result, "answer", None), question.options)
+    status = "error" if error else "unparseable" if choice is None else \
+        "correct" if choice == question.answer else "wrong"
+    return {
+        "key": key, "run": run_id, "id": question.id, "category": question.category,
+        "dataset": question.dataset, "prompt": prompt, "options": list(question.options),
+        "answer": question.answer, "choice": choice, "status": status, "correct": status == "correct",
+        "thinking": getattr(result, "thinking", None), "answer_text": getattr(result, "answer", None),
+        "thinking_tokens": getattr(result, "thinking_tokens", None),
+        "answer_tokens": getattr(result, "answer_tokens", None),
+        "forced": getattr(result, "forced", None), "error": error,
+    }
+
+
+# ------------------------------------------------------------------------------------ evaluate
+
+
+def load_listener(cfg: EvalConfig) -> Any:
+    """The ``trainer.infer.Listener`` for this run's checkpoint and generation settings."""
+    from trainer.infer import InferConfig, Listener
+
+    return Listener.load(InferConfig(
+        checkpoint=cfg.checkpoint, store=cfg.store, llm=cfg.llm, device=cfg.device, engine=cfg.engine,
+        think_budget=cfg.think_budget, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+        seed=cfg.seed, batch_size=cfg.batch_size))
+
+
+def _request(question: Question, prompt: str) -> Any:
+    from trainer.infer import InferRequest
+
+    return InferRequest(audio=question.audio, prompt=prompt, start=question.start, end=question.end,
+                        clip_key=None)
+
+
+def evaluate(cfg: EvalConfig, answer_fn: AnswerFn | None = None) -> EvalReport:
+    """Ask every question (resuming from saved predictions), score, and write the reports.
+
+    Args:
+        cfg: the run.
+        answer_fn: generation seam, requests -> results in the same order; default: a
+            ``trainer.infer.Listener`` loaded from ``cfg`` (only when something is left to ask).
+
+    Returns:
+        Scores overall, per category and per dataset, and the output paths.
+
+    Raises:
+        ManifestError: the eval manifest is missing, empty or has no valid row.
+    """
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = read_eval_manifest(cfg.manifest, rejects_path=out / "rejects.jsonl")
+    if not manifest.rejects:  # a rejects file from an earlier run of another manifest would mislead
+        (out / "rejects.jsonl").unlink(missing_ok=True)
+    questions = manifest.questions[: cfg.limit] if cfg.limit else manifest.questions
+    run_id = cfg.run_id()
+    prompts = {q.id: build_prompt(q) for q in questions}
+    keys = {q.id: prediction_key(run_id, q, prompts[q.id]) for q in questions}
+    path = out / PREDICTIONS
+    saved = load_predictions(path)
+    if cfg.retry_errors:
+        retry = {k for k in keys.values() if saved.get(k, {}).get("status") == "error"}
+        if retry:
+            _drop_keys(path, retry)
+            saved = {k: v for k, v in saved.items() if k not in retry}
+    todo = [q for q in questions if keys[q.id] not in saved]
+    listener = None
+    if todo and answer_fn is None:  # load the models only when something is left to ask
+        listener = load_listener(cfg)
+        answer_fn = listener.generate
+    bar = tqdm(total=len(questions), initial=len(questions) - len(todo), unit="question",
+               disable=not cfg.progress, dynamic_ncols=True)
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            for begin in range(0, len(todo), cfg.batch_size):
+                batch = todo[begin: begin + cfg.batch_size]
+                results = answer_fn([_request(q, prompts[q.id]) for q in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"answer_fn returned {len(results)} results for {len(batch)} requests")
+                for question, result in zip(batch, results, strict=True):
+                    row = prediction_row(keys[question.id], run_id, question, prompts[question.id], result)
+                    saved[row["key"]] = row
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                # One flush + fsync per batch: a kill loses at most the batch in flight, never a row
+                # that was reported done (a torn last line is cut off on the next start).
+                handle.flush()
+                os.fsync(handle.fileno())
+                bar.update(len(batch))
+    finally:
+        bar.close()
+        if listener is not None:
+            listener.close()
+
+    overall, per_category, per_dataset = Score(), {}, {}
+    for question in questions:
+        status = saved[keys[question.id]]["status"]
+        overall.add(status)
+        per_category.setdefault(question.category, Score()).add(status)
+        per_dataset.setdefault(question.dataset, Score()).add(status)
+    settings = {"manifest": str(Path(cfg.manifest).resolve()), "checkpoint": cfg.checkpoint, "run": run_id,
+                "store": cfg.store, "llm": cfg.llm, "engine": cfg.engine, "think_budget": cfg.think_budget,
+                "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "seed": cfg.seed,
+                "limit": cfg.limit}
+    report = EvalReport(out=out, overall=overall, per_category=per_category, per_dataset=per_dataset,
+                        asked=len(todo), reused=len(questions) - len(todo), rejected=len(manifest.rejects),
+                        rejects_path=manifest.rejects_path, predictions=path, report_json=out / "report.json",
+                        report_md=out / "report.md", settings=settings)
+    _write_reports(report)
+    return report

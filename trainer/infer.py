@@ -1,0 +1,626 @@
+"""Inference with a trained front end: audio + prompt -> the frozen LLM's thinking and answer.
+
+``Listener.load(InferConfig)`` puts together what training used, and nothing else:
+
+- the encoders, rebuilt from the feature store's group spec (checkpoint, kept layers, window,
+  compute dtype) and refused when the rebuilt encoder's spec, weights fingerprint included,
+  differs from the one the adapter was trained on (the checkpoint pins the store spec ids);
+- the store's value rounding (float16 by default): on-the-fly features are quantised and
+  dequantised exactly as the store does, so the adapter sees the values it saw in training;
+- the front end (adapters + fusion + delimiters) from a run, a checkpoint or an export folder;
+- the prompt layout of training (trainer.sequence) and the frozen LLM from ``from_pretrained``.
+
+Generation uses a thinking budget with budget forcing (ALARM.md §6: budget 8192, cap 16384):
+generate up to the budget; if ``</think>`` has not appeared, append ``FORCED_CLOSER`` and go on
+to the cap. ``transformers`` is the engine everywhere; ``vllm`` takes the same prompt embeddings
+where vLLM is installed (``enable_prompt_embeds``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.configs import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("transformers", "vllm")
+DEVICES = ("auto", "cpu", "cuda")
+THINK_CLOSE = "</think>"
+PROMPT_ROOM = 4096  # tokens kept for the prompt (head, audio span, question) in vLLM's max_model_len
+# Appended when the thinking reaches its budget; the model continues straight into its answer.
+# rephrase.prompts.BUDGET_FORCING_CLOSER is the same device with a sentence about editing.
+FORCED_CLOSER = f"\n\nI have thought about this enough; now I will give my answer.\n{THINK_CLOSE}\n\n"
+
+
+class SpecMismatchError(ConfigError):
+    """The encoders or the store here are not the ones the adapter was trained on."""
+
+
+@dataclass
+class InferConfig:
+    """How to load a trained front end and generate with it."""
+
+    checkpoint: str
+    """A training run folder (its latest checkpoint), a ``checkpoints/step_*`` folder or an export folder."""
+    store: str | None = None
+    """Feature store the adapter was trained on: gives the exact encoder specs (required for a run
+    or checkpoint unless the store recorded in its config still exists; optional for an export)."""
+    llm: str | None = None
+    """Override the LLM path recorded in the checkpoint (same model, another location)."""
+    device: str = "auto"
+    """auto (cuda when available), cpu or cuda."""
+    engine: str = "transformers"
+    """transformers, or vllm (prompt embeddings; only where vllm is importable)."""
+    think_budget: int = 8192
+    """Generated tokens allowed before ``</think>``; beyond it budget forcing closes the thinking."""
+    max_new_tokens: int = 16384
+    """Cap on all generated tokens (thinking, forced closer and answer)."""
+    temperature: float = 0.0
+    """0 = greedy; otherwise sampling with the model's top-p/top-k from its generation config."""
+    seed: int = 0
+    """Seed of the sampling generator (outputs then also depend on the batch composition)."""
+    batch_size: int = 8
+    """Requests generated together (bounds the KV cache memory)."""
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise ConfigError("checkpoint: give a run folder, a checkpoint folder or an export folder")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        for name in ("think_budget", "max_new_tokens", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+
+
+@dataclass
+class InferRequest:
+    """One question about one clip."""
+
+    audio: str
+    """Audio file path, or ``/abs/shard.tar#member``."""
+    prompt: str
+    start: float | None = None
+    end: float | None = None
+    clip_key: str | None = None
+    """When set and the open store holds it for every encoder, features are read from the store."""
+
+
+@dataclass
+class InferResult:
+    """What the LLM said; ``error`` is set (and the texts empty) when the request could not run."""
+
+    thinking: str
+    answer: str
+    text: str
+    """The whole decoded generation (thinking, forced closer if any, answer)."""
+    thinking_tokens: int
+    """Generated tokens before ``</think>`` (all of them when it never came)."""
+    answer_tokens: int
+    """Generated tokens after ``</think>`` (end-of-turn token excluded)."""
+    forced: bool
+    """Budget forcing closed the thinking."""
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, reason: str) -> InferResult:
+        """The result row of a request that could not run."""
+        return cls("", "", "", 0, 0, False, reason)
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+    """Split a generation (which starts inside the thinking block) at its first ``</think>``.
+
+    Returns:
+        ``(thinking, answer)``; without ``</think>`` everything is thinking and the answer is empty.
+    """
+    thinking, close, answer = text.partition(THINK_CLOSE)
+    thinking = thinking.removeprefix("<think>").strip()
+    return thinking, answer.strip() if close else ""
+
+
+@dataclass
+class Generation:
+    """Tokens generated for one request so far and how the last call ended."""
+
+    ids: list[int] = field(default_factory=list)
+    stopped: bool = False
+    """Ended on an end-of-turn token (not counted in ``ids``)."""
+
+
+def next_step(gen: Generation, think_close_id: int, budget: int, cap: int, closer_ids: list[int]) -> list[int] | None:
+    """What follows the budgeted first call: None (finished) or the ids to append before continuing.
+
+    ``[]`` means continue as is (the thinking closed within the budget and the cap is not reached);
+    ``closer_ids`` means budget forcing (the budget ran out inside the thinking).
+    """
+    if gen.stopped or len(gen.ids) >= cap:
+        return None
+    if think_close_id in gen.ids:
+        return []
+    if len(gen.ids) < budget:  # cannot happen after a full budgeted call; kept for clarity
+        return None
+    if len(gen.ids) + len(closer_ids) >= cap:
+        return None
+    return list(closer_ids)
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+@dataclass
+class TrainedFrontEnd:
+    """A trained front end and what it was trained with."""
+
+    frontend: Any
+    specs: dict[str, dict[str, Any]]
+    """encoder -> group spec (``{"encoder": ..., "store": ...}``), in front-end order."""
+    spec_ids: dict[str, str]
+    llm: str
+    separator: str
+    precision: str
+    store: str | None
+
+
+def load_trained(source: str | Path, store: str | None = None, llm: str | None = None) -> TrainedFrontEnd:
+    """Load the front end of a run folder, a checkpoint folder or an export folder.
+
+    ``llm`` overrides the LLM path the run recorded (its width sizes the front end).
+
+    Raises:
+        FileNotFoundError: Nothing loadable at ``source``.
+        SpecMismatchError: The store has no group with the spec ids the checkpoint was trained on.
+        ConfigError: A run/checkpoint needs its feature store and none is available.
+    """
+    from trainer.checkpoint import META_FILE, latest_checkpoint
+    from trainer.export import INFO_FILE, load_export
+
+    source = Path(source)
+    if (source / INFO_FILE).is_file():
+        frontend, info = load_export(source)
+        names = frontend.cfg.names  # export.json sorts its keys; the front end keeps the order
+        specs = {name: info["encoders"][name]["spec"] for name in names}
+        spec_ids = {name: info["encoders"][name]["spec_id"] for name in names}
+        if store is not None:
+            _check_store(store, spec_ids)
+        return TrainedFrontEnd(frontend, specs, spec_ids, llm or info["llm"],
+                               info["prompt_layout"]["audio_prompt_separator"], "auto", store)
+    ckpt = source if (source / META_FILE).is_file() else latest_checkpoint(source)
+    if ckpt is None:
+        raise FileNotFoundError(f"{source} is neither an export folder, a checkpoint folder nor a run folder "
+                                "with checkpoints")
+    return _load_checkpoint(ckpt, store, llm)
+
+
+def _load_checkpoint(ckpt: Path, store: str | None, llm: str | None) -> TrainedFrontEnd:
+    from transformers import AutoConfig
+
+    from pipeline.configs import from_dict
+    from trainer.checkpoint import load_checkpoint
+    from trainer.config import TrainConfig
+    from trainer.train import make_frontend
+
+    state = load_checkpoint(ckpt)
+    cfg = from_dict(TrainConfig, state.meta["config"])
+    root = store or cfg.store
+    if not root or not Path(root).is_dir():
+        raise ConfigError(f"{ckpt} was trained on the feature store {cfg.store!r}, which is not here: pass the "
+                          "store (--store) so the encoders can be rebuilt with its exact specs")
+    spec_ids = {name: state.meta["store_spec_ids"][name] for name in cfg.encoders}  # front-end order
+    readers = _check_store(root, spec_ids)
+    llm = llm or cfg.llm
+    frontend = make_frontend(cfg, readers, AutoConfig.from_pretrained(llm).hidden_size)
+    frontend.load_state_dict(state.weights, strict=False)
+    specs = {name: r.spec for name, r in readers.items()}
+    return TrainedFrontEnd(frontend.eval(), specs, spec_ids, llm, cfg.audio_prompt_separator,
+                           cfg.precision, str(root))
+
+
+def _check_store(root: str | Path, spec_ids: dict[str, str]) -> dict[str, Any]:
+    """Readers of the groups ``spec_ids`` names; a missing group is a spec mismatch."""
+    from pipeline.store import list_groups, open_features
+
+    readers = {}
+    for name, sid in spec_ids.items():
+        groups = list_groups(root, name)
+        if sid not in groups:
+            raise SpecMismatchError(
+                f"the adapter was trained on {name} features with spec id {sid}, but the store {root} holds "
+                f"{', '.join(groups) or 'no ' + name + ' features'}: it was written with another encoder "
+                "spec (checkpoint, weights, layers, window or storage); use the store the adapter was trained on")
+        readers[name] = open_features(root, name, sid)
+    return readers
+
+
+def encoder_config_from_spec(encoder_spec: dict[str, Any], device: str) -> Any:
+    """The ``EncoderConfig`` that rebuilds the encoder described by a store's encoder spec."""
+    from pipeline.encoders import EncoderConfig
+
+    preset, checkpoint, seed = encoder_spec["preset"], encoder_spec["checkpoint"], 0
+    if preset == "full-size-random":
+        checkpoint, seed = None, int(str(checkpoint).rsplit("@random-seed-", 1)[1])
+    elif preset == "tiny" and str(checkpoint).startswith("tiny:"):
+        checkpoint = None  # the cached tiny model (its fingerprint is checked after the build)
+    return EncoderConfig(
+        name=encoder_spec["encoder"], preset=preset, checkpoint=checkpoint, layers=tuple(encoder_spec["layers"]),
+        device=device, dtype=encoder_spec["compute_dtype"], seed=seed,
+        # The hop is the window's stride in the clip (SSLAM's windows overlap by a fraction of a frame).
+        window_seconds=encoder_spec["hop_samples"] / encoder_spec["sample_rate"])
+
+
+def check_encoder_spec(name: str, built: dict[str, Any], trained: dict[str, Any]) -> None:
+    """Refuse an encoder whose spec differs from the one the adapter's features were computed with.
+
+    Raises:
+        SpecMismatchError: Naming every differing key (weights_sha256: other weights).
+    """
+    differ = sorted(k for k in set(built) | set(trained) if built.get(k) != trained.get(k))
+    if not differ:
+        return
+    detail = "; ".join(f"{k}: trained {trained.get(k)!r}, here {built.get(k)!r}" for k in differ[:4])
+    hint = " (other weights than the adapter was trained on)" if "weights_sha256" in differ else ""
+    raise SpecMismatchError(f"encoder {name} differs from the spec of its training features in "
+                            f"{', '.join(differ)}{hint}: {detail}")
+
+
+def build_encoders(specs: dict[str, dict[str, Any]], device: str) -> dict[str, Any]:
+    """Rebuild each encoder from its store group spec and check it is the very same encoder."""
+    from pipeline.encoders import build_encoder
+
+    encoders = {}
+    for name, spec in specs.items():
+        encoder = build_encoder(encoder_config_from_spec(spec["encoder"], device))
+        check_encoder_spec(name, encoder.spec(), spec["encoder"])
+        encoders[name] = encoder
+    return encoders
+
+
+# ------------------------------------------------------------------------------------------ engines
+
+
+class TransformersBackend:
+    """Batched ``generate`` from prompt embeddings on the frozen ``AutoModelForCausalLM`` (left padding)."""
+
+    def __init__(self, llm_path: str, device: Any, dtype: Any, eos_ids: list[int], pad_id: int,
+                 sampling: dict[str, Any]) -> None:
+        from transformers import AutoModelForCausalLM, GenerationConfig
+
+        self.llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype).to(device).eval()
+        self.llm.requires_grad_(False)
+        # Sampling is set per call; the model's own defaults (do_sample, temperature) must not leak in.
+        self.llm.generation_config = GenerationConfig(eos_token_id=list(eos_ids), pad_token_id=pad_id)
+        self.embed = self.llm.get_input_embeddings()
+        self.hidden_size = int(self.llm.config.hidden_size)
+        self.eos_ids, self.pad_id, self.sampling = list(eos_ids), pad_id, sampling
+
+    def generate(self, prefixes: list[Any], limits: list[int]) -> list[Generation]:
+        """Continue each ``(L, D)`` prefix by at most its limit of tokens."""
+        import torch
+        from transformers import GenerationConfig
+
+        width, dim = max(len(p) for p in prefixes), prefixes[0].shape[-1]
+        inputs = prefixes[0].new_zeros((len(prefixes), width, dim))
+        mask = torch.zeros((len(prefixes), width), dtype=torch.long, device=inputs.device)
+        for row, prefix in enumerate(prefixes):
+            inputs[row, width - len(prefix):] = prefix
+            mask[row, width - len(prefix):] = 1
+        gen_cfg = GenerationConfig(max_new_tokens=max(limits), eos_token_id=self.eos_ids,
+                                   pad_token_id=self.pad_id, num_beams=1, **self.sampling)
+        with torch.inference_mode():
+            out = self.llm.generate(inputs_embeds=inputs, attention_mask=mask, generation_config=gen_cfg)
+        # With inputs_embeds alone, generate returns only the new tokens.
+        return [_cut(out[row].tolist(), limit, self.eos_ids) for row, limit in enumerate(limits)]
+
+
+class VllmBackend:
+    """vLLM offline engine fed with prompt embeddings (``enable_prompt_embeds``)."""
+
+    def __init__(self, llm_path: str, device: Any, dtype: Any, eos_ids: list[int], sampling: dict[str, Any],
+                 seed: int, max_model_len: int) -> None:
+        import os
+
+        import torch
+
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            raise ConfigError("engine vllm: vllm is not installed here; use engine transformers") from err
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if device.type == "cpu":  # see rephrase/engine_vllm.py: seeded requests need whole-prompt prefill
+            extra: dict[str, Any] = {"enable_chunked_prefill": False, "enforce_eager": True,
+                                     "max_num_batched_tokens": max(max_model_len, 8192)}
+        else:  # the encoders and the front end share the GPU with vLLM
+            extra = {"gpu_memory_utilization": 0.8}
+        self.llm = LLM(model=llm_path, dtype=str(dtype).removeprefix("torch."), enable_prompt_embeds=True,
+                       seed=seed, max_model_len=max_model_len, **extra)
+        self.embed = _load_input_embeddings(llm_path, dtype).to(device)
+        self.hidden_size = int(self.embed.weight.shape[1])
+        self.eos_ids, self.sampling, self.seed = list(eos_ids), sampling, seed
+        self._torch = torch
+
+    def generate(self, prefixes: list[Any], limits: list[int]) -> list[Generation]:
+        """One ``LLM.generate`` call for all prefixes."""
+        from vllm import SamplingParams
+
+        s = self.sampling
+        params = [SamplingParams(max_tokens=limit, temperature=s.get("temperature", 0.0) if s["do_sample"] else 0.0,
+                                 top_p=s.get("top_p") or 1.0, top_k=s.get("top_k") or -1,
+                                 seed=self.seed if s["do_sample"] else None, stop_token_ids=self.eos_ids,
+                                 skip_special_tokens=False)
+                  for limit in limits]
+        prompts = [{"prompt_embeds": p.detach().to("cpu")} for p in prefixes]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [_cut(list(o.outputs[0].token_ids), limit, self.eos_ids) for o, limit in zip(outputs, limits,
+                                                                                              strict=True)]
+
+    def close(self) -> None:
+        """Stop vLLM's engine-core process now rather than at interpreter exit."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
+
+def _load_input_embeddings(llm_path: str, dtype: Any) -> Any:
+    """The LLM's input embedding table alone (vLLM holds the model; we only embed text around the audio)."""
+    import torch
+    from safetensors import safe_open
+
+    from pipeline.encoders import resolve_checkpoint_dir
+
+    folder = resolve_checkpoint_dir(llm_path)
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                if key.endswith("embed_tokens.weight"):
+                    return torch.nn.Embedding.from_pretrained(handle.get_tensor(key).to(dtype), freeze=True)
+    raise FileNotFoundError(f"no embed_tokens.weight in the safetensors of {folder}")
+
+
+def _cut(ids: list[int], limit: int, eos_ids: list[int]) -> Generation:
+    """Keep at most ``limit`` tokens, stopping before the first end-of-turn token."""
+    ids = ids[:limit]
+    stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
+    return Generation(ids if stop is None else ids[:stop], stop is not None)
+
+
+# ------------------------------------------------------------------------------------------ listener
+
+
+class Listener:
+    """A trained front end, its encoders and the frozen LLM, loaded once; ask it questions."""
+
+    def __init__(self, cfg: InferConfig, trained: TrainedFrontEnd, encoders: dict[str, Any],
+                 readers: dict[str, Any], tokenizer: Any, layout: Any, backend: Any, device: Any,
+                 autocast_dtype: Any) -> None:
+        import torch
+
+        self.cfg, self.trained, self.encoders, self.readers = cfg, trained, encoders, readers
+        self.frontend = trained.frontend
+        self.tokenizer, self.layout, self.backend = tokenizer, layout, backend
+        self.device, self.autocast_dtype = device, autocast_dtype
+        self.head_ids = torch.tensor(layout.head_ids, dtype=torch.long)
+        self.think_close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
+        self.closer_ids = tokenizer.encode(FORCED_CLOSER, add_special_tokens=False)
+        if self.think_close_id not in self.closer_ids:
+            raise ConfigError(f"the tokenizer of {trained.llm} has no single {THINK_CLOSE} token; this LLM is not "
+                              "a thinking model")
+
+    @classmethod
+    def load(cls, cfg: InferConfig) -> Listener:
+        """Load the front end, rebuild and check the encoders, load the tokenizer and the LLM.
+
+        Raises:
+            SpecMismatchError: The store or the encoders are not those of the adapter's training.
+            ConfigError: Missing store, bad engine or device, an LLM of another width than the front end.
+            FileNotFoundError: No checkpoint or export at ``cfg.checkpoint``.
+        """
+        import torch
+        from transformers import AutoTokenizer, GenerationConfig
+
+        from trainer.sequence import PromptLayout
+
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device cuda: no GPU is visible here; use device auto or cpu")
+        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        device = torch.device("cuda" if use_cuda else "cpu")
+        trained = load_trained(cfg.checkpoint, cfg.store, cfg.llm)
+        llm_path = trained.llm
+        # As in training: bf16 on a GPU unless the run was fp32, float32 on a CPU.
+        bf16 = trained.precision == "bf16" or (trained.precision == "auto" and device.type == "cuda")
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        tokenizer = AutoTokenizer.from_pretrained(llm_path)
+        layout = PromptLayout.from_tokenizer(tokenizer, trained.separator)
+        encoders = build_encoders(trained.specs, str(device))
+        readers = _check_store(trained.store, trained.spec_ids) if trained.store else {}
+        defaults = GenerationConfig.from_model_config(_llm_config(llm_path))
+        try:
+            defaults = GenerationConfig.from_pretrained(llm_path)
+        except OSError:  # no generation_config.json: the model config's ids will do
+            pass
+        eos = defaults.eos_token_id
+        eos_ids = sorted(set((eos if isinstance(eos, list) else [eos] if eos is not None else [])
+                             + [tokenizer.eos_token_id]) - {None})
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+        sampling: dict[str, Any] = {"do_sample": False}
+        if cfg.temperature > 0:  # the model's own top-p/top-k (Qwen3 thinking: 0.95, 20)
+            sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": defaults.top_p,
+                        "top_k": defaults.top_k}
+        if cfg.engine == "vllm":
+            # Room for the prompt: training's own sequence cap held audio, prompt and target.
+            limit = getattr(_llm_config(llm_path), "max_position_embeddings", None) or PROMPT_ROOM + cfg.max_new_tokens
+            backend: Any = VllmBackend(llm_path, device, dtype, eos_ids, sampling, cfg.seed,
+                                       min(limit, PROMPT_ROOM + cfg.max_new_tokens))
+        else:
+            backend = TransformersBackend(llm_path, device, dtype, eos_ids, pad_id, sampling)
+        if backend.hidden_size != trained.frontend.cfg.llm_dim:
+            raise ConfigError(f"the LLM {llm_path} has width {backend.hidden_size}, the front end was trained "
+                              f"for {trained.frontend.cfg.llm_dim}: use the LLM it was trained with")
+        trained.frontend.to(device).eval()
+        return cls(cfg, trained, encoders, readers, tokenizer, layout, backend, device,
+                   torch.bfloat16 if bf16 else None)
+
+    def close(self) -> None:
+        """Release the engine's worker processes (vLLM); a no-op for transformers."""
+        if hasattr(self.backend, "close"):
+            self.backend.close()
+
+    # -------------------------------------------------------------------------------- audio
+
+    def audio_features(self, audio: str, start: float | None = None,
+                       end: float | None = None) -> dict[str, np.ndarray]:
+        """Encode a clip with every encoder, rounded as the store rounds: name -> (frames, layers, dim).
+
+        Raises:
+            DecodeError: The clip is missing, undecodable, empty or too long (ALARM drops >= 60 s).
+        """
+        from pipeline.decode import DecodeConfig, DecodeError, decode_clip
+        from pipeline.store import dequantize, quantize
+
+        clip = decode_clip(audio, start, end, DecodeConfig())
+        feats = {}
+        for name, encoder in self.encoders.items():
+            # The job resamples with soxr HQ (DecodeConfig's default; the store spec does not record it).
+            values = encoder.encode([clip.at(encoder.sample_rate, DecodeConfig().resample_quality)])[0]
+            if len(values) == 0:
+                raise DecodeError(f"too short: {clip.duration:.3f} s gives no {name} frames")
+            dtype = self.trained.specs[name]["store"]["dtype"]
+            feats[name] = dequantize(*quantize(values, dtype), dtype)
+        return feats
+
+    def store_features(self, clip_key: str) -> dict[str, np.ndarray] | None:
+        """The stored features of ``clip_key`` when the open store holds it for every encoder."""
+        if not self.readers or not all(clip_key in r for r in self.readers.values()):
+            return None
+        return {name: r.read(clip_key) for name, r in self.readers.items()}
+
+    def audio_embeddings(self, feats: dict[str, np.ndarray]) -> Any:
+        """The front end's audio span for one clip: ``(n_audio, llm_dim)``, delimiters included."""
+        import contextlib
+
+        import torch
+
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v))[None].to(self.device).float()
+                   for k, v in feats.items()}
+        lengths = {k: torch.tensor([v.shape[0]], device=self.device) for k, v in feats.items()}
+        autocast = (torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            audio, audio_lengths = self.frontend(tensors, lengths)
+        return audio[0, : int(audio_lengths[0])]
+
+    def prompt_embeds(self, request: InferRequest) -> Any:
+        """``(L, D)`` input embeddings of a request: head, audio span, prompt, thinking opener."""
+        import torch
+
+        from trainer.sequence import prompt_embeds
+
+        feats = self.store_features(request.clip_key) if request.clip_key else None
+        if feats is None:
+            feats = self.audio_features(request.audio, request.start, request.end)
+        audio = self.audio_embeddings(feats)
+        prompt_ids = torch.tensor(self.layout.prompt_ids(self.tokenizer, request.prompt), dtype=torch.long)
+        with torch.inference_mode():
+            return prompt_embeds(audio, len(audio), self.head_ids, prompt_ids, self.backend.embed)[0]
+
+    # -------------------------------------------------------------------------------- generation
+
+    def generate(self, requests: list[InferRequest]) -> list[InferResult]:
+        """Answer each request; a request that cannot run becomes a result with ``error`` set."""
+        results: list[InferResult] = []
+        for start in range(0, len(requests), self.cfg.batch_size):  # bounded memory: one chunk at a time
+            results.extend(self._generate_chunk(requests[start:start + self.cfg.batch_size]))
+        return results
+
+    def _generate_chunk(self, requests: list[InferRequest]) -> list[InferResult]:
+        import torch
+
+        errors: dict[int, str] = {}
+        prefixes: dict[int, Any] = {}
+        for i, request in enumerate(requests):
+            try:
+                prefixes[i] = self.prompt_embeds(request)
+            except Exception as err:  # one bad clip never sinks the others; DecodeError texts are reasons
+                errors[i] = _reason(err)
+        cap = self.cfg.max_new_tokens
+        budget = min(self.cfg.think_budget, cap)
+        gens = self._run(prefixes, dict.fromkeys(prefixes, budget), errors)
+        follow, limits, forced = {}, {}, {}
+        for i, gen in gens.items():
+            extra = next_step(gen, self.think_close_id, budget, cap, self.closer_ids)
+            if extra is None:
+                continue
+            forced[i] = bool(extra)
+            gen.ids += extra
+            with torch.inference_mode():
+                tail = self.backend.embed(torch.tensor(gen.ids, device=prefixes[i].device))
+            follow[i] = torch.cat([prefixes[i], tail.to(prefixes[i].dtype)])
+            limits[i] = cap - len(gen.ids)
+        for i, more in self._run(follow, limits, errors).items():
+            gens[i].ids += more.ids
+            gens[i].stopped = more.stopped
+        return [InferResult.failed(errors[i]) if i in errors else self._result(gens[i], forced.get(i, False))
+                for i in range(len(requests))]
+
+    def _run(self, prefixes: dict[int, Any], limits: dict[int, int], errors: dict[int, str]) -> dict[int, Generation]:
+        """Generate for every prefix in batches of similar length; failures go to ``errors``."""
+        order = sorted(prefixes, key=lambda i: len(prefixes[i]))
+        out: dict[int, Generation] = {}
+        for k in range(0, len(order), self.cfg.batch_size):
+            out.update(self._run_safely(order[k:k + self.cfg.batch_size], prefixes, limits, errors))
+        return out
+
+    def _run_safely(self, batch: list[int], prefixes: dict[int, Any], limits: dict[int, int],
+                    errors: dict[int, str]) -> dict[int, Generation]:
+        try:
+            gens = self.backend.generate([prefixes[i] for i in batch], [limits[i] for i in batch])
+            return dict(zip(batch, gens, strict=True))
+        except Exception as err:  # narrow down to the request that fails
+            if len(batch) == 1:
+                log.warning("request %d failed: %s", batch[0], err)
+                errors[batch[0]] = _reason(err)
+                return {}
+            out = {}
+            for i in batch:
+                out.update(self._run_safely([i], prefixes, limits, errors))
+            return out
+
+    def _result(self, gen: Generation, forced: bool) -> InferResult:
+        text = self.tokenizer.decode(gen.ids, skip_special_tokens=True)
+        thinking, answer = split_thinking(text)
+        if self.think_close_id in gen.ids:
+            k = gen.ids.index(self.think_close_id)
+            n_thinking, n_answer = k, len(gen.ids) - k - 1
+        else:
+            n_thinking, n_answer = len(gen.ids), 0
+        return InferResult(thinking, answer, text, n_thinking, n_answer, forced)
+
+
+def _reason(err: Exception) -> str:
+    from pipeline.decode import DecodeError
+
+    return str(err) if isinstance(err, DecodeError) else f"{type(err).__name__}: {err}"
+
+
+def _llm_config(llm_path: str) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(llm_path)
+
+
+def infer_files(cfg: InferConfig, audio: list[str], prompt: str) -> list[InferResult]:
+    """Load a ``Listener`` and ask ``prompt`` about each audio file (what ``alarm infer`` runs)."""
+    listener = Listener.load(cfg)
+    try:
+        return listener.generate([InferRequest(audio=a, prompt=prompt) for a in audio])
+    finally:
+        listener.close()
