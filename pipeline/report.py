@@ -4,9 +4,9 @@ Each stage calls one writer at its end, and ``alarm report DIR`` calls the same 
 
 * ``write_pipeline_report(store)``: clips, audio hours, bytes per encoder, stage throughput, the
   rejection table and a duration histogram per dataset (``durations.png``);
-* ``write_train_report(run_dir)``: loss curves (``loss.png``: training loss raw and smoothed,
+* ``trainer.report.write_train_report(run_dir)``: loss curves (``loss.png``: training loss raw and smoothed,
   validation loss overall and per dataset), best and final figures, the latest checkpoint, samples;
-* ``write_rephrase_report(out_dir)``: counts per pass, validation kept and rejected per rule, a
+* ``rephrase.report.write_rephrase_report(out_dir)``: counts per pass, validation kept and rejected per rule, a
   target length histogram (``target_lengths.png``) and a few example targets.
 
 The writers read only what the stages already left on disk and never raise on a partial or empty
@@ -203,7 +203,7 @@ def attempt(label: str, fn: Callable[[], Any], missing: list[str], default: Any 
     return default
 
 
-def _need(path: Path) -> Path:
+def need(path: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(path)
     return path
@@ -214,14 +214,14 @@ def read_parquet_rows(path: Path, columns: list[str] | None = None) -> list[dict
     import pyarrow.parquet as pq
 
     if columns is not None:
-        present = set(pq.read_schema(_need(path)).names)
+        present = set(pq.read_schema(need(path)).names)
         columns = [c for c in columns if c in present]
-    return pq.read_table(_need(path), columns=columns).to_pylist()
+    return pq.read_table(need(path), columns=columns).to_pylist()
 
 
 def read_json(path: Path) -> Any:
     """A JSON file (FileNotFoundError if absent)."""
-    return json.loads(_need(path).read_text())
+    return json.loads(need(path).read_text())
 
 
 def summarize(values: Sequence[float]) -> dict[str, float | None]:
@@ -447,252 +447,12 @@ def write_pipeline_report(store: str | Path) -> tuple[Path, Path]:
     return write_report(root, "Feature store report", data, sections, key, missing)
 
 
-# ------------------------------------------------------------------------------------------ training
-
-
-def read_logs(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Records of a ``logs.jsonl`` and the number of unreadable lines (a killed run may cut its last)."""
-    records, bad = [], 0
-    for line in _need(path).read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-            records.append(rec)
-        else:
-            bad += 1
-    return records, bad
-
-
-def _by_step(records: list[dict[str, Any]], field_name: str) -> list[dict[str, Any]]:
-    # A resumed run logs again the steps after its last checkpoint: the latest record of a step wins.
-    latest = {r["step"]: r for r in records if isinstance(r.get(field_name), (int, float))}
-    return [latest[s] for s in sorted(latest)]
-
-
-def write_train_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Report a training run from ``logs.jsonl``, ``config.yaml`` and ``checkpoints/``; draws ``loss.png``.
-
-    Args:
-        run_dir: the run folder (``output_dir`` of the config); the report is written into it.
-
-    Returns:
-        The paths of report.json and report.md.
-    """
-    root = Path(run_dir)
-    missing: list[str] = []
-    records, bad = attempt("logs.jsonl", lambda: read_logs(root / "logs.jsonl"), missing, ([], 0))
-    if bad:
-        missing.append(f"logs.jsonl: {bad} unreadable line(s) skipped")
-    config = attempt("config.yaml", lambda: _read_yaml(root / "config.yaml"), missing, {}) or {}
-    checkpoint = attempt("checkpoints", lambda: _latest_checkpoint(root), missing)
-    train = _by_step(records, "loss")
-    evals = _by_step(records, "eval_loss")
-    losses = [float(r["loss"]) for r in train]
-    smoothed = smooth(losses) if losses else []
-    per_ds: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for r in evals:
-        for ds, v in (r.get("eval_loss_per_dataset") or {}).items():
-            per_ds[ds].append((r["step"], float(v)))
-    best = min(evals, key=lambda r: r["eval_loss"], default=None)
-    datasets = {ds: {"first": pts[0][1], "best": min(v for _, v in pts),
-                     "best_step": min(pts, key=lambda p: p[1])[0], "final": pts[-1][1], "final_step": pts[-1][0]}
-                for ds, pts in sorted(per_ds.items())}
-    last = train[-1] if train else {}
-    figures = {}
-    if train or evals:
-        figures["loss"] = loss_figure([(r["step"], float(r["loss"])) for r in train],
-                                      [(r["step"], float(r["eval_loss"])) for r in evals], per_ds,
-                                      root / "loss.png").name
-    else:
-        missing.append("no loss record in logs.jsonl: no loss curves")
-    samples = [{"step": r["step"], "instance_id": s.get("instance_id"), "generated": s.get("generated", "")}
-               for r in evals[-1:] for s in (r.get("samples") or [])]
-    data = {
-        "kind": "train", "run_dir": str(root.resolve()),
-        "step": max([r["step"] for r in records], default=0),
-        "train": {"first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-                  "final_loss_smoothed": smoothed[-1] if smoothed else None,
-                  "min_loss": min(losses) if losses else None, "tokens_per_s": last.get("tokens_per_s"),
-                  "lr": last.get("lr"), "epoch": last.get("epoch"), "records": len(train)},
-        "eval": {"steps": [r["step"] for r in evals], "loss": [r["eval_loss"] for r in evals],
-                 "final": evals[-1]["eval_loss"] if evals else None,
-                 "best": best["eval_loss"] if best else None, "best_step": best["step"] if best else None,
-                 "per_dataset": datasets},
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "config": {k: config.get(k) for k in ("llm", "encoders", "fusion", "targets", "store", "max_steps",
-                                              "epochs", "lr", "batch_tokens") if k in config},
-        "samples": samples, "figures": figures,
-    }
-    key = {"step": data["step"], "final train loss (smoothed)": data["train"]["final_loss_smoothed"],
-           "final validation loss": data["eval"]["final"],
-           "best validation loss": (f"{format_number(best['eval_loss'])} at step {best['step']:,}"
-                                    if best else None),
-           "tokens/s": data["train"]["tokens_per_s"], "checkpoint": data["checkpoint"]}
-    sections = [
-        Section("Loss", figure=figures.get("loss"), caption="training and validation loss"),
-        Section("Validation loss per dataset", headers=["dataset", "first", "best", "best step", "final"],
-                rows=[[ds, v["first"], v["best"], v["best_step"], v["final"]] for ds, v in datasets.items()]),
-        Section("Validation history" + (f" (last {HISTORY_ROWS} of {len(evals)})" if len(evals) > HISTORY_ROWS
-                                        else ""),
-                headers=["step", "all", *datasets],
-                rows=[[r["step"], r["eval_loss"], *[(r.get("eval_loss_per_dataset") or {}).get(ds)
-                                                    for ds in datasets]] for r in evals[-HISTORY_ROWS:]]),
-        Section(f"Sample generations (step {samples[0]['step']:,})" if samples else "Sample generations",
-                headers=["instance", "generated"],
-                rows=[[s["instance_id"], truncate(s["generated"])] for s in samples]),
-        Section("Configuration", headers=["setting", "value"],
-                rows=[[k, json.dumps(v) if isinstance(v, (list, dict)) else v]
-                      for k, v in data["config"].items()]),
-    ]
-    return write_report(root, "Training report", data, sections, key, missing)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (an empty dict when the file holds something else)."""
     import yaml
 
-    loaded = yaml.safe_load(_need(path).read_text())
+    loaded = yaml.safe_load(need(path).read_text())
     return loaded if isinstance(loaded, dict) else {}
-
-
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    from trainer.checkpoint import latest_checkpoint
-
-    return latest_checkpoint(run_dir)
-
-
-# ------------------------------------------------------------------------------------------ rephrase
-
-
-def _cache_counts(folder: Path) -> dict[str, int]:
-    """ok / error / budget-forced / token counts of one pass's cache parts (best row per key)."""
-    import pyarrow.parquet as pq
-
-    best: dict[str, tuple[bool, float, bool, int]] = {}
-    for part in sorted(folder.glob("part-*.parquet")):
-        cols = pq.read_table(part, columns=["key", "error", "forced", "n_tokens", "created"]).to_pydict()
-        for key, err, forced, n, created in zip(cols["key"], cols["error"], cols["forced"], cols["n_tokens"],
-                                                cols["created"], strict=True):
-            row = (err is None, created or 0.0, bool(forced), int(n or 0))
-            if key not in best or row[:2] > best[key][:2]:  # a success beats an error, then the newest
-                best[key] = row
-    rows = best.values()
-    return {"rows": len(best), "ok": sum(r[0] for r in rows), "errors": sum(not r[0] for r in rows),
-            "forced": sum(r[2] for r in rows), "tokens": sum(r[3] for r in rows)}
-
-
-def _run_record(out: Path, missing: list[str]) -> dict[str, Any]:
-    """The per-pass statistics ``run_rephrase`` saved in report.json (or kept in an earlier report of ours)."""
-    if (out / "run_report.json").is_file():  # what run_rephrase saves
-        return attempt("run_report.json", lambda: read_json(out / "run_report.json"), missing, {}) or {}
-    record = attempt("report.json (run statistics)", lambda: read_json(out / REPORT_JSON), missing, {}) or {}
-    if "data" in record and "title" in record:  # our own report replaced the run's: take its copy
-        record = (record["data"] or {}).get("run") or {}
-    return record
-
-
-def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
-    """Report a rephrase run folder: per-pass counts, validation per rule, target lengths, examples.
-
-    Args:
-        out_dir: the run folder of ``run_rephrase``; the report is written into it (its report.json,
-            which held the run's per-pass statistics, becomes our report, which keeps them under ``run``).
-
-    Returns:
-        The paths of report.json and report.md.
-    """
-    import re
-
-    out = Path(out_dir)
-    missing: list[str] = []
-    run = _run_record(out, missing)
-    stats = attempt("stats.json", lambda: read_json(out / "stats.json"), missing, {}) or run.get("validation") or {}
-    config = attempt("config.yaml", lambda: _read_yaml(out / "config.yaml"), missing, {}) or {}
-    targets = attempt("targets.parquet", lambda: read_parquet_rows(
-        out / "targets.parquet", ["instance_id", "dataset", "split", "n_tokens", "budget_forced", "target"]),
-        missing, [])
-    rejects = attempt("rejects.parquet", lambda: read_parquet_rows(out / "rejects.parquet"), missing, [])
-    cache_root = Path(config.get("cache_dir") or out / "cache")
-    passes: dict[str, dict[str, Any]] = {}
-    for name in ("answer", "rephrase", "judge"):
-        in_cache = _cache_counts(cache_root / name) if (cache_root / name).is_dir() else None
-        if run.get(name) or in_cache:
-            passes[name] = {"run": run.get(name), "cache": in_cache}
-    if not passes:
-        missing.append(f"no pass statistics (no run record, no cache under {cache_root})")
-
-    # Lengths: kept targets carry n_tokens; length rejects carry it in their reason ("too_short: 37 < 100").
-    lengths: dict[str, list[float]] = {"kept": [float(r["n_tokens"]) for r in targets if r.get("n_tokens") is not None]}
-    for r in rejects:
-        m = re.match(r"(too_short|too_long): (\d+)", str(r.get("reason") or ""))
-        if m:
-            lengths.setdefault(m.group(1).replace("_", " "), []).append(float(m.group(2)))
-    lengths = {k: v for k, v in lengths.items() if v}
-    figures = {}
-    validate_cfg = config.get("validate") or {}
-    if lengths:
-        marks = {f"{k} {validate_cfg[k]}": float(validate_cfg[k]) for k in ("min_tokens", "max_tokens")
-                 if isinstance(validate_cfg.get(k), (int, float))}
-        figures["target_lengths"] = histogram_figure(lengths, out / "target_lengths.png", "target length (tokens)",
-                                                     "Target lengths", ylabel="targets", marks=marks).name
-    else:
-        missing.append("no target length known: no length histogram")
-    hits = stats.get("rule_hits") or {}
-    # The rephrase rejects name their rule already ("leak:source_says" keeps its colon).
-    by_rule = reject_table(rejects, id_key="instance_id", reason_key="rule", audio_key=None, kind=str)
-    for row in by_rule:
-        stages = Counter(r.get("stage") for r in rejects if str(r.get("rule") or "unknown") == row["reason"])
-        row["stage"] = ", ".join(sorted(s for s in stages if s))
-        row["hits"] = hits.get(row["reason"])
-    examples = [{"instance_id": r["instance_id"], "dataset": r["dataset"], "target": r["target"]}
-                for r in targets[:2]]
-    if not examples:  # nothing kept: show what was rejected instead, so the reader sees why
-        examples = [{"instance_id": r["instance_id"], "dataset": r.get("dataset"), "rule": r.get("rule"),
-                     "target": r.get("target")} for r in rejects if r.get("target")][:2]
-    data = {
-        "kind": "rephrase", "out_dir": str(out.resolve()),
-        "inputs": run.get("inputs", stats.get("inputs")), "input_rejects": run.get("input_rejects"),
-        "passes": passes, "kept": stats.get("kept", len(targets)), "rejected": stats.get("rejected", len(rejects)),
-        "pending": stats.get("pending"), "split": stats.get("split", {}),
-        "kept_per_dataset": stats.get("kept_per_dataset", {}), "rejected_per_rule": by_rule, "rule_hits": hits,
-        "target_tokens": {k: summarize(v) for k, v in lengths.items()},
-        "examples": examples, "run": run, "figures": figures,
-    }
-    key = {"inputs": data["inputs"], "kept targets": data["kept"], "rejected": data["rejected"],
-           "pending": data["pending"], "model": (config.get("engine") or {}).get("model")}
-    pass_rows = []
-    for name, p in passes.items():
-        r, c = p["run"] or {}, p["cache"] or {}
-        tok_s = r["tokens"] / r["seconds"] if r.get("seconds") else None
-        pass_rows.append([name, r.get("requested"), r.get("cached"), r.get("generated"), r.get("errors"),
-                          c.get("ok"), c.get("errors"), c.get("forced"), tok_s])
-    sections = [
-        Section("Passes", text="*This run*: requests, served from cache, generated now, errors now. "
-                               "*Cache*: every generation the pass's cache holds (best row per request).",
-                headers=["pass", "requests", "cached", "generated", "errors", "cache ok", "cache errors",
-                         "budget-forced", "tokens/s"], rows=pass_rows),
-        Section("Validation", text="Each rejected row counts once, under the first rule that hit it; "
-                                   "*hits* counts every rule that matched a generated target.",
-                headers=["rule", "stage", "rejected", "hits", "example ids"],
-                rows=[["kept", "", data["kept"], None, ", ".join(r["instance_id"] for r in targets[:EXAMPLE_IDS])]]
-                + [[r["reason"], r["stage"], r["count"], r["hits"], ", ".join(r["examples"])] for r in by_rule]),
-        Section("Target lengths", headers=["group", "targets", "min", "median", "max"],
-                rows=[[k, len(v), min(v), statistics.median(v), max(v)] for k, v in lengths.items()],
-                figure=figures.get("target_lengths"), caption="target length histogram"),
-        Section("Example targets" if targets else "Example rejected targets",
-                headers=["instance", "dataset", "target"],
-                rows=[[e["instance_id"], e["dataset"], truncate(e["target"] or "")] for e in examples]),
-    ]
-    return write_report(out, "Rephrase report", data, sections, key, missing)
-
-
-WRITERS: dict[str, Callable[[Path], tuple[Path, Path]]] = {
-    "pipeline": write_pipeline_report, "rephrase": write_rephrase_report, "train": write_train_report,
-}
 
 
 # ------------------------------------------------------------------------------------------ detection
@@ -716,13 +476,19 @@ def write_any_report(folder: str | Path) -> list[tuple[str, Path]]:
     Returns:
         (kind, report.md path) per report written; empty when nothing was recognised.
     """
+    from rephrase.report import write_rephrase_report
+    from trainer.report import write_train_report
+
+    writers: dict[str, Callable[[Path], tuple[Path, Path]]] = {
+        "pipeline": write_pipeline_report, "rephrase": write_rephrase_report, "train": write_train_report,
+    }
     root = Path(folder)
     kind = report_kind(root)
     if kind is not None:
-        return [(kind, WRITERS[kind](root)[1])]
+        return [(kind, writers[kind](root)[1])]
     found = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         sub_kind = report_kind(sub)
         if sub_kind is not None:
-            found.append((sub_kind, WRITERS[sub_kind](sub)[1]))
+            found.append((sub_kind, writers[sub_kind](sub)[1]))
     return found

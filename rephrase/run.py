@@ -328,7 +328,7 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
     finally:
         pool.close()
     (out / "run_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    from pipeline.report import write_rephrase_report
+    from rephrase.report import write_rephrase_report
 
     write_rephrase_report(out)  # report.json, report.md and target_lengths.png, for people
     return report

@@ -17,11 +17,11 @@ TINY_FRONTEND = {"adapter_dim": 16, "conv_hidden_dim": 32, "ca_dim": 16, "ca_hea
 def build_trained_run(root: Path, llm: Path) -> dict[str, Any]:
     """Write 4 clips, cache their features (tiny encoders, local Ray), train 4 steps; return the paths."""
     import pyarrow.parquet as pq
+    from train_fixtures import write_targets
 
     from pipeline.job import PipelineConfig, run_pipeline
     from trainer.config import TrainConfig
     from trainer.train import train
-    from train_fixtures import write_targets
 
     rows = []
     for i, (seconds, rate) in enumerate([(1.2, 16000), (0.8, 22050), (1.6, 24000), (1.0, 44100)]):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -115,8 +115,8 @@ def test_budget_forcing_closes_the_thinking_once(run, listener):
     assert 1 <= result.thinking_tokens + 1 + result.answer_tokens <= 40
 
 
-def test_no_forcing_when_the_budget_is_the_cap(run):
-    listener = Listener.load(InferConfig(checkpoint=str(run["run"]), think_budget=12, max_new_tokens=12))
+def test_no_forcing_when_the_budget_is_the_cap(run, listener, monkeypatch):
+    monkeypatch.setattr(listener, "cfg", replace(listener.cfg, think_budget=12, max_new_tokens=12))
     [result] = listener.generate([InferRequest(run["rows"][1]["audio"], PROMPT)])
     assert result.error is None and not result.forced and FORCED_CLOSER not in result.text
     assert result.thinking_tokens + result.answer_tokens + (THINK_CLOSE in result.text) <= 12
@@ -142,12 +142,13 @@ def test_thinking_closed_within_budget_continues_unforced(run, listener, monkeyp
     assert result.thinking == "I hear a" and result.text.startswith("I hear a" + THINK_CLOSE)
 
 
-def test_batched_generation_equals_one_by_one(run):
+def test_batched_generation_equals_one_by_one(run, listener, monkeypatch):
+    """Left-padded prompt embeddings in one batch give each row what it gets alone."""
     requests = [InferRequest(r["audio"], f"{PROMPT} ({i})") for i, r in enumerate(run["rows"])]
-    batched = Listener.load(InferConfig(checkpoint=str(run["run"]), think_budget=4, max_new_tokens=30,
-                                        batch_size=4)).generate(requests)
-    single = Listener.load(InferConfig(checkpoint=str(run["run"]), think_budget=4, max_new_tokens=30,
-                                       batch_size=1)).generate(requests)
+    assert listener.cfg.batch_size == len(requests)
+    batched = listener.generate(requests)
+    monkeypatch.setattr(listener, "cfg", replace(listener.cfg, batch_size=1))
+    single = listener.generate(requests)
     assert [r.text for r in batched] == [r.text for r in single]
     assert all(r.error is None for r in batched)
 

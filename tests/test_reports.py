@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pipeline import report as rp  # noqa: E402
 from pipeline.manifest import Instance, Reject  # noqa: E402
 from pipeline.stats import domain_of, manifest_stats  # noqa: E402
+from rephrase.report import write_rephrase_report  # noqa: E402
+from trainer.report import write_train_report  # noqa: E402
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -145,7 +147,7 @@ def _write_logs(run: Path) -> None:
 def test_train_report_losses_per_dataset_and_loss_curves(tmp_path):
     run = tmp_path / "run"
     _write_logs(run)
-    rp.write_train_report(run)
+    write_train_report(run)
     doc = load(run)
     data = doc["data"]
     assert data["step"] == 20 and data["train"]["records"] == 20
@@ -198,7 +200,7 @@ def test_rephrase_report_of_a_real_run(tmp_path, tiny_qwen3_dir):
                          think_budget=50, total_max_tokens=400,
                          validate=ValidateConfig(min_tokens=5, max_tokens=612))
     run = run_rephrase(manifest, out, cfg, progress=False)
-    rp.write_rephrase_report(out)
+    write_rephrase_report(out)
     data = load(out)["data"]
     targets = pq.read_table(out / "targets.parquet").to_pylist()
     rejects = pq.read_table(out / "rejects.parquet").to_pylist()
@@ -225,7 +227,7 @@ def test_rephrase_report_of_a_real_run(tmp_path, tiny_qwen3_dir):
 
 
 def test_empty_and_partial_folders_write_what_exists_and_say_what_is_missing(tmp_path):
-    for writer in (rp.write_pipeline_report, rp.write_train_report, rp.write_rephrase_report):
+    for writer in (rp.write_pipeline_report, write_train_report, write_rephrase_report):
         folder = tmp_path / writer.__name__
         folder.mkdir()
         writer(folder)

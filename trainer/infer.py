@@ -18,7 +18,6 @@ where vLLM is installed (``enable_prompt_embeds``).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path

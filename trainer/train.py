@@ -480,7 +480,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     if writer is not None:
         writer.close()
     if dist.main:
-        from pipeline.report import write_train_report
+        from trainer.report import write_train_report
 
         write_train_report(run_dir)  # report.json, report.md and loss.png beside the run
     return result

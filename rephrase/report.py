@@ -1,0 +1,145 @@
+"""A rephrase run's report: counts per pass, validation per rule, target lengths, examples."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pipeline.report import (
+    EXAMPLE_IDS,
+    REPORT_JSON,
+    Section,
+    attempt,
+    histogram_figure,
+    read_json,
+    read_parquet_rows,
+    read_yaml,
+    reject_table,
+    summarize,
+    truncate,
+    write_report,
+)
+
+
+def _cache_counts(folder: Path) -> dict[str, int]:
+    """ok / error / budget-forced / token counts of one pass's cache parts (best row per key)."""
+    import pyarrow.parquet as pq
+
+    best: dict[str, tuple[bool, float, bool, int]] = {}
+    for part in sorted(folder.glob("part-*.parquet")):
+        cols = pq.read_table(part, columns=["key", "error", "forced", "n_tokens", "created"]).to_pydict()
+        for key, err, forced, n, created in zip(cols["key"], cols["error"], cols["forced"], cols["n_tokens"],
+                                                cols["created"], strict=True):
+            row = (err is None, created or 0.0, bool(forced), int(n or 0))
+            if key not in best or row[:2] > best[key][:2]:  # a success beats an error, then the newest
+                best[key] = row
+    rows = best.values()
+    return {"rows": len(best), "ok": sum(r[0] for r in rows), "errors": sum(not r[0] for r in rows),
+            "forced": sum(r[2] for r in rows), "tokens": sum(r[3] for r in rows)}
+
+
+def _run_record(out: Path, missing: list[str]) -> dict[str, Any]:
+    """The per-pass statistics ``run_rephrase`` saved in report.json (or kept in an earlier report of ours)."""
+    if (out / "run_report.json").is_file():  # what run_rephrase saves
+        return attempt("run_report.json", lambda: read_json(out / "run_report.json"), missing, {}) or {}
+    record = attempt("report.json (run statistics)", lambda: read_json(out / REPORT_JSON), missing, {}) or {}
+    if "data" in record and "title" in record:  # our own report replaced the run's: take its copy
+        record = (record["data"] or {}).get("run") or {}
+    return record
+
+
+def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
+    """Report a rephrase run folder: per-pass counts, validation per rule, target lengths, examples.
+
+    Args:
+        out_dir: the run folder of ``run_rephrase``; the report is written into it (its report.json,
+            which held the run's per-pass statistics, becomes our report, which keeps them under ``run``).
+
+    Returns:
+        The paths of report.json and report.md.
+    """
+    import re
+
+    out = Path(out_dir)
+    missing: list[str] = []
+    run = _run_record(out, missing)
+    stats = attempt("stats.json", lambda: read_json(out / "stats.json"), missing, {}) or run.get("validation") or {}
+    config = attempt("config.yaml", lambda: read_yaml(out / "config.yaml"), missing, {}) or {}
+    targets = attempt("targets.parquet", lambda: read_parquet_rows(
+        out / "targets.parquet", ["instance_id", "dataset", "split", "n_tokens", "budget_forced", "target"]),
+        missing, [])
+    rejects = attempt("rejects.parquet", lambda: read_parquet_rows(out / "rejects.parquet"), missing, [])
+    cache_root = Path(config.get("cache_dir") or out / "cache")
+    passes: dict[str, dict[str, Any]] = {}
+    for name in ("answer", "rephrase", "judge"):
+        in_cache = _cache_counts(cache_root / name) if (cache_root / name).is_dir() else None
+        if run.get(name) or in_cache:
+            passes[name] = {"run": run.get(name), "cache": in_cache}
+    if not passes:
+        missing.append(f"no pass statistics (no run record, no cache under {cache_root})")
+
+    # Lengths: kept targets carry n_tokens; length rejects carry it in their reason ("too_short: 37 < 100").
+    lengths: dict[str, list[float]] = {"kept": [float(r["n_tokens"]) for r in targets if r.get("n_tokens") is not None]}
+    for r in rejects:
+        m = re.match(r"(too_short|too_long): (\d+)", str(r.get("reason") or ""))
+        if m:
+            lengths.setdefault(m.group(1).replace("_", " "), []).append(float(m.group(2)))
+    lengths = {k: v for k, v in lengths.items() if v}
+    figures = {}
+    validate_cfg = config.get("validate") or {}
+    if lengths:
+        marks = {f"{k} {validate_cfg[k]}": float(validate_cfg[k]) for k in ("min_tokens", "max_tokens")
+                 if isinstance(validate_cfg.get(k), (int, float))}
+        figures["target_lengths"] = histogram_figure(lengths, out / "target_lengths.png", "target length (tokens)",
+                                                     "Target lengths", ylabel="targets", marks=marks).name
+    else:
+        missing.append("no target length known: no length histogram")
+    hits = stats.get("rule_hits") or {}
+    # The rephrase rejects name their rule already ("leak:source_says" keeps its colon).
+    by_rule = reject_table(rejects, id_key="instance_id", reason_key="rule", audio_key=None, kind=str)
+    for row in by_rule:
+        stages = Counter(r.get("stage") for r in rejects if str(r.get("rule") or "unknown") == row["reason"])
+        row["stage"] = ", ".join(sorted(s for s in stages if s))
+        row["hits"] = hits.get(row["reason"])
+    examples = [{"instance_id": r["instance_id"], "dataset": r["dataset"], "target": r["target"]}
+                for r in targets[:2]]
+    if not examples:  # nothing kept: show what was rejected instead, so the reader sees why
+        examples = [{"instance_id": r["instance_id"], "dataset": r.get("dataset"), "rule": r.get("rule"),
+                     "target": r.get("target")} for r in rejects if r.get("target")][:2]
+    data = {
+        "kind": "rephrase", "out_dir": str(out.resolve()),
+        "inputs": run.get("inputs", stats.get("inputs")), "input_rejects": run.get("input_rejects"),
+        "passes": passes, "kept": stats.get("kept", len(targets)), "rejected": stats.get("rejected", len(rejects)),
+        "pending": stats.get("pending"), "split": stats.get("split", {}),
+        "kept_per_dataset": stats.get("kept_per_dataset", {}), "rejected_per_rule": by_rule, "rule_hits": hits,
+        "target_tokens": {k: summarize(v) for k, v in lengths.items()},
+        "examples": examples, "run": run, "figures": figures,
+    }
+    key = {"inputs": data["inputs"], "kept targets": data["kept"], "rejected": data["rejected"],
+           "pending": data["pending"], "model": (config.get("engine") or {}).get("model")}
+    pass_rows = []
+    for name, p in passes.items():
+        r, c = p["run"] or {}, p["cache"] or {}
+        tok_s = r["tokens"] / r["seconds"] if r.get("seconds") else None
+        pass_rows.append([name, r.get("requested"), r.get("cached"), r.get("generated"), r.get("errors"),
+                          c.get("ok"), c.get("errors"), c.get("forced"), tok_s])
+    sections = [
+        Section("Passes", text="*This run*: requests, served from cache, generated now, errors now. "
+                               "*Cache*: every generation the pass's cache holds (best row per request).",
+                headers=["pass", "requests", "cached", "generated", "errors", "cache ok", "cache errors",
+                         "budget-forced", "tokens/s"], rows=pass_rows),
+        Section("Validation", text="Each rejected row counts once, under the first rule that hit it; "
+                                   "*hits* counts every rule that matched a generated target.",
+                headers=["rule", "stage", "rejected", "hits", "example ids"],
+                rows=[["kept", "", data["kept"], None, ", ".join(r["instance_id"] for r in targets[:EXAMPLE_IDS])]]
+                + [[r["reason"], r["stage"], r["count"], r["hits"], ", ".join(r["examples"])] for r in by_rule]),
+        Section("Target lengths", headers=["group", "targets", "min", "median", "max"],
+                rows=[[k, len(v), min(v), statistics.median(v), max(v)] for k, v in lengths.items()],
+                figure=figures.get("target_lengths"), caption="target length histogram"),
+        Section("Example targets" if targets else "Example rejected targets",
+                headers=["instance", "dataset", "target"],
+                rows=[[e["instance_id"], e["dataset"], truncate(e["target"] or "")] for e in examples]),
+    ]
+    return write_report(out, "Rephrase report", data, sections, key, missing)
