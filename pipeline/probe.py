@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,15 @@ def split_tar(audio: str) -> tuple[str, str]:
 def open_audio_bytes(audio: str) -> bytes:
     """The raw bytes of an audio location (a file, or a member of a tar shard)."""
     if TAR_SEPARATOR in audio:
-        shard, member = split_tar(audio)
-        if not Path(shard).is_file():
-            raise AudioUnreadable(f"tar shard not found: {shard}")
+        # The shard's member table is built once and cached, so probing every member of a big
+        # shard stays linear (tarfile.getmember rescans the whole shard per call).
+        from pipeline.decode import DecodeError
+        from pipeline.webdataset_input import member_bytes
+
         try:
-            with tarfile.open(shard) as tar:
-                info = tar.getmember(member)
-                handle = tar.extractfile(info)
-                if handle is None:
-                    raise AudioUnreadable(f"tar member is not a file: {member}")
-                return handle.read()
-        except KeyError as err:
-            raise AudioUnreadable(f"no member {member!r} in {shard}") from err
-        except (tarfile.TarError, OSError) as err:
-            raise AudioUnreadable(f"unreadable tar shard {shard}: {err}") from err
+            return member_bytes(audio)
+        except DecodeError as err:
+            raise AudioUnreadable(str(err).split(": ", 1)[-1]) from err
     path = Path(audio)
     if not path.is_file():
         raise AudioUnreadable(f"audio file not found: {audio}")
