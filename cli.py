@@ -500,10 +500,12 @@ def models_build_tiny(out: Path | None) -> None:
               help="0: greedy; otherwise sampling with the model's top-p/top-k.")
 @click.option("--engine", type=click.Choice(["transformers", "vllm"]), default="transformers", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=0, show_default=True,
+              help="Files encoded and generated together; 0: 8 with transformers, 256 with vllm.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (audio, thinking, answer, ...).")
 def infer(audio: tuple[str, ...], prompt: str, checkpoint: Path, store: Path | None, llm: str | None,
           think_budget: int, max_new_tokens: int, temperature: float, engine: str, device: str,
-          as_json: bool) -> None:
+          batch_size: int, as_json: bool) -> None:
     """Ask a trained adapter's frozen LLM PROMPT about each AUDIO file.
 
     The encoders run on the fly with exactly the feature store's spec, the adapters and fusion
@@ -520,7 +522,7 @@ def infer(audio: tuple[str, ...], prompt: str, checkpoint: Path, store: Path | N
     try:
         cfg = InferConfig(checkpoint=str(checkpoint), store=str(store) if store else None, llm=llm,
                           device=device, engine=engine, think_budget=think_budget,
-                          max_new_tokens=max_new_tokens, temperature=temperature)
+                          max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
         results = infer_files(cfg, list(audio), prompt)
     except (ConfigError, FileNotFoundError) as err:
         fail(str(err))
@@ -560,9 +562,11 @@ def infer(audio: tuple[str, ...], prompt: str, checkpoint: Path, store: Path | N
               help="Where the encoders, front end and LLM run.")
 @click.option("--limit", type=int, default=None, help="Only the first N questions.")
 @click.option("--retry-errors", is_flag=True, help="Ask again the questions whose answer was an error.")
+@click.option("--encode-all", is_flag=True,
+              help="Run the encoders on every clip, even those the feature store already holds.")
 def eval_command(manifest: Path, checkpoint: Path, out: Path, store: Path | None, llm: str | None,
                  think_budget: int, max_new_tokens: int, batch_size: int, device: str, limit: int | None,
-                 retry_errors: bool) -> None:
+                 retry_errors: bool, encode_all: bool) -> None:
     """Multiple-choice audio QA: accuracy per category and overall (MMAU/MMSU/MMAR layout).
 
     MANIFEST is JSONL with id, audio, question, options, answer and category (see
@@ -575,11 +579,11 @@ def eval_command(manifest: Path, checkpoint: Path, out: Path, store: Path | None
         cfg = EvalConfig(manifest=str(manifest), checkpoint=str(checkpoint), out=str(out),
                          store=str(store) if store else None, llm=llm, device=device,
                          think_budget=think_budget, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                         limit=limit, retry_errors=retry_errors)
+                         limit=limit, retry_errors=retry_errors, store_features=not encode_all)
         report = evaluate(cfg)
     except (ManifestError, FileNotFoundError, ValueError) as err:
         fail(str(err))
-    click.echo(markdown_tables(report))
+    click.echo(markdown_tables(report) + "\n")
     click.echo(f"{report.asked} asked, {report.reused} reused from earlier predictions, "
                f"{report.rejected} manifest rows rejected" + (f" ({report.rejects_path})" if report.rejected else ""))
     click.echo(f"report: {report.report_md} and {report.report_json}; predictions: {report.predictions}")

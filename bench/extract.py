@@ -4,14 +4,18 @@ Prints ONE JSON line. On the same generated corpus (``--clips`` clips, log-norma
 mixed rates and channel counts), with the ``tiny`` preset:
 
 * naive: per clip decode, resample, run each encoder on that one clip, save one .npy per clip and
-  encoder (float16); audio-seconds per second.
-* pipeline: ``run_pipeline`` (embedded local Ray, fresh store); audio-seconds per second, the ratio.
+  encoder (float16); audio-seconds per second and CPU-seconds (this process, all threads).
+* pipeline: ``run_pipeline`` (embedded local Ray, fresh store) in its own process session, once per
+  layout in ``--pools``; audio-seconds per second, the ratio to naive, and the CPU-seconds and peak
+  memory of the whole job (driver and every Ray process). Wall-time ratios swing with the machine's
+  load; the CPU-seconds say how much work each way does, whatever else runs.
 * store overhead: bytes on disk per audio-second against the raw payload (values x bytes per value).
-* memory: peak memory (PSS) of the whole job (driver + its own Ray) at N and 4N clips, in subprocesses.
+* memory: peak memory (PSS) of the whole job at N and 4N clips, in subprocesses.
 * compression: float16 features without and with zstd (the tiny whisper outputs, and synthetic
   whisper-sized features): size ratio and random-read speed (direct reads, zarr reads, zstd).
 
-Usage: ``python bench/extract.py [--clips 300] [--encoders whisper,w2vbert] [--rss-clips 60]``
+Usage: ``python bench/extract.py [--clips 300] [--encoders whisper,w2vbert] [--pools auto,per-encoder]
+[--rss-clips 60] [--no-compression] [--no-memory]``
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,14 +60,14 @@ def make_corpus(folder: Path, count: int, seed: int = 0) -> tuple[Path, float]:
     return manifest, total
 
 
-def naive(manifest: Path, encoders: list[str], out: Path) -> float:
-    """The loop a user would write; returns wall seconds (model loading included)."""
+def naive(manifest: Path, encoders: list[str], out: Path) -> tuple[float, float]:
+    """The loop a user would write; returns wall and CPU seconds (model loading included)."""
     import soundfile as sf
     import soxr
 
     from pipeline.encoders import EncoderConfig, build_encoder
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     models = {e: build_encoder(EncoderConfig(e, preset="tiny")) for e in encoders}
     out.mkdir(parents=True, exist_ok=True)
     for line in manifest.read_text().splitlines():
@@ -73,7 +78,7 @@ def naive(manifest: Path, encoders: list[str], out: Path) -> float:
             wave = soxr.resample(mono, rate, model.sample_rate) if rate != model.sample_rate else mono
             feats = model.encode([wave])[0]
             np.save(out / f"{row['id']}.{name}.npy", feats.astype(np.float16))
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def folder_bytes(folder: Path) -> int:
@@ -145,21 +150,26 @@ def real_dim_clips(count: int = 60, seed: int = 0) -> dict[str, np.ndarray]:
     return clips
 
 
-RSS_SCRIPT = """
-import sys
+JOB_SCRIPT = """
+import json, sys, time
 from pipeline.job import PipelineConfig, run_pipeline
-run_pipeline(PipelineConfig(store=sys.argv[1], manifest=sys.argv[2], encoders=sys.argv[3].split(","),
-             preset="tiny", num_cpus=2, progress=False))
+cfg = PipelineConfig(store=sys.argv[1], manifest=sys.argv[2], encoders=sys.argv[3].split(","), preset="tiny",
+                     num_cpus=2, progress=False, pools=sys.argv[4])
+started = time.perf_counter()
+summary = run_pipeline(cfg)
+print(json.dumps({"wall_s": time.perf_counter() - started, "stage_seconds": summary.stage_seconds}))
 """
 
 
-def session_memory(sid: int) -> tuple[int, int]:
-    """Proportional resident bytes (PSS) of every process in session ``sid`` (the job and its Ray).
+def session_usage(sid: int, cpu_seen: dict[int, float]) -> tuple[int, int]:
+    """Memory of every process in session ``sid`` (the job and its Ray); records their CPU-seconds.
 
     Returns (PSS, RSS) sums. PSS is the honest one: Ray's object store is shared memory mapped into
-    several processes, and summing their RSS counts the same pages once per process.
+    several processes, and summing their RSS counts the same pages once per process. ``cpu_seen``
+    keeps each process's latest user+system seconds, so processes that have ended still count.
     """
     pss = rss = 0
+    tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -168,6 +178,7 @@ def session_memory(sid: int) -> tuple[int, int]:
                 fields = handle.read().rsplit(")", 1)[1].split()
             if int(fields[3]) != sid:  # field 6 of stat: session id
                 continue
+            cpu_seen[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
             with open(f"/proc/{entry}/smaps_rollup") as handle:
                 for line in handle:
                     if line.startswith("Pss:"):
@@ -179,26 +190,33 @@ def session_memory(sid: int) -> tuple[int, int]:
     return pss, rss
 
 
-def peak_memory(manifest: Path, store: Path, encoders: list[str]) -> tuple[int, int]:
-    """Run the job in its own session; return its peak total PSS and peak total RSS."""
+def run_job(manifest: Path, store: Path, encoders: list[str], pools: str = "auto") -> dict[str, Any]:
+    """Run the job in its own process session; its wall time, CPU-seconds, peak PSS and peak RSS sum."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", RSS_SCRIPT, str(store), str(manifest), ",".join(encoders)],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", JOB_SCRIPT, str(store), str(manifest), ",".join(encoders), pools],
+                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
     peak_pss = peak_rss = 0
+    cpu_seen: dict[int, float] = {}
     while proc.poll() is None:
-        pss, rss = session_memory(proc.pid)
+        pss, rss = session_usage(proc.pid, cpu_seen)
         peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
         time.sleep(0.2)
+    out = proc.stdout.read() if proc.stdout else ""
     if proc.returncode:
         raise RuntimeError(f"pipeline subprocess failed with {proc.returncode}")
-    return peak_pss, peak_rss
+    result = json.loads(out.strip().splitlines()[-1])
+    return {**result, "cpu_s": sum(cpu_seen.values()), "peak_pss": peak_pss, "peak_rss": peak_rss}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clips", type=int, default=300)
     parser.add_argument("--encoders", default="whisper,w2vbert")
+    parser.add_argument("--pools", default="auto", help="pipeline layouts to time (auto, shared, per-encoder)")
     parser.add_argument("--rss-clips", type=int, default=60, help="N of the memory test (also runs 4N)")
+    parser.add_argument("--no-compression", action="store_true", help="skip the compression figures")
+    parser.add_argument("--no-memory", action="store_true", help="skip the N vs 4N memory runs")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("ALARM_CACHE", str(REPO / ".cache" / "alarm"))
@@ -206,38 +224,43 @@ def main() -> None:
     encoders = [e for e in args.encoders.split(",") if e]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alarm-bench-"))
     manifest, seconds = make_corpus(workdir / "corpus", args.clips)
+    load = os.getloadavg()[0]
 
-    naive_s = naive(manifest, encoders, workdir / "naive")
-
-    from pipeline.job import PipelineConfig, run_pipeline
-
-    store = workdir / "store"
-    started = time.perf_counter()
-    summary = run_pipeline(PipelineConfig(store=str(store), manifest=str(manifest), encoders=encoders,
-                                          preset="tiny", num_cpus=2, progress=False))
-    pipeline_s = time.perf_counter() - started
-    result = {
+    naive_s, naive_cpu = naive(manifest, encoders, workdir / "naive")
+    result: dict[str, Any] = {
         "bench": "extract", "clips": args.clips, "audio_seconds": round(seconds, 1), "encoders": encoders,
-        "preset": "tiny", "cpus": os.cpu_count(),
-        "naive_audio_s_per_s": seconds / naive_s, "pipeline_audio_s_per_s": seconds / pipeline_s,
-        "pipeline_over_naive": naive_s / pipeline_s, "naive_wall_s": naive_s, "pipeline_wall_s": pipeline_s,
-        "pipeline_stage_seconds": summary.stage_seconds,
+        "preset": "tiny", "cpus": os.cpu_count(), "load_avg_1m_start": load,
+        "naive_audio_s_per_s": seconds / naive_s, "naive_wall_s": naive_s, "naive_cpu_s": naive_cpu,
     }
+    store = workdir / "store"
+    for i, pools in enumerate(p for p in args.pools.split(",") if p):
+        shutil.rmtree(store, ignore_errors=True)
+        job = run_job(manifest, store, encoders, pools)
+        tag = "pipeline" if i == 0 else f"pipeline_{pools.replace('-', '_')}"
+        result.update({f"{tag}_pools": pools, f"{tag}_audio_s_per_s": seconds / job["wall_s"],
+                       f"{tag}_over_naive": naive_s / job["wall_s"], f"{tag}_wall_s": job["wall_s"],
+                       f"{tag}_cpu_s": job["cpu_s"], f"{tag}_peak_pss_MB": job["peak_pss"] / 1e6,
+                       f"{tag}_stage_seconds": job["stage_seconds"]})
     result.update(store_overhead(store, encoders))
-    from pipeline.store import open_features
+    if not args.no_compression:
+        from pipeline.store import open_features
 
-    tiny = open_features(store, "whisper")
-    result.update({f"tiny_whisper_{k}": v for k, v in
-                   compression({k: tiny.read(k) for k in tiny.keys()}, workdir).items()})
-    result.update({f"real_dims_{k}": v for k, v in compression(real_dim_clips(), workdir).items()})
-    n = args.rss_clips
-    small, _ = make_corpus(workdir / "rss-n", n, seed=1)
-    large, _ = make_corpus(workdir / "rss-4n", 4 * n, seed=2)
-    pss_n, rss_n = peak_memory(small, workdir / "rss-store-n", encoders)
-    pss_4n, rss_4n = peak_memory(large, workdir / "rss-store-4n", encoders)
-    result.update({"memory_clips_n": n, "peak_pss_n_MB": pss_n / 1e6, "peak_pss_4n_MB": pss_4n / 1e6,
-                   "pss_growth_4n_over_n": pss_4n / pss_n, "peak_rss_sum_n_MB": rss_n / 1e6,
-                   "peak_rss_sum_4n_MB": rss_4n / 1e6, "rss_sum_growth_4n_over_n": rss_4n / rss_n})
+        tiny = open_features(store, "whisper")
+        result.update({f"tiny_whisper_{k}": v for k, v in
+                       compression({k: tiny.read(k) for k in tiny.keys()}, workdir).items()})
+        result.update({f"real_dims_{k}": v for k, v in compression(real_dim_clips(), workdir).items()})
+    if not args.no_memory:
+        n = args.rss_clips
+        small, _ = make_corpus(workdir / "rss-n", n, seed=1)
+        large, _ = make_corpus(workdir / "rss-4n", 4 * n, seed=2)
+        job_n = run_job(small, workdir / "rss-store-n", encoders)
+        job_4n = run_job(large, workdir / "rss-store-4n", encoders)
+        result.update({"memory_clips_n": n, "peak_pss_n_MB": job_n["peak_pss"] / 1e6,
+                       "peak_pss_4n_MB": job_4n["peak_pss"] / 1e6,
+                       "pss_growth_4n_over_n": job_4n["peak_pss"] / job_n["peak_pss"],
+                       "peak_rss_sum_n_MB": job_n["peak_rss"] / 1e6, "peak_rss_sum_4n_MB": job_4n["peak_rss"] / 1e6,
+                       "rss_sum_growth_4n_over_n": job_4n["peak_rss"] / job_n["peak_rss"]})
+    result["load_avg_1m_end"] = os.getloadavg()[0]
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}))

@@ -4,6 +4,11 @@ Each stage is small and retry-safe: keying and decoding are pure functions of th
 an encoder stage writes a part only through ``PartWriter`` (temporary folder, rename, done marker),
 skipping parts an earlier run already committed. Rows inside Ray are plain dicts of JSON text and
 bytes, so every row of a dataset has the same schema.
+
+Two ways to run the encoders share these pieces: one Ray Data actor pool per encoder fed by decode
+tasks (``decode_unit`` + ``EncodeStage``; GPU clusters), or one pool of ``SharedEncodeStage`` actors
+that each hold every encoder and decode their own units (CPU machines: one decode feeds all encoders,
+and no decoded audio crosses the object store).
 """
 
 from __future__ import annotations
@@ -35,49 +40,96 @@ def release_memory() -> None:
         pass
 
 
+def key_source(audio: str, start: float | None, end: float | None) -> tuple[str, float, str]:
+    """Decode one source once for its (content key, duration, ""), or ("", 0.0, reject reason)."""
+    # No length limit here: the limit is applied when planning, so changing it needs no re-keying.
+    try:
+        clip = decode_clip(audio, start, end, DecodeConfig(max_seconds=float("inf")))
+    except DecodeError as err:
+        return "", 0.0, str(err)
+    return clip.key, clip.duration, ""
+
+
 def key_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray task stage: decode each source once for its content key and duration, or its reject reason."""
+    """Ray task stage: the content key and duration, or the reject reason, of each source."""
     if "source" not in batch:
         raise KeyError("key_batch needs a 'source' column")
-    # No length limit here: the limit is applied when planning, so changing it needs no re-keying.
-    cfg = DecodeConfig(max_seconds=float("inf"))
-    keys, durations, reasons = [], [], []
+    results = []
     for text in batch["source"]:
         src = json.loads(text)
-        try:
-            clip = decode_clip(src["audio"], src["start"], src["end"], cfg)
-            keys.append(clip.key)
-            durations.append(clip.duration)
-            reasons.append("")
-        except DecodeError as err:
-            keys.append("")
-            durations.append(0.0)
-            reasons.append(str(err))
-    return {"source": batch["source"], "key": np.array(keys, dtype=object),
-            "duration": np.array(durations), "reason": np.array(reasons, dtype=object)}
+        results.append(key_source(src["audio"], src["start"], src["end"]))
+    return {"source": batch["source"], "key": np.array([r[0] for r in results], dtype=object),
+            "duration": np.array([r[1] for r in results]), "reason": np.array([r[2] for r in results], dtype=object)}
+
+
+def decode_waves(unit: dict[str, Any], rates: list[int], quality: str) -> dict[int, list[np.ndarray]]:
+    """A unit's clips decoded once and resampled to each of ``rates`` (float32 mono waves, in key order).
+
+    Raises:
+        RuntimeError: a source no longer decodes to the key it was planned with (changed on disk).
+    """
+    waves: dict[int, list[np.ndarray]] = {r: [] for r in rates}
+    for src, key in zip(unit["sources"], unit["keys"], strict=True):
+        clip = decode_clip(src["audio"], src["start"], src["end"], DecodeConfig(max_seconds=float("inf")))
+        if clip.key != key:
+            raise RuntimeError(f"{src['audio']} changed while the job ran (content key differs); rerun the job")
+        for r in rates:
+            waves[r].append(clip.at(r, quality))
+    return waves
 
 
 def decode_unit(row: dict[str, Any], rates: dict[str, int], quality: str) -> dict[str, Any]:
     """Ray stage: decode a unit's clips and resample them to every rate its encoders need."""
     started = time.perf_counter()
     unit = json.loads(row["unit"])
-    needed = sorted({rates[e] for e in unit["encoders"]})
-    waves: dict[int, list[np.ndarray]] = {r: [] for r in sorted(set(rates.values()))}
-    for src, key in zip(unit["sources"], unit["keys"], strict=True):
-        clip = decode_clip(src["audio"], src["start"], src["end"], DecodeConfig(max_seconds=float("inf")))
-        if clip.key != key:
-            raise RuntimeError(f"{src['audio']} changed while the job ran (content key differs); rerun the job")
-        for r in needed:
-            waves[r].append(clip.at(r, quality))
+    waves = decode_waves(unit, sorted({rates[e] for e in unit["encoders"]}), quality)
     out = {"unit": row["unit"]}
     # Every rate gets its columns (empty when unused) so all rows share one schema.
-    for r in waves:
-        out[f"wave_{r}"] = np.concatenate(waves[r]).tobytes() if waves[r] else b""
-        out[f"lengths_{r}"] = json.dumps([len(w) for w in waves[r]])
+    for r in sorted(set(rates.values())):
+        out[f"wave_{r}"] = np.concatenate(waves[r]).tobytes() if waves.get(r) else b""
+        out[f"lengths_{r}"] = json.dumps([len(w) for w in waves.get(r, [])])
     del waves
     release_memory()
     out["decode_s"] = time.perf_counter() - started
     return out
+
+
+def write_part(encoder: Any, group: Path, storage: StoreConfig, unit: dict[str, Any], waves: list[np.ndarray],
+               chunk_clips: int) -> tuple[float, int, float]:
+    """Encode a unit's clips with ``encoder`` and write them as the unit's part of ``group``.
+
+    Returns (encode seconds, bytes written, write seconds); all zero when an earlier run committed it.
+    """
+    from pipeline.store import DONE, PartWriter
+
+    if (group / "parts" / unit["part"] / DONE).is_file():
+        return 0.0, 0, 0.0
+    total = sum(encoder.num_frames(len(w)) for w in waves)
+    writer = PartWriter(group, unit["part"], total, len(encoder.layers), encoder.dim, storage)
+    encode_s = write_s = 0.0
+    for start in range(0, len(waves), chunk_clips):
+        t0 = time.perf_counter()
+        feats = encoder.encode(waves[start:start + chunk_clips])
+        t1 = time.perf_counter()
+        for j, f in enumerate(feats, start=start):
+            writer.append(unit["keys"][j], f, unit["durations"][j])
+        write_s += time.perf_counter() - t1
+        encode_s += t1 - t0
+    t0 = time.perf_counter()
+    info = writer.commit()
+    del writer
+    return encode_s, info.bytes, write_s + time.perf_counter() - t0
+
+
+def check_spec(encoder: Any, storage: StoreConfig, group: Path) -> None:
+    """Refuse to write when this process's encoder has another spec than the group the job planned.
+
+    On a cluster an actor may sit on a node with other weights or code: never mix them in.
+    """
+    sid = spec_id(group_spec(encoder.spec(), storage))
+    if sid != group.name:
+        raise RuntimeError(f"{encoder.name} on this node has spec {sid}, the job planned {group.name}; "
+                           "the nodes do not share the same checkpoint or code")
 
 
 class EncodeStage:
@@ -94,11 +146,7 @@ class EncodeStage:
         self.name = encoder["name"]
         self.group = Path(group)
         self.storage = StoreConfig(**storage)
-        # On a cluster this actor may sit on a node with other weights or code: never mix them in.
-        sid = spec_id(group_spec(self.encoder.spec(), self.storage))
-        if sid != self.group.name:
-            raise RuntimeError(f"{self.name} on this node has spec {sid}, the job planned {self.group.name}; "
-                               "the nodes do not share the same checkpoint or code")
+        check_spec(self.encoder, self.storage, self.group)
         self.chunk_clips = max(1, 4 * int(encoder["batch_size"]))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,34 +165,73 @@ class EncodeStage:
             lengths = json.loads(batch[f"lengths_{rate}"][i])
             flat = np.frombuffer(batch[f"wave_{rate}"][i], dtype=np.float32)
             bounds = np.cumsum([0] + lengths)
-            stats.append(self._write_part(unit, [flat[bounds[j]:bounds[j + 1]] for j in range(len(lengths))]))
+            waves = [flat[bounds[j]:bounds[j + 1]] for j in range(len(lengths))]
+            stats.append(write_part(self.encoder, self.group, self.storage, unit, waves, self.chunk_clips))
+            release_memory()
         out[f"{self.name}_encode_s"] = np.array([s[0] for s in stats], dtype=np.float64)
         out[f"{self.name}_bytes"] = np.array([s[1] for s in stats], dtype=np.int64)
         out[f"{self.name}_write_s"] = np.array([s[2] for s in stats], dtype=np.float64)
         return out
 
-    def _write_part(self, unit: dict[str, Any], waves: list[np.ndarray]) -> tuple[float, int, float]:
-        from pipeline.store import DONE, PartWriter
 
-        if (self.group / "parts" / unit["part"] / DONE).is_file():  # committed by an earlier run
-            return 0.0, 0, 0.0
-        enc = self.encoder
-        total = sum(enc.num_frames(len(w)) for w in waves)
-        writer = PartWriter(self.group, unit["part"], total, len(enc.layers), enc.dim, self.storage)
-        encode_s = write_s = 0.0
-        for start in range(0, len(waves), self.chunk_clips):
-            t0 = time.perf_counter()
-            feats = enc.encode(waves[start:start + self.chunk_clips])
-            t1 = time.perf_counter()
-            for j, f in enumerate(feats, start=start):
-                writer.append(unit["keys"][j], f, unit["durations"][j])
-            write_s += time.perf_counter() - t1
-            encode_s += t1 - t0
+class SharedEncodeStage:
+    """Ray actor holding every encoder of a job: decodes a unit once and writes its part for each encoder.
+
+    On a CPU machine this replaces the decode tasks and the per-encoder pools: one process start and
+    one model load per actor instead of one per encoder, and the decoded audio never leaves the actor.
+    """
+
+    def __init__(self, encoders: list[dict[str, Any]], storage: dict[str, Any], threads: int,
+                 quality: str) -> None:
+        import torch
+
+        from pipeline.encoders import EncoderConfig, build_encoder
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.encoders = {e["name"]: build_encoder(EncoderConfig(**e)) for e in encoders}
+        self.chunk = {e["name"]: max(1, 4 * int(e["batch_size"])) for e in encoders}
+        self.storage = StoreConfig(**storage)
+        self.quality = quality
+        self.checked: set[str] = set()
+
+    def facts(self) -> dict[str, dict[str, Any]]:
+        """``encoder_facts`` of every encoder held (the driver then needs no model of its own)."""
+        return {name: facts_of(enc) for name, enc in self.encoders.items()}
+
+    def __call__(self, unit: dict[str, Any], groups: dict[str, str]) -> dict[str, Any]:
+        """Encode and write ``unit`` for each of its encoders (a group folder per encoder).
+
+        Returns the unit's part id, ``decode_s`` and per encoder ``encode_s``, ``bytes``, ``write_s``.
+        """
+        from pipeline.store import DONE
+
+        missing = [k for k in ("part", "keys", "sources", "durations", "encoders") if k not in unit]
+        if missing:
+            raise KeyError(f"SharedEncodeStage needs unit fields {missing}")
         t0 = time.perf_counter()
-        info = writer.commit()
-        del writer, feats
+        # Parts committed by an earlier run (or a retried call) need no audio at all.
+        todo = [e for e in unit["encoders"] if not (Path(groups[e]) / "parts" / unit["part"] / DONE).is_file()]
+        waves = decode_waves(unit, sorted({self.encoders[e].sample_rate for e in todo}), self.quality)
+        out: dict[str, Any] = {"part": unit["part"], "decode_s": time.perf_counter() - t0}
+        for e in unit["encoders"]:
+            enc, group = self.encoders[e], Path(groups[e])
+            if e not in self.checked:
+                check_spec(enc, self.storage, group)
+                self.checked.add(e)
+            stats = (0.0, 0, 0.0)
+            if e in todo:
+                stats = write_part(enc, group, self.storage, unit, waves[enc.sample_rate], self.chunk[e])
+            out[e] = {"encode_s": stats[0], "bytes": stats[1], "write_s": stats[2]}
+        del waves
         release_memory()
-        return encode_s, info.bytes, write_s + time.perf_counter() - t0
+        return out
+
+
+def facts_of(enc: Any) -> dict[str, Any]:
+    """What the driver needs to know of a built encoder: its spec and output shape."""
+    return {"spec": enc.spec(), "layers": len(enc.layers), "dim": enc.dim, "frame_rate": enc.frame_rate,
+            "sample_rate": enc.sample_rate}
 
 
 def encoder_facts(encoder: dict[str, Any]) -> dict[str, Any]:
@@ -154,8 +241,7 @@ def encoder_facts(encoder: dict[str, Any]) -> dict[str, Any]:
     from pipeline.encoders import EncoderConfig, build_encoder
 
     enc = build_encoder(EncoderConfig(**encoder))
-    facts = {"spec": enc.spec(), "layers": len(enc.layers), "dim": enc.dim, "frame_rate": enc.frame_rate,
-             "sample_rate": enc.sample_rate}
+    facts = facts_of(enc)
     del enc
     gc.collect()
     return facts

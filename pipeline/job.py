@@ -3,17 +3,24 @@
 Steps (each a small piece below):
 
 1. **Read** the manifest or WebDataset shards; rows sharing audio and cut are one *source*.
-2. **Key** every source not already keyed (Ray tasks): decode, hash, duration, or a reject reason. The
-   results are cached in ``sources.parquet`` (by path, cut, size and mtime), so a rerun skips this.
+2. **Key** every source not already keyed: decode, hash, duration, or a reject reason (threads of the
+   driver on an embedded Ray, Ray tasks on a cluster). The results are cached in ``sources.parquet``
+   (by path, cut, size and mtime), so a rerun skips this.
 3. **Plan** per encoder: the clip keys missing from its group, sorted by (duration, key), cut greedily
    into parts of ``part_seconds`` audio. Greedy cutting restarts at every part boundary, so removing
    whole committed parts from the list leaves the other parts unchanged: a rerun after a kill plans
    exactly the parts the first run had not committed, and the store ends byte-identical. A part's id
    is a hash of its keys; parts with the same keys for several encoders become one *unit* of work,
    decoded once.
-4. **Encode and write** (Ray Data): units are decoded and resampled by CPU tasks, then flow through one
-   actor pool per encoder; an actor that owns a unit's part for its encoder encodes it and is the
-   only writer of that part (temporary folder, rename, done marker).
+4. **Encode and write**, in one of two layouts (``pools``):
+
+   * ``per-encoder`` (Ray Data; GPU clusters): units are decoded and resampled by CPU tasks, then flow
+     through one actor pool per encoder; the actor that gets a unit's part for its encoder encodes it
+     and is the only writer of that part (temporary folder, rename, done marker).
+   * ``shared`` (CPU machines): one pool of actors that each hold every encoder; an actor decodes a
+     unit once and writes its part for each encoder. On a small machine this saves the decode tasks,
+     an actor start and a model load per encoder, and the object-store traffic of the decoded audio;
+     the actors start while the sources are keyed, and the driver loads no model.
 5. **Commit**: rebuild each group's index from the done parts; write the summary beside the store.
 """
 
@@ -33,10 +40,18 @@ from typing import Any
 
 from pipeline.configs import ConfigError, from_dict, to_dict
 from pipeline.decode import DecodeConfig
-from pipeline.extract_stages import EncodeStage, decode_unit, encoder_facts, key_batch
+from pipeline.extract_stages import (
+    EncodeStage,
+    SharedEncodeStage,
+    decode_unit,
+    encoder_facts,
+    key_batch,
+    key_source,
+)
 from pipeline.store import StoreConfig, group_spec, spec_id
 
 ALL_ENCODERS = ("whisper", "w2vbert", "muq", "sslam")
+POOLS = ("auto", "shared", "per-encoder")
 
 
 @dataclass
@@ -58,12 +73,17 @@ class PipelineConfig:
         storage: store layout (dtype, chunks, compression, part size).
         address: Ray cluster address to join; None starts an embedded local Ray.
         num_cpus: CPUs of the embedded Ray (None: all).
-        actors_per_encoder: actor pool size per encoder.
+        pools: ``per-encoder`` (one Ray Data actor pool per encoder, fed by decode tasks), ``shared``
+            (one pool of actors each holding every encoder and decoding its own units), or ``auto``:
+            shared on CPU (``device: cpu``), per-encoder with GPUs.
+        shared_actors: size of the shared pool; 0 = one actor per CPU for the ``tiny`` preset (small
+            models gain nothing from more threads), else one actor with every CPU's threads.
+        actors_per_encoder: actor pool size per encoder (per-encoder pools).
         cpus_per_actor: CPUs each encoder actor requests; None: 1 with GPUs, else a share of 3/4 of the
             CPUs, so the actors never hold every CPU and starve the decode tasks (a deadlock on 2 cores).
         gpus_per_actor: GPUs each encoder actor requests (0 on CPU machines).
         cpus_per_task: CPUs each decode task requests.
-        torch_threads: torch threads per encoder actor; 0 = CPUs / number of encoders.
+        torch_threads: torch threads per encoder actor; 0 = CPUs / number of actors.
         inflight_parts: if set, the object-store budget of the encode dataset in parts of decoded audio
             (bounds how far decoding runs ahead of the encoders). None: Ray Data's default budget. Values
             of a few parts stalled Ray Data 2.60 on 2 CPUs (each operator's share fell below one part).
@@ -84,6 +104,8 @@ class PipelineConfig:
     storage: StoreConfig = field(default_factory=StoreConfig)
     address: str | None = None
     num_cpus: int | None = None
+    pools: str = "auto"
+    shared_actors: int = 0
     actors_per_encoder: int = 1
     cpus_per_actor: float | None = None
     gpus_per_actor: float = 0.0
@@ -110,12 +132,22 @@ class PipelineConfig:
             self.storage = from_dict(StoreConfig, self.storage, "storage")
         if self.actors_per_encoder < 1 or (self.cpus_per_actor or 0) < 0 or self.gpus_per_actor < 0:
             raise ConfigError("actors_per_encoder must be >= 1 and per-actor resources >= 0")
+        if self.pools not in POOLS:
+            raise ConfigError(f"pools must be one of {', '.join(POOLS)}, got {self.pools!r}")
+        if self.shared_actors < 0:
+            raise ConfigError("shared_actors must be >= 0 (0: automatic)")
         if self.cpus_per_task <= 0:
             raise ConfigError("cpus_per_task must be positive")
         if self.inflight_parts is not None and self.inflight_parts < 1:
             raise ConfigError("inflight_parts must be >= 1 (or null for Ray Data's default)")
         if self.gpus_per_actor > 0 and not self.device.startswith("cuda"):
             raise ConfigError(f"gpus_per_actor={self.gpus_per_actor} needs device 'cuda', not {self.device!r}")
+
+    def shared_pools(self) -> bool:
+        """Whether the encoders share one actor pool (see ``pools``)."""
+        if self.pools == "auto":
+            return self.device == "cpu" and not self.gpus_per_actor
+        return self.pools == "shared"
 
     def encoder_config(self, name: str) -> dict[str, Any]:
         """The EncoderConfig fields (as a dict, so it travels to Ray actors) for ``name``."""
@@ -230,10 +262,9 @@ def part_id(keys: list[str]) -> str:
 
 def key_sources(root: Path, sources: list[tuple[str, float | None, float | None]],
                 cfg: PipelineConfig) -> dict[tuple, dict[str, Any]]:
-    """Content key, duration and reason of every source, from the cache or by decoding (Ray tasks)."""
+    """Content key, duration and reason of every source, from the cache or by decoding."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import ray
 
     from pipeline.store import write_parquet_atomic
 
@@ -252,18 +283,10 @@ def key_sources(root: Path, sources: list[tuple[str, float | None, float | None]
         else:
             todo.append(src)
     if todo:
-        items = [{"source": json.dumps({"audio": a, "start": s, "end": e})} for a, s, e in todo]
-        blocks = max(1, min(len(items) // 8, 64))
-        # One task per CPU at most: more would only add worker processes (memory), not speed.
-        cpus = cfg.num_cpus or int(ray.cluster_resources().get("CPU", 1))
-        ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-            key_batch, batch_size=8, num_cpus=cfg.cpus_per_task, compute=ray.data.TaskPoolStrategy(size=cpus))
-        for r in ds.iter_rows():
-            src = json.loads(r["source"])
-            s = (src["audio"], src["start"], src["end"])
-            size, mtime = source_stat(s[0])
-            result[s] = {"audio": s[0], "start": s[1], "end": s[2], "size": size, "mtime_ns": mtime,
-                         "key": r["key"] or None, "duration": float(r["duration"]), "reason": r["reason"] or None}
+        for src, (key, duration, reason) in zip(todo, _key_todo(todo, cfg), strict=True):
+            size, mtime = source_stat(src[0])
+            result[src] = {"audio": src[0], "start": src[1], "end": src[2], "size": size, "mtime_ns": mtime,
+                           "key": key or None, "duration": float(duration), "reason": reason or None}
     # Keep what other inputs keyed (a store may serve many manifests); this run's results win.
     merged = {k[:3]: v for k, v in cached.items()}
     merged.update(result)
@@ -273,6 +296,33 @@ def key_sources(root: Path, sources: list[tuple[str, float | None, float | None]
                         ("duration", pa.float64()), ("reason", pa.string())])
     write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), cache_path)
     return result
+
+
+def _key_todo(todo: list[tuple], cfg: PipelineConfig) -> list[tuple[str, float, str]]:
+    """(key, duration, reason) of each source in ``todo``, in order.
+
+    On an embedded Ray the driver's threads do it (decoding and hashing release the GIL): no dataset
+    start and no worker processes, while the encoder actors load their models. On a cluster, Ray
+    tasks spread the decoding over the nodes.
+    """
+    import ray
+
+    cpus = cfg.num_cpus or int(ray.cluster_resources().get("CPU", 1))
+    if cfg.address is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, cpus)) as pool:
+            return list(pool.map(lambda src: key_source(*src), todo, chunksize=8))
+    items = [{"source": json.dumps({"audio": a, "start": s, "end": e})} for a, s, e in todo]
+    blocks = max(1, min(len(items) // 8, 64))
+    # One task per CPU at most: more would only add worker processes (memory), not speed.
+    ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+        key_batch, batch_size=8, num_cpus=cfg.cpus_per_task, compute=ray.data.TaskPoolStrategy(size=cpus))
+    found = {}
+    for r in ds.iter_rows():
+        src = json.loads(r["source"])
+        found[(src["audio"], src["start"], src["end"])] = (r["key"], float(r["duration"]), r["reason"])
+    return [found[src] for src in todo]
 
 
 def write_instance_tables(root: Path, instances: list[Any], input_rejects: list[Any],
@@ -351,13 +401,24 @@ def _run_locked(cfg: PipelineConfig, root: Path, instances: list[Any], input_rej
                 started: float) -> PipelineSummary:
     import ray
 
-    from pipeline.store import clear_tmp, init_group, load_index, write_index
-
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own bar below speaks in clips and audio-hours
     ctx.print_on_execution_start = False
-    stage_s: dict[str, float] = {}
 
+    # The shared actors load their models while the sources are keyed.
+    pool = SharedPool(cfg) if cfg.shared_pools() else None
+    try:
+        return _plan_and_run(cfg, root, instances, input_rejects, started, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_rejects: list[Any],
+                  started: float, pool: SharedPool | None) -> PipelineSummary:
+    from pipeline.store import clear_tmp, init_group, load_index, write_index
+
+    stage_s: dict[str, float] = {}
     # Key every source (dedupe by audio and cut first).
     t0 = time.perf_counter()
     clear_tmp(root)
@@ -367,7 +428,10 @@ def _run_locked(cfg: PipelineConfig, root: Path, instances: list[Any], input_rej
     stage_s["key"] = time.perf_counter() - t0
 
     # Groups and plans per encoder.
-    facts = {e: encoder_facts(cfg.encoder_config(e)) for e in cfg.encoders}
+    if pool is not None:
+        facts = pool.facts()
+    else:
+        facts = {e: encoder_facts(cfg.encoder_config(e)) for e in cfg.encoders}
     groups, units, skipped = {}, {}, {}
     for e in cfg.encoders:
         f = facts[e]
@@ -386,7 +450,9 @@ def _run_locked(cfg: PipelineConfig, root: Path, instances: list[Any], input_rej
 
     encoded = Counter()
     written = Counter()
-    if units:
+    if units and pool is not None:
+        pool.run(groups, list(units.values()), stage_s, encoded, written)
+    elif units:
         _encode_units(cfg, groups, facts, list(units.values()), stage_s, encoded, written)
     t0 = time.perf_counter()
     stored = {e: len(write_index(groups[e])) for e in cfg.encoders}
@@ -404,24 +470,121 @@ def _run_locked(cfg: PipelineConfig, root: Path, instances: list[Any], input_rej
     return summary
 
 
+def progress_bar(cfg: PipelineConfig, units: list[dict]) -> Any:
+    """A tqdm bar over the units' audio-hours (disabled unless ``cfg.progress``)."""
+    from tqdm import tqdm
+
+    total_h = sum(sum(u["durations"]) for u in units) / 3600
+    return tqdm(total=total_h, disable=not cfg.progress, dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n:.4g}/{total:.4g} audio-h [{elapsed}<{remaining}{postfix}]")
+
+
+def _advance(bar: Any, unit: dict, clips_done: int, t_start: float) -> None:
+    bar.update(sum(unit["durations"]) / 3600)
+    rate = bar.n / max(time.perf_counter() - t_start, 1e-9)
+    bar.set_postfix_str(f"clips={clips_done}, {rate:.2e} audio-h/s")
+
+
+def cpu_budget(cfg: PipelineConfig) -> int:
+    """CPUs the job may use: ``num_cpus``, else all CPUs of the Ray cluster."""
+    import ray
+
+    return cfg.num_cpus or int(ray.cluster_resources().get("CPU", 1))
+
+
+def actor_cpus(cfg: PipelineConfig, actors: int, cpus: int) -> float:
+    """CPUs each encoder actor requests; raises if the actors would leave none to the tasks."""
+    per_actor = cfg.cpus_per_actor
+    if per_actor is None:
+        per_actor = 1.0 if cfg.gpus_per_actor else round(min(1.0, 0.75 * cpus / actors), 3)
+    if per_actor * actors + cfg.cpus_per_task > cpus:
+        raise ConfigError(f"{actors} encoder actors x {per_actor} CPUs leave no CPU for the decode tasks "
+                          f"({cpus} CPUs); lower cpus_per_actor or the number of actors")
+    return per_actor
+
+
+class SharedPool:
+    """Driver side of the ``shared`` layout: a few actors that each hold every encoder of the job.
+
+    Units go to whichever actor is free, at most two queued per actor (the next one is waiting when an
+    actor finishes, and no more: nothing piles up in memory however large the corpus).
+    """
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        import ray
+
+        self.cfg = cfg
+        cpus = cpu_budget(cfg)
+        size = cfg.shared_actors or (cpus if cfg.preset == "tiny" else 1)
+        # Every configured encoder, busy or not: a resumed job must run the same kernels.
+        threads = cfg.torch_threads or max(1, cpus // size)
+        remote = ray.remote(SharedEncodeStage).options(
+            num_cpus=actor_cpus(cfg, size, cpus), num_gpus=cfg.gpus_per_actor or None,
+            max_restarts=2, max_task_retries=2)  # a retried unit rewrites only parts not yet done
+        encoders = [cfg.encoder_config(e) for e in cfg.encoders]
+        self.actors = [remote.remote(encoders, to_dict(cfg.storage), threads, cfg.decode.resample_quality)
+                       for _ in range(size)]
+
+    def facts(self) -> dict[str, dict[str, Any]]:
+        """``encoder_facts`` of every encoder, from the first actor (the actors check theirs match)."""
+        import ray
+
+        return ray.get(self.actors[0].facts.remote())
+
+    def run(self, groups: dict[str, Path], units: list[dict], stage_s: dict[str, float], encoded: Counter,
+            written: Counter) -> None:
+        """Encode and write every unit; account time, clips and bytes as ``_encode_units`` does."""
+        import ray
+
+        # Short units first: the first parts commit early, so a killed job has lost little.
+        todo = sorted(units, key=lambda u: (sum(u["durations"]), u["part"]), reverse=True)
+        by_part = {u["part"]: u for u in units}
+        paths = {e: str(g) for e, g in groups.items()}
+        inflight: dict[Any, Any] = {}  # object ref -> actor
+        load = {i: 0 for i in range(len(self.actors))}
+        bar = progress_bar(self.cfg, units)
+        t_start, clips_done = time.perf_counter(), 0
+        stage_s["decode"] = 0.0
+        while todo or inflight:
+            for i, actor in enumerate(self.actors):
+                while todo and load[i] < 2:
+                    inflight[actor.__call__.remote(todo.pop(), paths)] = i
+                    load[i] += 1
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            load[inflight.pop(ready[0])] -= 1
+            out = ray.get(ready[0])
+            unit = by_part[out["part"]]
+            stage_s["decode"] += out["decode_s"]
+            for e in unit["encoders"]:
+                stats = out[e]
+                if stats["encode_s"] > 0 or stats["bytes"] > 0:
+                    encoded[e] += len(unit["keys"])
+                written[e] += stats["bytes"]
+                stage_s[e] = stage_s.get(e, 0.0) + stats["encode_s"]
+                stage_s[f"{e}_write"] = stage_s.get(f"{e}_write", 0.0) + stats["write_s"]
+            clips_done += len(unit["keys"])
+            _advance(bar, unit, clips_done, t_start)
+        bar.close()
+
+    def close(self) -> None:
+        """Stop the actors (a caller's own Ray session gets its CPUs back)."""
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
 def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str, dict], units: list[dict],
                   stage_s: dict[str, float], encoded: Counter, written: Counter) -> None:
     """Run decode + one actor pool per encoder over the units; account time, clips and bytes."""
     import ray
-    from tqdm import tqdm
 
     rates = {e: facts[e]["sample_rate"] for e in cfg.encoders}
-    cpus = cfg.num_cpus or int(ray.cluster_resources().get("CPU", 1))
+    cpus = cpu_budget(cfg)
     # From the configured encoders, not the busy ones: a resumed job must run the same kernels.
     threads = cfg.torch_threads or max(1, cpus // len(cfg.encoders))
     busy = [e for e in cfg.encoders if any(e in u["encoders"] for u in units)]
-    actors = len(busy) * cfg.actors_per_encoder
-    actor_cpus = cfg.cpus_per_actor
-    if actor_cpus is None:
-        actor_cpus = 1.0 if cfg.gpus_per_actor else round(min(1.0, 0.75 * cpus / actors), 3)
-    if actor_cpus * actors + cfg.cpus_per_task > cpus:
-        raise ConfigError(f"{actors} encoder actors x {actor_cpus} CPUs leave no CPU for the decode tasks "
-                          f"({cpus} CPUs); lower cpus_per_actor or actors_per_encoder")
+    per_actor = actor_cpus(cfg, len(busy) * cfg.actors_per_encoder, cpus)
     # Short units first: the first parts commit early, so a killed job has lost little.
     units = sorted(units, key=lambda u: (sum(u["durations"]), u["part"]))
     if cfg.inflight_parts is not None:
@@ -436,7 +599,7 @@ def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str,
     for e in busy:  # an encoder with nothing to do gets no actors
         ds = ds.map_batches(
             EncodeStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.actors_per_encoder),
-            num_cpus=actor_cpus,
+            num_cpus=per_actor,
             num_gpus=cfg.gpus_per_actor or None,
             fn_constructor_kwargs={"encoder": cfg.encoder_config(e), "group": str(groups[e]),
                                    "storage": to_dict(cfg.storage), "threads": threads})
@@ -444,9 +607,7 @@ def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str,
     # and the job would wait for it forever.
     ds = ds.drop_columns([f"{c}_{r}" for r in sorted(set(rates.values())) for c in ("wave", "lengths")],
                          num_cpus=cfg.cpus_per_task)
-    total_h = sum(sum(u["durations"]) for u in units) / 3600
-    bar = tqdm(total=total_h, disable=not cfg.progress, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n:.4g}/{total:.4g} audio-h [{elapsed}<{remaining}{postfix}]")
+    bar = progress_bar(cfg, units)
     t_start = time.perf_counter()
     clips_done = 0
     stage_s["decode"] = 0.0
@@ -460,7 +621,5 @@ def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str,
             stage_s[e] = stage_s.get(e, 0.0) + float(row[f"{e}_encode_s"])
             stage_s[f"{e}_write"] = stage_s.get(f"{e}_write", 0.0) + float(row[f"{e}_write_s"])
         clips_done += len(unit["keys"])
-        bar.update(sum(unit["durations"]) / 3600)
-        rate = bar.n / max(time.perf_counter() - t_start, 1e-9)
-        bar.set_postfix_str(f"clips={clips_done}, {rate:.2e} audio-h/s")
+        _advance(bar, unit, clips_done, t_start)
     bar.close()

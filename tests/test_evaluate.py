@@ -328,32 +328,50 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_qwen3_dir: Path) 
 
 
 def test_cli_end_to_end_with_a_trained_adapter(trained_run: dict, tmp_path: Path) -> None:
-    """The real Listener: encoders on the fly, trained front end, tiny Qwen3, budget forcing."""
+    """The real Listener: trained front end, tiny Qwen3, budget forcing, store features or encoders."""
     rows = [json.loads(x) for x in (REPO / "manifests/examples/mcqa.jsonl").read_text().splitlines()][:3]
     for row in rows:
         row["audio"] = str(REPO / "manifests/examples" / row["audio"])
     rows.append({**rows[0], "id": "mc-missing", "audio": str(tmp_path / "missing.wav")})
+    cached = trained_run["rows"][:2]  # clips the feature store holds
+    rows += [{"id": f"tone-{c['id']}", "audio": c["audio"], "question": "Is this a tone?", "options": ["yes", "no"],
+              "answer": 1, "category": "tone", "dataset": "toy"} for c in cached]
     manifest = write_jsonl(tmp_path / "mcqa.jsonl", rows)
     out = tmp_path / "out"
-    args = ["eval", str(manifest), "--checkpoint", str(trained_run["run"]), "--store", str(trained_run["store"]),
-            "--out", str(out), "--think-budget", "3", "--max-new-tokens", "24", "--device", "cpu",
-            "--batch-size", "2"]
+
+    def cli_args(folder: Path) -> list[str]:
+        return ["eval", str(manifest), "--checkpoint", str(trained_run["run"]), "--store", str(trained_run["store"]),
+                "--out", str(folder), "--think-budget", "3", "--max-new-tokens", "24", "--device", "cpu",
+                "--batch-size", "3"]
+
+    args = cli_args(out)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "| **overall** | 4 |" in result.output and "4 asked, 0 reused" in result.output
+    assert "| **overall** | 6 |" in result.output and "6 asked, 0 reused" in result.output
     predictions = {r["id"]: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
-    assert set(predictions) == {"mc-speech-1", "mc-speech-2", "mc-sound-1", "mc-missing"}
+    assert len(predictions) == 6
     missing = predictions.pop("mc-missing")
-    assert missing["status"] == "error" and "missing.wav" in missing["error"]
+    assert missing["status"] == "error" and "missing.wav" in missing["error"] and missing["clip_key"] is None
+    for c in cached:  # looked up by content key, so the listener reads them from the store
+        assert predictions[f"tone-{c['id']}"]["clip_key"] == trained_run["keys"][c["id"]]
     for row in predictions.values():
         assert row["error"] is None and row["status"] in ("correct", "wrong", "unparseable")
         # The random tiny LLM does not close its thinking in 3 tokens: budget forcing closes it, the cap holds.
         assert row["forced"] and row["thinking"].endswith("now I will give my answer.")
         assert row["thinking_tokens"] > 3 and row["thinking_tokens"] + 1 + row["answer_tokens"] <= 24
     report = json.loads((out / "report.json").read_text())["data"]
-    assert report["overall"]["questions"] == 4 and report["overall"]["errors"] == 1
-    assert (out / "report.md").read_text().count("| **overall** | 4 |") == 2  # category and dataset tables
+    assert report["overall"]["questions"] == 6 and report["overall"]["errors"] == 1
+    assert report["per_category"]["tone"]["questions"] == 2
 
     again = CliRunner().invoke(main, args)  # everything is reused: the models are not even loaded
-    assert again.exit_code == 0 and "0 asked, 4 reused" in again.output
-    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4
+    assert again.exit_code == 0 and "0 asked, 6 reused" in again.output
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 6
+
+    # Encoding every clip instead gives the very same generations (the store holds the same values).
+    encoded = tmp_path / "encoded"
+    result = CliRunner().invoke(main, [*cli_args(encoded), "--encode-all"])
+    assert result.exit_code == 0, result.output
+    again = {r["id"]: r for r in map(json.loads, (encoded / "predictions.jsonl").read_text().splitlines())}
+    assert all(r["clip_key"] is None for r in again.values())
+    for qid, row in predictions.items():
+        assert (again[qid]["thinking"], again[qid]["answer_text"]) == (row["thinking"], row["answer_text"])

@@ -80,7 +80,6 @@ def test_on_the_fly_embeddings_equal_the_cached_ones(run, listener):
             step = np.spacing(np.abs(stored).astype(np.float16)).astype(np.float32)
             assert np.all(np.abs(live[name] - stored) <= np.maximum(step, 1e-6)), name
             assert np.mean(live[name] == stored) > 0.99, name
-        assert np.array_equal(live["whisper"], readers["whisper"].read(key))  # whisper pads every window
         cached = trainer_embeddings(listener, {n: r.read(key) for n, r in readers.items()})
         assert torch.equal(listener.audio_embeddings(listener.store_features(key)), cached)
         on_the_fly = listener.audio_embeddings(live)
@@ -144,8 +143,10 @@ def test_thinking_closed_within_budget_continues_unforced(run, listener, monkeyp
 
 def test_batched_generation_equals_one_by_one(run, listener, monkeypatch):
     """Left-padded prompt embeddings in one batch give each row what it gets alone."""
-    requests = [InferRequest(r["audio"], f"{PROMPT} ({i})") for i, r in enumerate(run["rows"])]
-    assert listener.cfg.batch_size == len(requests)
+    # Stored features: the same values whatever the batch (encoders batching windows may move the last bit).
+    requests = [InferRequest(r["audio"], f"{PROMPT} ({i})", clip_key=run["keys"][r["id"]])
+                for i, r in enumerate(run["rows"])]
+    assert listener.cfg.chunk == len(requests)
     batched = listener.generate(requests)
     monkeypatch.setattr(listener, "cfg", replace(listener.cfg, batch_size=1))
     single = listener.generate(requests)
@@ -153,19 +154,32 @@ def test_batched_generation_equals_one_by_one(run, listener, monkeypatch):
     assert all(r.error is None for r in batched)
 
 
+def test_sampling_is_reproducible_with_its_seed(run):
+    listener = Listener.load(InferConfig(checkpoint=str(run["run"]), think_budget=8, max_new_tokens=8,
+                                         temperature=0.6, seed=3))
+    assert listener.backend.sampling == {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
+    request = InferRequest(run["rows"][0]["audio"], PROMPT, clip_key=run["keys"][run["rows"][0]["id"]])
+    first, second = listener.generate([request]), listener.generate([request])
+    assert first[0].error is None and first == second
+
+
 def test_bad_audio_is_an_error_row_and_the_rest_is_answered(run, listener, tmp_path):
+    from store_fixtures import tone, write_wav
+
     text = tmp_path / "text.wav"
     text.write_text("not audio\n" * 50)
+    blip = write_wav(tmp_path / "blip.wav", tone(0.01, 16000), 16000)  # 10 ms: not one whisper frame
     results = listener.generate([InferRequest(run["rows"][0]["audio"], PROMPT),
                                  InferRequest(str(tmp_path / "missing.wav"), PROMPT),
                                  InferRequest(str(text), PROMPT),
                                  InferRequest(run["rows"][1]["audio"], PROMPT, start=5.0, end=6.0),
+                                 InferRequest(str(blip), PROMPT),
                                  InferRequest(run["rows"][3]["audio"], PROMPT)])
-    assert [r.error is None for r in results] == [True, False, False, False, True]
+    assert [r.error is None for r in results] == [True, False, False, False, False, True]
     assert results[1].error.startswith("missing") and results[2].error.startswith("undecodable")
-    assert results[3].error.startswith("empty cut")
+    assert results[3].error.startswith("empty cut") and results[4].error.startswith("too short")
     assert results[1] == InferResult.failed(results[1].error)
-    assert results[0].text and results[4].text
+    assert results[0].text and results[5].text
 
 
 def test_clip_key_reads_the_store(run, listener):
@@ -202,6 +216,19 @@ def test_encoder_with_other_weights_is_refused(run):
         check_encoder_spec("whisper", {**spec["encoder"], "layers": [1]}, spec["encoder"])
 
 
+@pytest.mark.parametrize("name, settings", [
+    ("whisper", {}), ("w2vbert", {"window_seconds": 4.0}), ("muq", {"layers": (1, 2)}),
+    ("sslam", {"window_seconds": 5.12}),
+])
+def test_every_encoder_is_rebuilt_from_its_spec(name, settings):
+    """The spec alone (as the store records it) rebuilds the same encoder: same window, layers, weights."""
+    from pipeline.encoders import EncoderConfig, build_encoder
+    from trainer.infer import encoder_config_from_spec
+
+    spec = build_encoder(EncoderConfig(name, preset="tiny", **settings)).spec()
+    check_encoder_spec(name, build_encoder(encoder_config_from_spec(spec, "cpu")).spec(), spec)
+
+
 def test_missing_store_is_a_clear_error(run, tmp_path):
     from pipeline.configs import ConfigError
 
@@ -231,9 +258,11 @@ def test_config_checks():
     from pipeline.configs import ConfigError
 
     for bad in ({"checkpoint": ""}, {"engine": "tgi"}, {"device": "tpu"}, {"think_budget": 0},
-                {"temperature": -1.0}):
+                {"temperature": -1.0}, {"batch_size": -1}):
         with pytest.raises(ConfigError):
             InferConfig(**{"checkpoint": "x", **bad})
+    assert InferConfig("x").chunk == 8 and InferConfig("x", engine="vllm").chunk == 256
+    assert InferConfig("x", batch_size=3).chunk == 3
 
 
 # ------------------------------------------------------------------------------------------ cli

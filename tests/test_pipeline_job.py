@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from store_fixtures import good_corpus, hostile_corpus, tone, write_manifest_rows, write_shard, write_wav
 
+from pipeline.configs import ConfigError
 from pipeline.decode import DecodeConfig, decode_clip
 from pipeline.job import PipelineConfig, plan_parts, run_pipeline
 from pipeline.store import StoreConfig, StoreSpecError, open_features
@@ -84,6 +85,17 @@ def test_plan_parts_is_stable_when_whole_parts_are_removed() -> None:
     assert plan_parts(rest, 5.0) == [p for i, p in enumerate(parts) if i % 3 != 1]
 
 
+def test_pools_setting() -> None:
+    base = {"store": "s", "manifest": "m.jsonl"}
+    assert PipelineConfig(**base).shared_pools()  # CPU: one shared pool
+    assert not PipelineConfig(**base, device="cuda", gpus_per_actor=1).shared_pools()
+    assert PipelineConfig(**base, device="cuda", pools="shared").shared_pools()
+    with pytest.raises(ConfigError, match="pools must be one of"):
+        PipelineConfig(**base, pools="one")
+    with pytest.raises(ConfigError, match="shared_actors"):
+        PipelineConfig(**base, shared_actors=-1)
+
+
 def test_store_equals_direct_encoding_and_rejects_have_reasons(ray_session, encoders, corpus, tmp_path: Path):
     manifest, expected, good = corpus
     store = tmp_path / "store"
@@ -91,6 +103,11 @@ def test_store_equals_direct_encoding_and_rejects_have_reasons(ray_session, enco
                                   storage={"dtype": "float32", "part_seconds": 2.0}))
     # 5 files + a cut = 6 clips; same-audio and same-content rows are the same clip as good0.
     assert summary.clips == 6 and summary.encoded == {"whisper": 6}
+    # The shared pool's actors are gone: the caller's Ray session has its CPUs back.
+    deadline = time.monotonic() + 30
+    while ray_session.available_resources().get("CPU", 0) < 2:
+        assert time.monotonic() < deadline, ray_session.available_resources()
+        time.sleep(0.1)
     instances = pq.read_table(store / "instances.parquet").to_pylist()
     by_id = {r["id"]: r for r in instances}
     assert by_id["same-audio"]["key"] == by_id["same-content"]["key"] == by_id["good0"]["key"]
@@ -145,10 +162,12 @@ def test_webdataset_input_reuses_content_keys(ray_session, encoders, corpus, tmp
     members = [(f"s{i}", Path(r["audio"]), {"id": f"wds{i}", "dataset": "shards"}) for i, r in enumerate(good[:4])]
     write_shard(tmp_path / "shards" / "000.tar", members[:2])
     write_shard(tmp_path / "shards" / "001.tar", members[2:] + [("nojson", Path(good[4]["audio"]), {})])
-    # All four encoders at once on 2 CPUs: the actors must leave CPU to the decode tasks (no deadlock),
-    # and MuQ gets its 24 kHz audio.
+    # All four encoders at once on 2 CPUs in the cluster layout (one pool per encoder, keys from Ray
+    # tasks): the actors must leave CPU to the decode tasks (no deadlock), and MuQ gets its 24 kHz audio.
     cfg = PipelineConfig(store=str(tmp_path / "store"), shards=[str(tmp_path / "shards" / "{000..001}.tar")],
-                         encoders=["whisper", "w2vbert", "muq", "sslam"], preset="tiny", progress=False)
+                         encoders=["whisper", "w2vbert", "muq", "sslam"], preset="tiny", progress=False,
+                         pools="per-encoder", address=ray_session.get_runtime_context().gcs_address)
+    assert not cfg.shared_pools()
     summary = run_pipeline(cfg)
     assert summary.instances == 5 and set(summary.encoded.values()) == {summary.clips}
     muq = open_features(tmp_path / "store", "muq")
@@ -176,7 +195,9 @@ def test_sigkill_then_rerun_gives_the_same_store(ray_session, encoders, tmp_path
     rows = good_corpus(tmp_path / "audio", count=14, seconds=(0.3, 0.9))
     manifest = write_manifest_rows(rows, tmp_path / "m.jsonl")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    run_pipeline(config(whole, manifest, storage={"part_seconds": 1.0}))
+    # The uninterrupted run uses one pool per encoder, the killed one and its rerun the shared pool
+    # (the default on CPU): the stores must agree byte for byte across layouts too.
+    run_pipeline(config(whole, manifest, storage={"part_seconds": 1.0}, pools="per-encoder"))
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(killed), str(manifest)], env=env,

@@ -231,6 +231,10 @@ class EvalConfig:
     """Only the first N valid questions of the manifest."""
     retry_errors: bool = False
     """Ask again the questions whose saved prediction is a generation error."""
+    store_features: bool = True
+    """When the listener's feature store already holds a question's clip (same content key), read its
+    features instead of running the encoders again: the values are the same (tests/test_infer.py)
+    and encoding dominates the cost of a question on a CPU."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -255,7 +259,8 @@ class EvalConfig:
 
     def run_id(self) -> str:
         """Fingerprint of everything that decides an answer besides the question itself."""
-        keyed = {"checkpoint": checkpoint_identity(self.checkpoint), "store": self.store, "llm": self.llm,
+        store = str(Path(self.store).resolve()) if self.store else None
+        keyed = {"checkpoint": checkpoint_identity(self.checkpoint), "store": store, "llm": self.llm,
                  "engine": self.engine, "think_budget": self.think_budget, "max_new_tokens": self.max_new_tokens,
                  "temperature": self.temperature, "seed": self.seed}
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
@@ -449,11 +454,21 @@ def load_listener(cfg: EvalConfig) -> Any:
         seed=cfg.seed, batch_size=cfg.batch_size))
 
 
-def _request(question: Question, prompt: str) -> Any:
+def _request(question: Question, prompt: str, with_key: bool) -> Any:
     from trainer.infer import InferRequest
 
     return InferRequest(audio=question.audio, prompt=prompt, start=question.start, end=question.end,
-                        clip_key=None)
+                        clip_key=_clip_key(question) if with_key else None)
+
+
+def _clip_key(question: Question) -> str | None:
+    """The store's content key of a question's clip (a decode, no encoder), None when undecodable."""
+    from pipeline.decode import DecodeConfig, DecodeError, decode_clip
+
+    try:
+        return decode_clip(question.audio, question.start, question.end, DecodeConfig()).key
+    except DecodeError:  # the listener decodes again and reports the reason as the row's error
+        return None
 
 
 def evaluate(cfg: EvalConfig, answer_fn: AnswerFn | None = None) -> EvalReport:
@@ -493,17 +508,20 @@ def evaluate(cfg: EvalConfig, answer_fn: AnswerFn | None = None) -> EvalReport:
     if todo and answer_fn is None:  # load the models only when something is left to ask
         listener = load_listener(cfg)
         answer_fn = listener.generate
+    with_key = cfg.store_features and bool(getattr(listener, "readers", None))
     bar = tqdm(total=len(questions), initial=len(questions) - len(todo), unit="question",
                disable=not cfg.progress, dynamic_ncols=True)
     try:
         with open(path, "a", encoding="utf-8") as handle:
             for begin in range(0, len(todo), cfg.batch_size):
                 batch = todo[begin: begin + cfg.batch_size]
-                results = answer_fn([_request(q, prompts[q.id]) for q in batch])
+                requests = [_request(q, prompts[q.id], with_key) for q in batch]
+                results = answer_fn(requests)
                 if len(results) != len(batch):
                     raise RuntimeError(f"answer_fn returned {len(results)} results for {len(batch)} requests")
-                for question, result in zip(batch, results, strict=True):
+                for question, request, result in zip(batch, requests, results, strict=True):
                     row = prediction_row(keys[question.id], run_id, question, prompts[question.id], result)
+                    row["clip_key"] = request.clip_key
                     saved[row["key"]] = row
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 # One flush + fsync per batch: a kill loses at most the batch in flight, never a row

@@ -65,8 +65,9 @@ class InferConfig:
     """0 = greedy; otherwise sampling with the model's top-p/top-k from its generation config."""
     seed: int = 0
     """Seed of the sampling generator (outputs then also depend on the batch composition)."""
-    batch_size: int = 8
-    """Requests generated together (bounds the KV cache memory)."""
+    batch_size: int = 0
+    """Requests encoded and generated together (bounds memory); 0: 8 with transformers, 256 with vllm
+    (which schedules its own batches inside a chunk)."""
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -75,11 +76,18 @@ class InferConfig:
             raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.engine not in ENGINES:
             raise ConfigError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
-        for name in ("think_budget", "max_new_tokens", "batch_size"):
+        for name in ("think_budget", "max_new_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 0:
+            raise ConfigError(f"batch_size must be >= 0 (0: automatic), got {self.batch_size}")
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+
+    @property
+    def chunk(self) -> int:
+        """Requests handled together: ``batch_size``, or the engine's default when it is 0."""
+        return self.batch_size or (256 if self.engine == "vllm" else 8)
 
 
 @dataclass
@@ -147,7 +155,7 @@ def next_step(gen: Generation, think_close_id: int, budget: int, cap: int, close
         return None
     if think_close_id in gen.ids:
         return []
-    if len(gen.ids) < budget:  # cannot happen after a full budgeted call; kept for clarity
+    if len(gen.ids) < budget:  # stopped short without an end token (an engine abort): nothing to force
         return None
     if len(gen.ids) + len(closer_ids) >= cap:
         return None
@@ -291,7 +299,7 @@ class TransformersBackend:
     """Batched ``generate`` from prompt embeddings on the frozen ``AutoModelForCausalLM`` (left padding)."""
 
     def __init__(self, llm_path: str, device: Any, dtype: Any, eos_ids: list[int], pad_id: int,
-                 sampling: dict[str, Any]) -> None:
+                 sampling: dict[str, Any], seed: int) -> None:
         from transformers import AutoModelForCausalLM, GenerationConfig
 
         self.llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype).to(device).eval()
@@ -300,7 +308,7 @@ class TransformersBackend:
         self.llm.generation_config = GenerationConfig(eos_token_id=list(eos_ids), pad_token_id=pad_id)
         self.embed = self.llm.get_input_embeddings()
         self.hidden_size = int(self.llm.config.hidden_size)
-        self.eos_ids, self.pad_id, self.sampling = list(eos_ids), pad_id, sampling
+        self.eos_ids, self.pad_id, self.sampling, self.seed = list(eos_ids), pad_id, sampling, seed
 
     def generate(self, prefixes: list[Any], limits: list[int]) -> list[Generation]:
         """Continue each ``(L, D)`` prefix by at most its limit of tokens."""
@@ -315,6 +323,8 @@ class TransformersBackend:
             mask[row, width - len(prefix):] = 1
         gen_cfg = GenerationConfig(max_new_tokens=max(limits), eos_token_id=self.eos_ids,
                                    pad_token_id=self.pad_id, num_beams=1, **self.sampling)
+        if self.sampling["do_sample"]:  # one generator for the batch: rows depend on their batch mates
+            torch.manual_seed(self.seed)
         with torch.inference_mode():
             out = self.llm.generate(inputs_embeds=inputs, attention_mask=mask, generation_config=gen_cfg)
         # With inputs_embeds alone, generate returns only the new tokens.
@@ -327,8 +337,6 @@ class VllmBackend:
     def __init__(self, llm_path: str, device: Any, dtype: Any, eos_ids: list[int], sampling: dict[str, Any],
                  seed: int, max_model_len: int) -> None:
         import os
-
-        import torch
 
         try:
             from vllm import LLM
@@ -345,7 +353,6 @@ class VllmBackend:
         self.embed = _load_input_embeddings(llm_path, dtype).to(device)
         self.hidden_size = int(self.embed.weight.shape[1])
         self.eos_ids, self.sampling, self.seed = list(eos_ids), sampling, seed
-        self._torch = torch
 
     def generate(self, prefixes: list[Any], limits: list[int]) -> list[Generation]:
         """One ``LLM.generate`` call for all prefixes."""
@@ -357,7 +364,7 @@ class VllmBackend:
                                  seed=self.seed if s["do_sample"] else None, stop_token_ids=self.eos_ids,
                                  skip_special_tokens=False)
                   for limit in limits]
-        prompts = [{"prompt_embeds": p.detach().to("cpu")} for p in prefixes]
+        prompts = [{"prompt_embeds": p.detach().to("cpu")} for p in prefixes]  # vLLM moves them itself
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [_cut(list(o.outputs[0].token_ids), limit, self.eos_ids) for o, limit in zip(outputs, limits,
                                                                                               strict=True)]
@@ -455,12 +462,12 @@ class Listener:
             sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": defaults.top_p,
                         "top_k": defaults.top_k}
         if cfg.engine == "vllm":
-            # Room for the prompt: training's own sequence cap held audio, prompt and target.
-            limit = getattr(_llm_config(llm_path), "max_position_embeddings", None) or PROMPT_ROOM + cfg.max_new_tokens
-            backend: Any = VllmBackend(llm_path, device, dtype, eos_ids, sampling, cfg.seed,
-                                       min(limit, PROMPT_ROOM + cfg.max_new_tokens))
+            # Room for the prompt (training's own sequence cap held audio, prompt and target) and the cap.
+            wanted = PROMPT_ROOM + cfg.max_new_tokens
+            positions = getattr(_llm_config(llm_path), "max_position_embeddings", None) or wanted
+            backend: Any = VllmBackend(llm_path, device, dtype, eos_ids, sampling, cfg.seed, min(positions, wanted))
         else:
-            backend = TransformersBackend(llm_path, device, dtype, eos_ids, pad_id, sampling)
+            backend = TransformersBackend(llm_path, device, dtype, eos_ids, pad_id, sampling, cfg.seed)
         if backend.hidden_size != trained.frontend.cfg.llm_dim:
             raise ConfigError(f"the LLM {llm_path} has width {backend.hidden_size}, the front end was trained "
                               f"for {trained.frontend.cfg.llm_dim}: use the LLM it was trained with")
@@ -480,21 +487,62 @@ class Listener:
         """Encode a clip with every encoder, rounded as the store rounds: name -> (frames, layers, dim).
 
         Raises:
-            DecodeError: The clip is missing, undecodable, empty or too long (ALARM drops >= 60 s).
+            DecodeError: The clip is missing, undecodable, empty, too long (ALARM drops >= 60 s) or too
+                short to give an encoder a frame.
         """
+        return self._encode([self._waves(audio, start, end)])[0]
+
+    def _waves(self, audio: str, start: float | None, end: float | None) -> dict[str, np.ndarray]:
+        """Decode a clip and resample it for each encoder, as the feature job does."""
         from pipeline.decode import DecodeConfig, DecodeError, decode_clip
+
+        decode = DecodeConfig()
+        clip = decode_clip(audio, start, end, decode)
+        waves = {}
+        for name, encoder in self.encoders.items():
+            # The job resamples with soxr at DecodeConfig's default quality (the store spec does not record it).
+            waves[name] = clip.at(encoder.sample_rate, decode.resample_quality)
+            if encoder.num_frames(len(waves[name])) == 0:
+                raise DecodeError(f"too short: {clip.duration:.3f} s gives no {name} frames")
+        return waves
+
+    def _encode(self, clips: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Encode several clips' waves (windows batched by each encoder), then round as the store does."""
         from pipeline.store import dequantize, quantize
 
-        clip = decode_clip(audio, start, end, DecodeConfig())
-        feats = {}
+        feats: list[dict[str, np.ndarray]] = [{} for _ in clips]
         for name, encoder in self.encoders.items():
-            # The job resamples with soxr HQ (DecodeConfig's default; the store spec does not record it).
-            values = encoder.encode([clip.at(encoder.sample_rate, DecodeConfig().resample_quality)])[0]
-            if len(values) == 0:
-                raise DecodeError(f"too short: {clip.duration:.3f} s gives no {name} frames")
             dtype = self.trained.specs[name]["store"]["dtype"]
-            feats[name] = dequantize(*quantize(values, dtype), dtype)
+            for out, values in zip(feats, encoder.encode([waves[name] for waves in clips]), strict=True):
+                out[name] = dequantize(*quantize(values, dtype), dtype)
         return feats
+
+    def chunk_features(self, requests: list[InferRequest]) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, str]]:
+        """Features of each request (stored ones where ``clip_key`` allows) and the reasons of those that fail.
+
+        Clips are encoded together, so an encoder batches their windows as the feature job does.
+        """
+        feats: dict[int, dict[str, np.ndarray]] = {}
+        errors: dict[int, str] = {}
+        waves: dict[int, dict[str, np.ndarray]] = {}
+        for i, request in enumerate(requests):
+            try:
+                stored = self.store_features(request.clip_key) if request.clip_key else None
+                if stored is not None:
+                    feats[i] = stored
+                else:
+                    waves[i] = self._waves(request.audio, request.start, request.end)
+            except Exception as err:  # one bad clip never sinks the others; DecodeError texts are reasons
+                errors[i] = _reason(err)
+        try:
+            feats.update(zip(waves, self._encode(list(waves.values())), strict=True))
+        except Exception:  # find the clip that breaks the batch
+            for i, one in waves.items():
+                try:
+                    feats[i] = self._encode([one])[0]
+                except Exception as err:
+                    errors[i] = _reason(err)
+        return feats, errors
 
     def store_features(self, clip_key: str) -> dict[str, np.ndarray] | None:
         """The stored features of ``clip_key`` when the open store holds it for every encoder."""
@@ -517,13 +565,17 @@ class Listener:
             audio, audio_lengths = self.frontend(tensors, lengths)
         return audio[0, : int(audio_lengths[0])]
 
-    def prompt_embeds(self, request: InferRequest) -> Any:
-        """``(L, D)`` input embeddings of a request: head, audio span, prompt, thinking opener."""
+    def prompt_embeds(self, request: InferRequest, feats: dict[str, np.ndarray] | None = None) -> Any:
+        """``(L, D)`` input embeddings of a request: head, audio span, prompt, thinking opener.
+
+        ``feats`` are the clip's features when already computed (else stored or encoded here).
+        """
         import torch
 
         from trainer.sequence import prompt_embeds
 
-        feats = self.store_features(request.clip_key) if request.clip_key else None
+        if feats is None and request.clip_key:
+            feats = self.store_features(request.clip_key)
         if feats is None:
             feats = self.audio_features(request.audio, request.start, request.end)
         audio = self.audio_embeddings(feats)
@@ -536,20 +588,21 @@ class Listener:
     def generate(self, requests: list[InferRequest]) -> list[InferResult]:
         """Answer each request; a request that cannot run becomes a result with ``error`` set."""
         results: list[InferResult] = []
-        for start in range(0, len(requests), self.cfg.batch_size):  # bounded memory: one chunk at a time
-            results.extend(self._generate_chunk(requests[start:start + self.cfg.batch_size]))
+        for start in range(0, len(requests), self.cfg.chunk):  # bounded memory: one chunk at a time
+            results.extend(self._generate_chunk(requests[start:start + self.cfg.chunk]))
         return results
 
     def _generate_chunk(self, requests: list[InferRequest]) -> list[InferResult]:
         import torch
 
-        errors: dict[int, str] = {}
+        feats, errors = self.chunk_features(requests)
         prefixes: dict[int, Any] = {}
-        for i, request in enumerate(requests):
+        for i, f in feats.items():
             try:
-                prefixes[i] = self.prompt_embeds(request)
-            except Exception as err:  # one bad clip never sinks the others; DecodeError texts are reasons
+                prefixes[i] = self.prompt_embeds(requests[i], f)
+            except Exception as err:
                 errors[i] = _reason(err)
+        del feats
         cap = self.cfg.max_new_tokens
         budget = min(self.cfg.think_budget, cap)
         gens = self._run(prefixes, dict.fromkeys(prefixes, budget), errors)
@@ -574,8 +627,8 @@ class Listener:
         """Generate for every prefix in batches of similar length; failures go to ``errors``."""
         order = sorted(prefixes, key=lambda i: len(prefixes[i]))
         out: dict[int, Generation] = {}
-        for k in range(0, len(order), self.cfg.batch_size):
-            out.update(self._run_safely(order[k:k + self.cfg.batch_size], prefixes, limits, errors))
+        for k in range(0, len(order), self.cfg.chunk):
+            out.update(self._run_safely(order[k:k + self.cfg.chunk], prefixes, limits, errors))
         return out
 
     def _run_safely(self, batch: list[int], prefixes: dict[int, Any], limits: dict[int, int],
