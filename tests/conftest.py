@@ -43,3 +43,24 @@ def tiny_w2vbert_dir() -> Path:
     from pipeline.tiny_encoders import build_tiny_w2vbert
 
     return build_tiny_w2vbert()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_qwen3_dir: Path) -> dict:
+    """4 clips -> feature job (whisper + muq, local Ray) -> 4 training steps of an ALARM-CA front end.
+
+    Shared by the inference and evaluation tests (read-only for them): built once per session.
+    """
+    import ray
+    import torch
+    from infer_fixtures import build_trained_run
+
+    torch.set_num_threads(1)  # the job's encoder actors run one thread each: same kernels in the tests
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        return build_trained_run(tmp_path_factory.mktemp("trained-run"), tiny_qwen3_dir)
+    finally:
+        if started:
+            ray.shutdown()

@@ -319,14 +319,6 @@ def test_demo_eval_is_deterministic_and_true(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_qwen3_dir: Path) -> dict:
-    """Tones through the real feature job (tiny whisper + muq), then a few ALARM-CA training steps."""
-    from infer_fixtures import build_trained_run
-
-    return build_trained_run(tmp_path_factory.mktemp("eval-e2e"), tiny_qwen3_dir)
-
-
 def test_cli_end_to_end_with_a_trained_adapter(trained_run: dict, tmp_path: Path) -> None:
     """The real Listener: trained front end, tiny Qwen3, budget forcing, store features or encoders."""
     rows = [json.loads(x) for x in (REPO / "manifests/examples/mcqa.jsonl").read_text().splitlines()][:3]

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from infer_fixtures import build_trained_run
 
 from trainer.infer import (
     FORCED_CLOSER,
@@ -31,16 +30,9 @@ PROMPT = "What do you hear?"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_qwen3_dir) -> dict:
-    """4 clips -> feature job (whisper + muq, local Ray) -> 4 training steps of an ALARM-CA front end."""
-    import ray
-
-    torch.set_num_threads(1)  # the job's encoder actors run one thread each: same kernels here
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        return build_trained_run(tmp_path_factory.mktemp("infer"), tiny_qwen3_dir)
-    finally:
-        ray.shutdown()
+def run(trained_run: dict) -> dict:
+    """The session's tiny trained run (conftest): whisper + muq store, 4 ALARM-CA steps."""
+    return trained_run
 
 
 @pytest.fixture(scope="module")
