@@ -68,7 +68,8 @@ class PipelineConfig:
         layers: encoder -> hidden-state indices to keep (default: ALARM.md §2).
         device: torch device of the encoder actors (``cpu`` or ``cuda``).
         compute_dtype: encoder compute dtype (float32, float16, bfloat16).
-        batch_size: windows per encoder forward pass.
+        batch_size: windows per encoder forward pass; 0 = 4 on CPU (the tiny encoders ran fastest
+            there, and one batch of 30 s windows holds less memory), 8 on GPUs.
         decode: decoding settings (max clip length).
         storage: store layout (dtype, chunks, compression, part size).
         address: Ray cluster address to join; None starts an embedded local Ray.
@@ -76,8 +77,8 @@ class PipelineConfig:
         pools: ``per-encoder`` (one Ray Data actor pool per encoder, fed by decode tasks), ``shared``
             (one pool of actors each holding every encoder and decoding its own units), or ``auto``:
             shared on CPU (``device: cpu``), per-encoder with GPUs.
-        shared_actors: size of the shared pool; 0 = one actor per CPU for the ``tiny`` preset (small
-            models gain nothing from more threads), else one actor with every CPU's threads.
+        shared_actors: size of the shared pool; 0 = one single-threaded actor per CPU (at most 8) for
+            the ``tiny`` preset, else one actor with every CPU's threads.
         actors_per_encoder: actor pool size per encoder (per-encoder pools).
         cpus_per_actor: CPUs each encoder actor requests; None: 1 with GPUs, else a share of 3/4 of the
             CPUs, so the actors never hold every CPU and starve the decode tasks (a deadlock on 2 cores).
@@ -99,7 +100,7 @@ class PipelineConfig:
     layers: dict[str, list[int]] = field(default_factory=dict)
     device: str = "cpu"
     compute_dtype: str = "float32"
-    batch_size: int = 8
+    batch_size: int = 0
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     storage: StoreConfig = field(default_factory=StoreConfig)
     address: str | None = None
@@ -132,6 +133,8 @@ class PipelineConfig:
             self.storage = from_dict(StoreConfig, self.storage, "storage")
         if self.actors_per_encoder < 1 or (self.cpus_per_actor or 0) < 0 or self.gpus_per_actor < 0:
             raise ConfigError("actors_per_encoder must be >= 1 and per-actor resources >= 0")
+        if self.batch_size < 0:
+            raise ConfigError(f"batch_size must be >= 0 (0: automatic), got {self.batch_size}")
         if self.pools not in POOLS:
             raise ConfigError(f"pools must be one of {', '.join(POOLS)}, got {self.pools!r}")
         if self.shared_actors < 0:
@@ -154,7 +157,8 @@ class PipelineConfig:
         layers = self.layers.get(name)
         return {"name": name, "preset": self.preset, "checkpoint": self.checkpoints.get(name),
                 "layers": tuple(layers) if layers else None, "device": self.device,
-                "dtype": self.compute_dtype, "batch_size": self.batch_size}
+                "dtype": self.compute_dtype,
+                "batch_size": self.batch_size or (4 if self.device == "cpu" else 8)}
 
 
 @dataclass
@@ -298,6 +302,19 @@ def key_sources(root: Path, sources: list[tuple[str, float | None, float | None]
     return result
 
 
+def quiet_ray_data() -> Any:
+    """Ray Data's context with its own progress output off (our bar speaks in clips and audio-hours).
+
+    Imported only where a dataset runs: the shared layout never pays for importing Ray Data.
+    """
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    return ctx
+
+
 def _key_todo(todo: list[tuple], cfg: PipelineConfig) -> list[tuple[str, float, str]]:
     """(key, duration, reason) of each source in ``todo``, in order.
 
@@ -313,6 +330,7 @@ def _key_todo(todo: list[tuple], cfg: PipelineConfig) -> list[tuple[str, float, 
 
         with ThreadPoolExecutor(max_workers=max(1, cpus)) as pool:
             return list(pool.map(lambda src: key_source(*src), todo, chunksize=8))
+    quiet_ray_data()
     items = [{"source": json.dumps({"audio": a, "start": s, "end": e})} for a, s, e in todo]
     blocks = max(1, min(len(items) // 8, 64))
     # One task per CPU at most: more would only add worker processes (memory), not speed.
@@ -399,12 +417,6 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineSummary:
 
 def _run_locked(cfg: PipelineConfig, root: Path, instances: list[Any], input_rejects: list[Any],
                 started: float) -> PipelineSummary:
-    import ray
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # our own bar below speaks in clips and audio-hours
-    ctx.print_on_execution_start = False
-
     # The shared actors load their models while the sources are keyed.
     pool = SharedPool(cfg) if cfg.shared_pools() else None
     try:
@@ -506,8 +518,8 @@ def actor_cpus(cfg: PipelineConfig, actors: int, cpus: int) -> float:
 class SharedPool:
     """Driver side of the ``shared`` layout: a few actors that each hold every encoder of the job.
 
-    Units go to whichever actor is free, at most two queued per actor (the next one is waiting when an
-    actor finishes, and no more: nothing piles up in memory however large the corpus).
+    Each actor has one unit at a time and gets the next as it finishes: nothing piles up in memory
+    however large the corpus, and no unit waits behind a busy actor while another is idle.
     """
 
     def __init__(self, cfg: PipelineConfig) -> None:
@@ -515,7 +527,9 @@ class SharedPool:
 
         self.cfg = cfg
         cpus = cpu_budget(cfg)
-        size = cfg.shared_actors or (cpus if cfg.preset == "tiny" else 1)
+        # Small models: one single-threaded actor per CPU (their kernels are too small for threads),
+        # at most 8 so a big machine does not load the models dozens of times for a small job.
+        size = cfg.shared_actors or (min(cpus, 8) if cfg.preset == "tiny" else 1)
         # Every configured encoder, busy or not: a resumed job must run the same kernels.
         threads = cfg.torch_threads or max(1, cpus // size)
         remote = ray.remote(SharedEncodeStage).options(
@@ -540,18 +554,17 @@ class SharedPool:
         todo = sorted(units, key=lambda u: (sum(u["durations"]), u["part"]), reverse=True)
         by_part = {u["part"]: u for u in units}
         paths = {e: str(g) for e, g in groups.items()}
-        inflight: dict[Any, Any] = {}  # object ref -> actor
-        load = {i: 0 for i in range(len(self.actors))}
+        inflight: dict[Any, Any] = {}  # object ref -> the actor computing it
+        idle = list(self.actors)
         bar = progress_bar(self.cfg, units)
         t_start, clips_done = time.perf_counter(), 0
         stage_s["decode"] = 0.0
         while todo or inflight:
-            for i, actor in enumerate(self.actors):
-                while todo and load[i] < 2:
-                    inflight[actor.__call__.remote(todo.pop(), paths)] = i
-                    load[i] += 1
+            while todo and idle:
+                actor = idle.pop(0)
+                inflight[actor.__call__.remote(todo.pop(), paths)] = actor
             ready, _ = ray.wait(list(inflight), num_returns=1)
-            load[inflight.pop(ready[0])] -= 1
+            idle.append(inflight.pop(ready[0]))
             out = ray.get(ready[0])
             unit = by_part[out["part"]]
             stage_s["decode"] += out["decode_s"]
@@ -579,6 +592,7 @@ def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str,
     """Run decode + one actor pool per encoder over the units; account time, clips and bytes."""
     import ray
 
+    ctx = quiet_ray_data()
     rates = {e: facts[e]["sample_rate"] for e in cfg.encoders}
     cpus = cpu_budget(cfg)
     # From the configured encoders, not the busy ones: a resumed job must run the same kernels.
@@ -589,7 +603,6 @@ def _encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str,
     units = sorted(units, key=lambda u: (sum(u["durations"]), u["part"]))
     if cfg.inflight_parts is not None:
         # Decoding runs ahead of the encoders as far as the object-store budget allows.
-        ctx = ray.data.DataContext.get_current()
         part_bytes = cfg.storage.part_seconds * sum(set(rates.values())) * 4  # float32 waves per rate
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
             object_store_memory=int(cfg.inflight_parts * part_bytes))

@@ -88,8 +88,18 @@ class ManifestResult:
         }
 
 
-def _raw_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield (line number, parsed row or None, parse error or None) for each non-blank row."""
+def read_raw_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    """Read a JSONL, JSONL.gz or Parquet file row by row, without validating the rows.
+
+    Shared by every reader of a manifest-like file (the eval manifest included), so they accept the
+    same formats and number lines the same way.
+
+    Yields:
+        ``(line number, parsed row or None, parse error or None)`` for each non-blank row.
+
+    Raises:
+        ManifestError: The file cannot be read at all.
+    """
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -120,7 +130,12 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
         raise ManifestError(f"manifest {path} cannot be read: {err}") from err
 
 
-def _number(row: dict[str, Any], key: str) -> float | None:
+def optional_seconds(row: dict[str, Any], key: str) -> float | None:
+    """A row's optional time field (``start``, ``end``) as float seconds, None when absent.
+
+    Raises:
+        ValueError: The value is not a finite, non-negative number (a bool is not a number here).
+    """
     value = row.get(key)
     if value is None:
         return None
@@ -162,7 +177,7 @@ def parse_row(row: Any, base: Path, line: int) -> Instance:
     kind = row.get("kind") or "audio"
     if kind not in KINDS:
         raise ValueError(f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
-    start, end = _number(row, "start"), _number(row, "end")
+    start, end = optional_seconds(row, "start"), optional_seconds(row, "end")
     if start is not None and end is not None and end <= start:
         raise ValueError(f"empty cut: end ({end}) must be after start ({start})")
     prompt = row.get("prompt")
@@ -243,7 +258,7 @@ def read_manifest(path: str | Path, rejects_path: str | Path | None = None) -> M
     rejects: list[Reject] = []
     seen: dict[str, int] = {}
     rows = 0
-    for line, row, error in _raw_rows(path):
+    for line, row, error in read_raw_rows(path):
         rows += 1
         row_id = row.get("id") if isinstance(row, dict) and isinstance(row.get("id"), str) else None
         if error is not None:

@@ -4,6 +4,9 @@ The only module that imports vllm. The system prompt is shared by every request 
 prefix caching computes it once per replica. Prompts arrive already templated; per-request seeds
 and caps go into one ``SamplingParams`` each. Scripts that start it need a ``__main__`` guard
 (vLLM starts worker processes with spawn).
+
+``EmbedsEngine`` is the second use of vLLM here: ``alarm infer`` / ``alarm eval`` feed it prompt
+embeddings (the audio span spliced between text embeddings) instead of token ids.
 """
 
 from __future__ import annotations
@@ -109,3 +112,63 @@ class VllmEngine:
                 continue
             results[request.key] = GenResult(request.key, completion.text, len(ids),
                                              len(completion.token_ids), finish)
+
+
+class EmbedsEngine:
+    """Offline ``vllm.LLM`` generating from prompt embeddings (``enable_prompt_embeds``).
+
+    Returns raw token ids: the caller (``trainer.infer_engines.VllmBackend``) cuts them at its own
+    end-of-turn ids and limits, exactly as it does for transformers, so both engines agree.
+    """
+
+    def __init__(self, model: str, dtype: str, seed: int, max_model_len: int, device_type: str) -> None:
+        """Start the engine.
+
+        Args:
+            model: LLM folder or id.
+            dtype: ``bfloat16`` or ``float32`` (the dtype of the embeddings it will be given).
+            seed: Engine seed.
+            max_model_len: Prompt plus generation, in tokens.
+            device_type: ``cpu`` or ``cuda``: where the engine runs.
+
+        Raises:
+            ConfigError: vLLM is not installed here (engine ``vllm`` was asked for).
+        """
+        import os
+
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            from pipeline.configs import ConfigError
+
+            raise ConfigError("engine vllm: vllm is not installed here; use engine transformers") from err
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if device_type == "cpu":  # seeded requests need whole-prompt prefill (see _platform_defaults)
+            extra: dict[str, Any] = {"enable_chunked_prefill": False, "enforce_eager": True,
+                                     "max_num_batched_tokens": max(max_model_len, 8192)}
+        else:  # the encoders and the front end share the GPU with vLLM
+            extra = {"gpu_memory_utilization": 0.8}
+        self.llm = LLM(model=model, dtype=dtype, enable_prompt_embeds=True, seed=seed,
+                       max_model_len=max_model_len, **extra)
+
+    def generate(self, prompts: list[Any], max_tokens: list[int], *, temperature: float, top_p: float,
+                 top_k: int, seed: int | None, stop_token_ids: list[int]) -> list[list[int]]:
+        """One ``LLM.generate`` call: each ``(L, D)`` embedding tensor continued by its own token cap.
+
+        ``temperature`` 0 is greedy; ``top_k`` -1 and ``top_p`` 1.0 switch those filters off; ``seed``
+        None leaves sampling unseeded. Stop tokens are kept in the output (the caller cuts there).
+        """
+        from vllm import SamplingParams
+
+        params = [SamplingParams(max_tokens=limit, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                                 stop_token_ids=list(stop_token_ids), skip_special_tokens=False)
+                  for limit in max_tokens]
+        requests = [{"prompt_embeds": p.detach().to("cpu")} for p in prompts]  # vLLM moves them itself
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outputs]
+
+    def close(self) -> None:
+        """Stop vLLM's engine-core process now rather than at interpreter exit."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()

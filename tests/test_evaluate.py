@@ -11,16 +11,9 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.manifest import ManifestError
-from trainer.evaluate import (
-    INSTRUCTION,
-    EvalConfig,
-    Question,
-    build_prompt,
-    evaluate,
-    parse_choice,
-    read_eval_manifest,
-)
+from trainer.evaluate import EvalConfig, evaluate
 from trainer.infer import InferResult
+from trainer.mcqa import INSTRUCTION, Question, build_prompt, parse_choice, read_eval_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 

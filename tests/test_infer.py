@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from trainer.infer import (
     FORCED_CLOSER,
     THINK_CLOSE,
-    Generation,
     InferConfig,
     InferRequest,
     InferResult,
@@ -25,6 +24,7 @@ from trainer.infer import (
     next_step,
     split_thinking,
 )
+from trainer.infer_engines import Generation
 
 PROMPT = "What do you hear?"
 

@@ -42,7 +42,8 @@ def encoders(tiny_whisper_dir: Path, tiny_w2vbert_dir: Path) -> dict:
     from pipeline.encoders import EncoderConfig, build_encoder
 
     torch.set_num_threads(1)  # the actors run one thread each on 2 cores: same kernels, same bytes
-    return {n: build_encoder(EncoderConfig(n, preset="tiny")) for n in ("whisper", "w2vbert")}
+    job = PipelineConfig(store="unused", manifest="unused", preset="tiny")  # the job's batch size too
+    return {n: build_encoder(EncoderConfig(**job.encoder_config(n))) for n in ("whisper", "w2vbert")}
 
 
 @pytest.fixture(scope="module")

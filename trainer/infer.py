@@ -13,26 +13,26 @@
 Generation uses a thinking budget with budget forcing (ALARM.md §6: budget 8192, cap 16384):
 generate up to the budget; if ``</think>`` has not appeared, append ``FORCED_CLOSER`` and go on
 to the cap. ``transformers`` is the engine everywhere; ``vllm`` takes the same prompt embeddings
-where vLLM is installed (``enable_prompt_embeds``).
+where vLLM is installed (``enable_prompt_embeds``); both backends live in ``trainer.infer_engines``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.configs import ConfigError
+from trainer.infer_engines import Generation, build_backend
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("transformers", "vllm")
 DEVICES = ("auto", "cpu", "cuda")
 THINK_CLOSE = "</think>"
-PROMPT_ROOM = 4096  # tokens kept for the prompt (head, audio span, question) in vLLM's max_model_len
 # Appended when the thinking reaches its budget; the model continues straight into its answer.
 # rephrase.prompts.BUDGET_FORCING_CLOSER is the same device with a sentence about editing.
 FORCED_CLOSER = f"\n\nI have thought about this enough; now I will give my answer.\n{THINK_CLOSE}\n\n"
@@ -134,15 +134,6 @@ def split_thinking(text: str) -> tuple[str, str]:
     thinking, close, answer = text.partition(THINK_CLOSE)
     thinking = thinking.removeprefix("<think>").strip()
     return thinking, answer.strip() if close else ""
-
-
-@dataclass
-class Generation:
-    """Tokens generated for one request so far and how the last call ended."""
-
-    ids: list[int] = field(default_factory=list)
-    stopped: bool = False
-    """Ended on an end-of-turn token (not counted in ``ids``)."""
 
 
 def next_step(gen: Generation, think_close_id: int, budget: int, cap: int, closer_ids: list[int]) -> list[int] | None:
@@ -292,113 +283,6 @@ def build_encoders(specs: dict[str, dict[str, Any]], device: str) -> dict[str, A
     return encoders
 
 
-# ------------------------------------------------------------------------------------------ engines
-
-
-class TransformersBackend:
-    """Batched ``generate`` from prompt embeddings on the frozen ``AutoModelForCausalLM`` (left padding)."""
-
-    def __init__(self, llm_path: str, device: Any, dtype: Any, eos_ids: list[int], pad_id: int,
-                 sampling: dict[str, Any], seed: int) -> None:
-        from transformers import AutoModelForCausalLM, GenerationConfig
-
-        self.llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype).to(device).eval()
-        self.llm.requires_grad_(False)
-        # Sampling is set per call; the model's own defaults (do_sample, temperature) must not leak in.
-        self.llm.generation_config = GenerationConfig(eos_token_id=list(eos_ids), pad_token_id=pad_id)
-        self.embed = self.llm.get_input_embeddings()
-        self.hidden_size = int(self.llm.config.hidden_size)
-        self.eos_ids, self.pad_id, self.sampling, self.seed = list(eos_ids), pad_id, sampling, seed
-
-    def generate(self, prefixes: list[Any], limits: list[int]) -> list[Generation]:
-        """Continue each ``(L, D)`` prefix by at most its limit of tokens."""
-        import torch
-        from transformers import GenerationConfig
-
-        width, dim = max(len(p) for p in prefixes), prefixes[0].shape[-1]
-        inputs = prefixes[0].new_zeros((len(prefixes), width, dim))
-        mask = torch.zeros((len(prefixes), width), dtype=torch.long, device=inputs.device)
-        for row, prefix in enumerate(prefixes):
-            inputs[row, width - len(prefix):] = prefix
-            mask[row, width - len(prefix):] = 1
-        gen_cfg = GenerationConfig(max_new_tokens=max(limits), eos_token_id=self.eos_ids,
-                                   pad_token_id=self.pad_id, num_beams=1, **self.sampling)
-        if self.sampling["do_sample"]:  # one generator for the batch: rows depend on their batch mates
-            torch.manual_seed(self.seed)
-        with torch.inference_mode():
-            out = self.llm.generate(inputs_embeds=inputs, attention_mask=mask, generation_config=gen_cfg)
-        # With inputs_embeds alone, generate returns only the new tokens.
-        return [_cut(out[row].tolist(), limit, self.eos_ids) for row, limit in enumerate(limits)]
-
-
-class VllmBackend:
-    """vLLM offline engine fed with prompt embeddings (``enable_prompt_embeds``)."""
-
-    def __init__(self, llm_path: str, device: Any, dtype: Any, eos_ids: list[int], sampling: dict[str, Any],
-                 seed: int, max_model_len: int) -> None:
-        import os
-
-        try:
-            from vllm import LLM
-        except ImportError as err:
-            raise ConfigError("engine vllm: vllm is not installed here; use engine transformers") from err
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        if device.type == "cpu":  # see rephrase/engine_vllm.py: seeded requests need whole-prompt prefill
-            extra: dict[str, Any] = {"enable_chunked_prefill": False, "enforce_eager": True,
-                                     "max_num_batched_tokens": max(max_model_len, 8192)}
-        else:  # the encoders and the front end share the GPU with vLLM
-            extra = {"gpu_memory_utilization": 0.8}
-        self.llm = LLM(model=llm_path, dtype=str(dtype).removeprefix("torch."), enable_prompt_embeds=True,
-                       seed=seed, max_model_len=max_model_len, **extra)
-        self.embed = _load_input_embeddings(llm_path, dtype).to(device)
-        self.hidden_size = int(self.embed.weight.shape[1])
-        self.eos_ids, self.sampling, self.seed = list(eos_ids), sampling, seed
-
-    def generate(self, prefixes: list[Any], limits: list[int]) -> list[Generation]:
-        """One ``LLM.generate`` call for all prefixes."""
-        from vllm import SamplingParams
-
-        s = self.sampling
-        params = [SamplingParams(max_tokens=limit, temperature=s.get("temperature", 0.0) if s["do_sample"] else 0.0,
-                                 top_p=s.get("top_p") or 1.0, top_k=s.get("top_k") or -1,
-                                 seed=self.seed if s["do_sample"] else None, stop_token_ids=self.eos_ids,
-                                 skip_special_tokens=False)
-                  for limit in limits]
-        prompts = [{"prompt_embeds": p.detach().to("cpu")} for p in prefixes]  # vLLM moves them itself
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [_cut(list(o.outputs[0].token_ids), limit, self.eos_ids) for o, limit in zip(outputs, limits,
-                                                                                              strict=True)]
-
-    def close(self) -> None:
-        """Stop vLLM's engine-core process now rather than at interpreter exit."""
-        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        if core is not None:
-            core.shutdown()
-
-
-def _load_input_embeddings(llm_path: str, dtype: Any) -> Any:
-    """The LLM's input embedding table alone (vLLM holds the model; we only embed text around the audio)."""
-    import torch
-    from safetensors import safe_open
-
-    from pipeline.encoders import resolve_checkpoint_dir
-
-    folder = resolve_checkpoint_dir(llm_path)
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(shard), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                if key.endswith("embed_tokens.weight"):
-                    return torch.nn.Embedding.from_pretrained(handle.get_tensor(key).to(dtype), freeze=True)
-    raise FileNotFoundError(f"no embed_tokens.weight in the safetensors of {folder}")
-
-
-def _cut(ids: list[int], limit: int, eos_ids: list[int]) -> Generation:
-    """Keep at most ``limit`` tokens, stopping before the first end-of-turn token."""
-    ids = ids[:limit]
-    stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
-    return Generation(ids if stop is None else ids[:stop], stop is not None)
-
-
 # ------------------------------------------------------------------------------------------ listener
 
 
@@ -431,7 +315,7 @@ class Listener:
             FileNotFoundError: No checkpoint or export at ``cfg.checkpoint``.
         """
         import torch
-        from transformers import AutoTokenizer, GenerationConfig
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         from trainer.sequence import PromptLayout
 
@@ -448,7 +332,8 @@ class Listener:
         layout = PromptLayout.from_tokenizer(tokenizer, trained.separator)
         encoders = build_encoders(trained.specs, str(device))
         readers = _check_store(trained.store, trained.spec_ids) if trained.store else {}
-        defaults = GenerationConfig.from_model_config(_llm_config(llm_path))
+        llm_config = AutoConfig.from_pretrained(llm_path)
+        defaults = GenerationConfig.from_model_config(llm_config)
         try:
             defaults = GenerationConfig.from_pretrained(llm_path)
         except OSError:  # no generation_config.json: the model config's ids will do
@@ -461,13 +346,8 @@ class Listener:
         if cfg.temperature > 0:  # the model's own top-p/top-k (Qwen3 thinking: 0.95, 20)
             sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": defaults.top_p,
                         "top_k": defaults.top_k}
-        if cfg.engine == "vllm":
-            # Room for the prompt (training's own sequence cap held audio, prompt and target) and the cap.
-            wanted = PROMPT_ROOM + cfg.max_new_tokens
-            positions = getattr(_llm_config(llm_path), "max_position_embeddings", None) or wanted
-            backend: Any = VllmBackend(llm_path, device, dtype, eos_ids, sampling, cfg.seed, min(positions, wanted))
-        else:
-            backend = TransformersBackend(llm_path, device, dtype, eos_ids, pad_id, sampling, cfg.seed)
+        backend = build_backend(cfg.engine, llm_path, llm_config, device, dtype, eos_ids, pad_id, sampling,
+                                cfg.seed, cfg.max_new_tokens)
         if backend.hidden_size != trained.frontend.cfg.llm_dim:
             raise ConfigError(f"the LLM {llm_path} has width {backend.hidden_size}, the front end was trained "
                               f"for {trained.frontend.cfg.llm_dim}: use the LLM it was trained with")
@@ -661,12 +541,6 @@ def _reason(err: Exception) -> str:
     from pipeline.decode import DecodeError
 
     return str(err) if isinstance(err, DecodeError) else f"{type(err).__name__}: {err}"
-
-
-def _llm_config(llm_path: str) -> Any:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(llm_path)
 
 
 def infer_files(cfg: InferConfig, audio: list[str], prompt: str) -> list[InferResult]:
