@@ -18,13 +18,11 @@ from trainer.infer import (
     InferRequest,
     InferResult,
     Listener,
-    SpecMismatchError,
-    build_encoders,
-    check_encoder_spec,
     next_step,
     split_thinking,
 )
 from trainer.infer_engines import Generation
+from trainer.trained import SpecMismatchError, build_encoders, check_encoder_spec
 
 PROMPT = "What do you hear?"
 
@@ -215,7 +213,7 @@ def test_encoder_with_other_weights_is_refused(run):
 def test_every_encoder_is_rebuilt_from_its_spec(name, settings):
     """The spec alone (as the store records it) rebuilds the same encoder: same window, layers, weights."""
     from pipeline.encoders import EncoderConfig, build_encoder
-    from trainer.infer import encoder_config_from_spec
+    from trainer.trained import encoder_config_from_spec
 
     spec = build_encoder(EncoderConfig(name, preset="tiny", **settings)).spec()
     check_encoder_spec(name, build_encoder(encoder_config_from_spec(spec, "cpu")).spec(), spec)

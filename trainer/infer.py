@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.configs import ConfigError
 from trainer.infer_engines import Generation, build_backend
+from trainer.trained import TrainedFrontEnd, build_encoders, load_trained, open_trained_store
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,6 @@ THINK_CLOSE = "</think>"
 # Appended when the thinking reaches its budget; the model continues straight into its answer.
 # rephrase.prompts.BUDGET_FORCING_CLOSER is the same device with a sentence about editing.
 FORCED_CLOSER = f"\n\nI have thought about this enough; now I will give my answer.\n{THINK_CLOSE}\n\n"
-
-
-class SpecMismatchError(ConfigError):
-    """The encoders or the store here are not the ones the adapter was trained on."""
 
 
 @dataclass
@@ -153,136 +149,6 @@ def next_step(gen: Generation, think_close_id: int, budget: int, cap: int, close
     return list(closer_ids)
 
 
-# ------------------------------------------------------------------------------------------ loading
-
-
-@dataclass
-class TrainedFrontEnd:
-    """A trained front end and what it was trained with."""
-
-    frontend: Any
-    specs: dict[str, dict[str, Any]]
-    """encoder -> group spec (``{"encoder": ..., "store": ...}``), in front-end order."""
-    spec_ids: dict[str, str]
-    llm: str
-    separator: str
-    precision: str
-    store: str | None
-
-
-def load_trained(source: str | Path, store: str | None = None, llm: str | None = None) -> TrainedFrontEnd:
-    """Load the front end of a run folder, a checkpoint folder or an export folder.
-
-    ``llm`` overrides the LLM path the run recorded (its width sizes the front end).
-
-    Raises:
-        FileNotFoundError: Nothing loadable at ``source``.
-        SpecMismatchError: The store has no group with the spec ids the checkpoint was trained on.
-        ConfigError: A run/checkpoint needs its feature store and none is available.
-    """
-    from trainer.checkpoint import META_FILE, latest_checkpoint
-    from trainer.export import INFO_FILE, load_export
-
-    source = Path(source)
-    if (source / INFO_FILE).is_file():
-        frontend, info = load_export(source)
-        names = frontend.cfg.names  # export.json sorts its keys; the front end keeps the order
-        specs = {name: info["encoders"][name]["spec"] for name in names}
-        spec_ids = {name: info["encoders"][name]["spec_id"] for name in names}
-        if store is not None:
-            _check_store(store, spec_ids)
-        return TrainedFrontEnd(frontend, specs, spec_ids, llm or info["llm"],
-                               info["prompt_layout"]["audio_prompt_separator"], "auto", store)
-    ckpt = source if (source / META_FILE).is_file() else latest_checkpoint(source)
-    if ckpt is None:
-        raise FileNotFoundError(f"{source} is neither an export folder, a checkpoint folder nor a run folder "
-                                "with checkpoints")
-    return _load_checkpoint(ckpt, store, llm)
-
-
-def _load_checkpoint(ckpt: Path, store: str | None, llm: str | None) -> TrainedFrontEnd:
-    from transformers import AutoConfig
-
-    from pipeline.configs import from_dict
-    from trainer.checkpoint import load_checkpoint
-    from trainer.config import TrainConfig
-    from trainer.train import make_frontend
-
-    state = load_checkpoint(ckpt)
-    cfg = from_dict(TrainConfig, state.meta["config"])
-    root = store or cfg.store
-    if not root or not Path(root).is_dir():
-        raise ConfigError(f"{ckpt} was trained on the feature store {cfg.store!r}, which is not here: pass the "
-                          "store (--store) so the encoders can be rebuilt with its exact specs")
-    spec_ids = {name: state.meta["store_spec_ids"][name] for name in cfg.encoders}  # front-end order
-    readers = _check_store(root, spec_ids)
-    llm = llm or cfg.llm
-    frontend = make_frontend(cfg, readers, AutoConfig.from_pretrained(llm).hidden_size)
-    frontend.load_state_dict(state.weights, strict=False)
-    specs = {name: r.spec for name, r in readers.items()}
-    return TrainedFrontEnd(frontend.eval(), specs, spec_ids, llm, cfg.audio_prompt_separator,
-                           cfg.precision, str(root))
-
-
-def _check_store(root: str | Path, spec_ids: dict[str, str]) -> dict[str, Any]:
-    """Readers of the groups ``spec_ids`` names; a missing group is a spec mismatch."""
-    from pipeline.store import list_groups, open_features
-
-    readers = {}
-    for name, sid in spec_ids.items():
-        groups = list_groups(root, name)
-        if sid not in groups:
-            raise SpecMismatchError(
-                f"the adapter was trained on {name} features with spec id {sid}, but the store {root} holds "
-                f"{', '.join(groups) or 'no ' + name + ' features'}: it was written with another encoder "
-                "spec (checkpoint, weights, layers, window or storage); use the store the adapter was trained on")
-        readers[name] = open_features(root, name, sid)
-    return readers
-
-
-def encoder_config_from_spec(encoder_spec: dict[str, Any], device: str) -> Any:
-    """The ``EncoderConfig`` that rebuilds the encoder described by a store's encoder spec."""
-    from pipeline.encoders import EncoderConfig
-
-    preset, checkpoint, seed = encoder_spec["preset"], encoder_spec["checkpoint"], 0
-    if preset == "full-size-random":
-        checkpoint, seed = None, int(str(checkpoint).rsplit("@random-seed-", 1)[1])
-    elif preset == "tiny" and str(checkpoint).startswith("tiny:"):
-        checkpoint = None  # the cached tiny model (its fingerprint is checked after the build)
-    return EncoderConfig(
-        name=encoder_spec["encoder"], preset=preset, checkpoint=checkpoint, layers=tuple(encoder_spec["layers"]),
-        device=device, dtype=encoder_spec["compute_dtype"], seed=seed,
-        # The hop is the window's stride in the clip (SSLAM's windows overlap by a fraction of a frame).
-        window_seconds=encoder_spec["hop_samples"] / encoder_spec["sample_rate"])
-
-
-def check_encoder_spec(name: str, built: dict[str, Any], trained: dict[str, Any]) -> None:
-    """Refuse an encoder whose spec differs from the one the adapter's features were computed with.
-
-    Raises:
-        SpecMismatchError: Naming every differing key (weights_sha256: other weights).
-    """
-    differ = sorted(k for k in set(built) | set(trained) if built.get(k) != trained.get(k))
-    if not differ:
-        return
-    detail = "; ".join(f"{k}: trained {trained.get(k)!r}, here {built.get(k)!r}" for k in differ[:4])
-    hint = " (other weights than the adapter was trained on)" if "weights_sha256" in differ else ""
-    raise SpecMismatchError(f"encoder {name} differs from the spec of its training features in "
-                            f"{', '.join(differ)}{hint}: {detail}")
-
-
-def build_encoders(specs: dict[str, dict[str, Any]], device: str) -> dict[str, Any]:
-    """Rebuild each encoder from its store group spec and check it is the very same encoder."""
-    from pipeline.encoders import build_encoder
-
-    encoders = {}
-    for name, spec in specs.items():
-        encoder = build_encoder(encoder_config_from_spec(spec["encoder"], device))
-        check_encoder_spec(name, encoder.spec(), spec["encoder"])
-        encoders[name] = encoder
-    return encoders
-
-
 # ------------------------------------------------------------------------------------------ listener
 
 
@@ -331,7 +197,7 @@ class Listener:
         tokenizer = AutoTokenizer.from_pretrained(llm_path)
         layout = PromptLayout.from_tokenizer(tokenizer, trained.separator)
         encoders = build_encoders(trained.specs, str(device))
-        readers = _check_store(trained.store, trained.spec_ids) if trained.store else {}
+        readers = open_trained_store(trained.store, trained.spec_ids) if trained.store else {}
         llm_config = AutoConfig.from_pretrained(llm_path)
         defaults = GenerationConfig.from_model_config(llm_config)
         try:
