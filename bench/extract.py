@@ -10,7 +10,8 @@ mixed rates and channel counts), with the ``tiny`` preset:
   memory of the whole job (driver and every Ray process). Wall-time ratios swing with the machine's
   load; the CPU-seconds say how much work each way does, whatever else runs.
 * store overhead: bytes on disk per audio-second against the raw payload (values x bytes per value).
-* memory: peak memory (PSS) of the whole job at N and 4N clips, in subprocesses.
+* memory: peak memory (PSS) of the whole job at N and 4N clips (the N lengths four times over), in
+  subprocesses.
 * compression: float16 features without and with zstd (the tiny whisper outputs, and synthetic
   whisper-sized features): size ratio and random-read speed (direct reads, zarr reads, zstd).
 
@@ -37,15 +38,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def make_corpus(folder: Path, count: int, seed: int = 0) -> tuple[Path, float]:
-    """``count`` clips with log-normal lengths in [1, 30] s; returns the manifest and total seconds."""
+def make_corpus(folder: Path, count: int, seed: int = 0,
+                lengths: list[float] | None = None) -> tuple[Path, float]:
+    """``count`` clips with log-normal lengths in [1, 30] s (or the given ``lengths``).
+
+    Returns the manifest and the total seconds.
+    """
     import soundfile as sf
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows, total = [], 0.0
     for i in range(count):
-        seconds = float(np.clip(rng.lognormal(np.log(5.0), 0.8), 1.0, 30.0))
+        seconds = float(np.clip(rng.lognormal(np.log(5.0), 0.8), 1.0, 30.0)) if lengths is None else lengths[i]
         rate = (16000, 22050, 44100, 24000)[i % 4]
         channels = 1 + i % 2
         t = np.arange(int(seconds * rate)) / rate
@@ -58,6 +63,13 @@ def make_corpus(folder: Path, count: int, seed: int = 0) -> tuple[Path, float]:
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest, total
+
+
+def corpus_lengths(manifest: Path) -> list[float]:
+    """Clip lengths in seconds of a corpus written by ``make_corpus`` (from the file headers)."""
+    import soundfile as sf
+
+    return [sf.info(json.loads(line)["audio"]).duration for line in manifest.read_text().splitlines()]
 
 
 def naive(manifest: Path, encoders: list[str], out: Path) -> tuple[float, float]:
@@ -252,7 +264,11 @@ def main() -> None:
     if not args.no_memory:
         n = args.rss_clips
         small, _ = make_corpus(workdir / "rss-n", n, seed=1)
-        large, _ = make_corpus(workdir / "rss-4n", 4 * n, seed=2)
+        # 4N clips with the N lengths four times over (new audio): the same longest clip, so the
+        # comparison sees the corpus size alone. A job's peak follows its longest 30 s windows (W2V-BERT's
+        # relative-position attention), which an independent, larger draw is likelier to hold.
+        large, _ = make_corpus(workdir / "rss-4n", 4 * n, seed=2,
+                               lengths=[x for x in corpus_lengths(small) for _ in range(4)])
         job_n = run_job(small, workdir / "rss-store-n", encoders)
         job_4n = run_job(large, workdir / "rss-store-4n", encoders)
         result.update({"memory_clips_n": n, "peak_pss_n_MB": job_n["peak_pss"] / 1e6,

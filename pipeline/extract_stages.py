@@ -189,14 +189,23 @@ class SharedEncodeStage:
 
         if threads > 0:
             torch.set_num_threads(threads)
-        self.encoders = {e["name"]: build_encoder(EncoderConfig(**e)) for e in encoders}
         self.chunk = {e["name"]: max(1, 4 * int(e["batch_size"])) for e in encoders}
         self.storage = StoreConfig(**storage)
         self.quality = quality
         self.checked: set[str] = set()
+        # A build error (bad layers, checkpoint not available offline) is kept and raised by the first
+        # call, so the driver gets it as the error it is instead of a dead actor.
+        self.error: Exception | None = None
+        self.encoders: dict[str, Any] = {}
+        try:
+            self.encoders = {e["name"]: build_encoder(EncoderConfig(**e)) for e in encoders}
+        except Exception as err:  # any build error: re-raised as is by facts() and __call__
+            self.error = err
 
     def facts(self) -> dict[str, dict[str, Any]]:
         """``encoder_facts`` of every encoder held (the driver then needs no model of its own)."""
+        if self.error is not None:
+            raise self.error
         return {name: facts_of(enc) for name, enc in self.encoders.items()}
 
     def __call__(self, unit: dict[str, Any], groups: dict[str, str]) -> dict[str, Any]:
@@ -206,6 +215,8 @@ class SharedEncodeStage:
         """
         from pipeline.store import DONE
 
+        if self.error is not None:
+            raise self.error
         missing = [k for k in ("part", "keys", "sources", "durations", "encoders") if k not in unit]
         if missing:
             raise KeyError(f"SharedEncodeStage needs unit fields {missing}")

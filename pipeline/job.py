@@ -515,6 +515,11 @@ def actor_cpus(cfg: PipelineConfig, actors: int, cpus: int) -> float:
     return per_actor
 
 
+def unit_cost(unit: dict) -> float:
+    """Rough CPU cost of a unit in 30-second windows: one per clip plus its length."""
+    return sum(1.0 + d / 30.0 for d in unit["durations"])
+
+
 class SharedPool:
     """Driver side of the ``shared`` layout: a few actors that each hold every encoder of the job.
 
@@ -530,7 +535,7 @@ class SharedPool:
         # Small models: one single-threaded actor per CPU (their kernels are too small for threads),
         # at most 8 so a big machine does not load the models dozens of times for a small job.
         size = cfg.shared_actors or (min(cpus, 8) if cfg.preset == "tiny" else 1)
-        # Every configured encoder, busy or not: a resumed job must run the same kernels.
+        # From the CPUs, not from the work left: a resumed job must run the same kernels.
         threads = cfg.torch_threads or max(1, cpus // size)
         remote = ray.remote(SharedEncodeStage).options(
             num_cpus=actor_cpus(cfg, size, cpus), num_gpus=cfg.gpus_per_actor or None,
@@ -540,18 +545,27 @@ class SharedPool:
                        for _ in range(size)]
 
     def facts(self) -> dict[str, dict[str, Any]]:
-        """``encoder_facts`` of every encoder, from the first actor (the actors check theirs match)."""
+        """``encoder_facts`` of every encoder, from the first actor (the actors check theirs match).
+
+        Raises:
+            ConfigError, FileNotFoundError: an encoder cannot be built (as ``build_encoder`` raises it).
+        """
         import ray
 
-        return ray.get(self.actors[0].facts.remote())
+        try:
+            return ray.get(self.actors[0].facts.remote())
+        except ray.exceptions.RayTaskError as err:
+            raise err.cause from None  # the error itself, as building on the driver would raise it
 
     def run(self, groups: dict[str, Path], units: list[dict], stage_s: dict[str, float], encoded: Counter,
             written: Counter) -> None:
         """Encode and write every unit; account time, clips and bytes as ``_encode_units`` does."""
         import ray
 
-        # Short units first: the first parts commit early, so a killed job has lost little.
-        todo = sorted(units, key=lambda u: (sum(u["durations"]), u["part"]), reverse=True)
+        # Costliest units first, so the last ones to run are small and no actor idles long at the end
+        # (a few actors share a few units). Whisper pads every clip to a 30 s window, so a unit of many
+        # short clips costs more than its audio-seconds say: count a window per clip plus its length.
+        todo = sorted(units, key=lambda u: (unit_cost(u), u["part"]))
         by_part = {u["part"]: u for u in units}
         paths = {e: str(g) for e, g in groups.items()}
         inflight: dict[Any, Any] = {}  # object ref -> the actor computing it

@@ -97,6 +97,13 @@ def test_pools_setting() -> None:
         PipelineConfig(**base, shared_actors=-1)
 
 
+def test_encoder_build_error_reaches_the_caller(ray_session, corpus, tmp_path: Path) -> None:
+    manifest, _, _ = corpus
+    # The shared actors build the encoders; their error must arrive as itself (the CLI prints it).
+    with pytest.raises(ConfigError, match=r"layers \[99\] do not exist"):
+        run_pipeline(config(tmp_path / "store", manifest, encoders=["whisper"], layers={"whisper": [99]}))
+
+
 def test_store_equals_direct_encoding_and_rejects_have_reasons(ray_session, encoders, corpus, tmp_path: Path):
     manifest, expected, good = corpus
     store = tmp_path / "store"
