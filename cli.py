@@ -124,10 +124,15 @@ def _with_input(fn):  # noqa: ANN001, ANN202 - click decorator plumbing
 @click.option("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray.")
 @click.option("--device", default=None, help="Torch device of the encoder actors (cpu, cuda).")
 @click.option("--gpus-per-actor", type=float, default=None, help="GPUs per encoder actor.")
+@click.option("--pools", type=click.Choice(["auto", "shared", "per-encoder"]), default=None,
+              help="shared: actors that each hold every encoder (CPU machines); per-encoder: one Ray Data "
+                   "actor pool per encoder (GPU clusters); auto (default) picks by device.")
+@click.option("--shared-actors", type=int, default=None, help="Actors of the shared pool (0: automatic).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | None, encoders: str | None,
                  preset: str | None, config: Path | None, address: str | None, num_cpus: int | None,
-                 device: str | None, gpus_per_actor: float | None, no_progress: bool) -> None:
+                 device: str | None, gpus_per_actor: float | None, pools: str | None, shared_actors: int | None,
+                 no_progress: bool) -> None:
     """Compute every missing feature of MANIFEST (or --shards) into the store; resumable."""
     import json
 
@@ -137,12 +142,13 @@ def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | N
 
     cfg = _pipeline_config(manifest, shards, store, config, encoders=encoders, preset=preset,
                            address=address, num_cpus=num_cpus, device=device, gpus_per_actor=gpus_per_actor,
-                           progress=False if no_progress else None)
+                           pools=pools, shared_actors=shared_actors, progress=False if no_progress else None)
     try:
         summary = run_pipeline(cfg)
     except (ConfigError, ManifestError, FileNotFoundError) as err:
         fail(str(err))
     click.echo(json.dumps(summary.to_dict(), indent=2))
+    click.echo(f"report: {Path(summary.store) / 'report.md'}", err=True)
 
 
 @pipeline.command("status")

@@ -160,12 +160,10 @@ class DemoRun:
 
     def features(self) -> str:
         from pipeline.job import PipelineConfig, run_pipeline
-        from pipeline.report import write_pipeline_report
 
         summary = run_pipeline(PipelineConfig(store=str(self.store), manifest=str(self.manifest),
                                               preset="tiny", encoders=list(self.cfg.encoders)))
-        _, md = write_pipeline_report(self.store)
-        self.outputs.update(store=self.store, store_report=md)
+        self.outputs.update(store=self.store, store_report=self.store / "report.md")
         rejected = sum(summary.rejected.values())
         encoded = sum(summary.encoded.values())
         self.facts["features"] = {"clips": summary.clips, "audio_seconds": round(summary.audio_hours * 3600, 1),

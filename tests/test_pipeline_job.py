@@ -70,9 +70,9 @@ def config(store: Path, manifest: Path, **kw: object) -> PipelineConfig:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """Bytes of every file a job writes, except the summary (it has timings) and the lock."""
+    """Bytes of every file a job writes, except the summary and the report (timings, dates) and the lock."""
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in ("summary.json", ".lock")}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in ("summary.json", "report.json", "report.md", ".lock")}
 
 
 def test_plan_parts_is_stable_when_whole_parts_are_removed() -> None:

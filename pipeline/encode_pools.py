@@ -1,0 +1,203 @@
+"""Step 4 of the feature job: the actor pools that encode the planned units and write their parts.
+
+Two layouts (``PipelineConfig.pools``): ``SharedPool``, a few actors that each hold every encoder
+(CPU machines: one decode per unit, one model load per actor), and ``encode_units``, Ray Data with
+decode tasks and one actor pool per encoder (GPU clusters).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.configs import ConfigError, to_dict
+from pipeline.extract_stages import EncodeStage, SharedEncodeStage, decode_unit
+
+if TYPE_CHECKING:
+    from pipeline.job import PipelineConfig
+
+
+def quiet_ray_data() -> Any:
+    """Ray Data's context with its own progress output off (our bar speaks in clips and audio-hours).
+
+    Imported only where a dataset runs: the shared layout never pays for importing Ray Data.
+    """
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    return ctx
+
+
+def progress_bar(cfg: PipelineConfig, units: list[dict]) -> Any:
+    """A tqdm bar over the units' audio-hours (disabled unless ``cfg.progress``)."""
+    from tqdm import tqdm
+
+    total_h = sum(sum(u["durations"]) for u in units) / 3600
+    return tqdm(total=total_h, disable=not cfg.progress, dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n:.4g}/{total:.4g} audio-h [{elapsed}<{remaining}{postfix}]")
+
+
+def _advance(bar: Any, unit: dict, clips_done: int, t_start: float) -> None:
+    bar.update(sum(unit["durations"]) / 3600)
+    rate = bar.n / max(time.perf_counter() - t_start, 1e-9)
+    bar.set_postfix_str(f"clips={clips_done}, {rate:.2e} audio-h/s")
+
+
+def cpu_budget(cfg: PipelineConfig) -> int:
+    """CPUs the job may use: ``num_cpus``, else all CPUs of the Ray cluster."""
+    import ray
+
+    return cfg.num_cpus or int(ray.cluster_resources().get("CPU", 1))
+
+
+def actor_cpus(cfg: PipelineConfig, actors: int, cpus: int) -> float:
+    """CPUs each encoder actor requests; raises if the actors would leave none to the tasks."""
+    per_actor = cfg.cpus_per_actor
+    if per_actor is None:
+        per_actor = 1.0 if cfg.gpus_per_actor else round(min(1.0, 0.75 * cpus / actors), 3)
+    if per_actor * actors + cfg.cpus_per_task > cpus:
+        raise ConfigError(f"{actors} encoder actors x {per_actor} CPUs leave no CPU for the decode tasks "
+                          f"({cpus} CPUs); lower cpus_per_actor or the number of actors")
+    return per_actor
+
+
+def unit_cost(unit: dict) -> float:
+    """Rough CPU cost of a unit in 30-second windows: one per clip plus its length."""
+    return sum(1.0 + d / 30.0 for d in unit["durations"])
+
+
+class SharedPool:
+    """Driver side of the ``shared`` layout: a few actors that each hold every encoder of the job.
+
+    Each actor has one unit at a time and gets the next as it finishes: nothing piles up in memory
+    however large the corpus, and no unit waits behind a busy actor while another is idle.
+    """
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        import ray
+
+        self.cfg = cfg
+        cpus = cpu_budget(cfg)
+        # Small models: one single-threaded actor per CPU (their kernels are too small for threads),
+        # at most 8 so a big machine does not load the models dozens of times for a small job.
+        size = cfg.shared_actors or (min(cpus, 8) if cfg.preset == "tiny" else 1)
+        # From the CPUs, not from the work left: a resumed job must run the same kernels.
+        threads = cfg.torch_threads or max(1, cpus // size)
+        remote = ray.remote(SharedEncodeStage).options(
+            num_cpus=actor_cpus(cfg, size, cpus), num_gpus=cfg.gpus_per_actor or None,
+            max_restarts=2, max_task_retries=2)  # a retried unit rewrites only parts not yet done
+        encoders = [cfg.encoder_config(e) for e in cfg.encoders]
+        self.actors = [remote.remote(encoders, to_dict(cfg.storage), threads, cfg.decode.resample_quality)
+                       for _ in range(size)]
+
+    def facts(self) -> dict[str, dict[str, Any]]:
+        """``encoder_facts`` of every encoder, from the first actor (the actors check theirs match).
+
+        Raises:
+            ConfigError, FileNotFoundError: an encoder cannot be built (as ``build_encoder`` raises it).
+        """
+        import ray
+
+        try:
+            return ray.get(self.actors[0].facts.remote())
+        except ray.exceptions.RayTaskError as err:
+            raise err.cause from None  # the error itself, as building on the driver would raise it
+
+    def run(self, groups: dict[str, Path], units: list[dict], stage_s: dict[str, float], encoded: Counter,
+            written: Counter) -> None:
+        """Encode and write every unit; account time, clips and bytes as ``encode_units`` does."""
+        import ray
+
+        # Costliest units first, so the last ones to run are small and no actor idles long at the end
+        # (a few actors share a few units). Whisper pads every clip to a 30 s window, so a unit of many
+        # short clips costs more than its audio-seconds say: count a window per clip plus its length.
+        todo = sorted(units, key=lambda u: (unit_cost(u), u["part"]))
+        by_part = {u["part"]: u for u in units}
+        paths = {e: str(g) for e, g in groups.items()}
+        inflight: dict[Any, Any] = {}  # object ref -> the actor computing it
+        idle = list(self.actors)
+        bar = progress_bar(self.cfg, units)
+        t_start, clips_done = time.perf_counter(), 0
+        stage_s["decode"] = 0.0
+        while todo or inflight:
+            while todo and idle:
+                actor = idle.pop(0)
+                inflight[actor.__call__.remote(todo.pop(), paths)] = actor
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            idle.append(inflight.pop(ready[0]))
+            out = ray.get(ready[0])
+            unit = by_part[out["part"]]
+            stage_s["decode"] += out["decode_s"]
+            for e in unit["encoders"]:
+                stats = out[e]
+                if stats["encode_s"] > 0 or stats["bytes"] > 0:
+                    encoded[e] += len(unit["keys"])
+                written[e] += stats["bytes"]
+                stage_s[e] = stage_s.get(e, 0.0) + stats["encode_s"]
+                stage_s[f"{e}_write"] = stage_s.get(f"{e}_write", 0.0) + stats["write_s"]
+            clips_done += len(unit["keys"])
+            _advance(bar, unit, clips_done, t_start)
+        bar.close()
+
+    def close(self) -> None:
+        """Stop the actors (a caller's own Ray session gets its CPUs back)."""
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+def encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str, dict], units: list[dict],
+                  stage_s: dict[str, float], encoded: Counter, written: Counter) -> None:
+    """Run decode + one actor pool per encoder over the units; account time, clips and bytes."""
+    import ray
+
+    ctx = quiet_ray_data()
+    rates = {e: facts[e]["sample_rate"] for e in cfg.encoders}
+    cpus = cpu_budget(cfg)
+    # From the configured encoders, not the busy ones: a resumed job must run the same kernels.
+    threads = cfg.torch_threads or max(1, cpus // len(cfg.encoders))
+    busy = [e for e in cfg.encoders if any(e in u["encoders"] for u in units)]
+    per_actor = actor_cpus(cfg, len(busy) * cfg.actors_per_encoder, cpus)
+    # Short units first: the first parts commit early, so a killed job has lost little.
+    units = sorted(units, key=lambda u: (sum(u["durations"]), u["part"]))
+    if cfg.inflight_parts is not None:
+        # Decoding runs ahead of the encoders as far as the object-store budget allows.
+        part_bytes = cfg.storage.part_seconds * sum(set(rates.values())) * 4  # float32 waves per rate
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=int(cfg.inflight_parts * part_bytes))
+    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=max(1, len(units)))
+    ds = ds.map(decode_unit, fn_kwargs={"rates": rates, "quality": cfg.decode.resample_quality},
+                num_cpus=cfg.cpus_per_task, compute=ray.data.TaskPoolStrategy(size=cpus))
+    for e in busy:  # an encoder with nothing to do gets no actors
+        ds = ds.map_batches(
+            EncodeStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.actors_per_encoder),
+            num_cpus=per_actor,
+            num_gpus=cfg.gpus_per_actor or None,
+            fn_constructor_kwargs={"encoder": cfg.encoder_config(e), "group": str(groups[e]),
+                                   "storage": to_dict(cfg.storage), "threads": threads})
+    # Its own small CPU share too: a default 1-CPU task never fits beside the actors on 2 cores,
+    # and the job would wait for it forever.
+    ds = ds.drop_columns([f"{c}_{r}" for r in sorted(set(rates.values())) for c in ("wave", "lengths")],
+                         num_cpus=cfg.cpus_per_task)
+    bar = progress_bar(cfg, units)
+    t_start = time.perf_counter()
+    clips_done = 0
+    stage_s["decode"] = 0.0
+    for row in ds.iter_rows():
+        unit = json.loads(row["unit"])
+        stage_s["decode"] += float(row["decode_s"])
+        for e in unit["encoders"]:
+            if float(row[f"{e}_encode_s"]) > 0 or int(row[f"{e}_bytes"]) > 0:
+                encoded[e] += len(unit["keys"])
+            written[e] += int(row[f"{e}_bytes"])
+            stage_s[e] = stage_s.get(e, 0.0) + float(row[f"{e}_encode_s"])
+            stage_s[f"{e}_write"] = stage_s.get(f"{e}_write", 0.0) + float(row[f"{e}_write_s"])
+        clips_done += len(unit["keys"])
+        _advance(bar, unit, clips_done, t_start)
+    bar.close()
