@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,10 @@ def read_samples(audio: str, start: float | None, end: float | None) -> tuple[np
     except DecodeError:
         raise
     except Exception as err:  # libsndfile raises LibsndfileError/RuntimeError/TypeError for bad input
-        raise DecodeError(f"undecodable: {err}".replace("\n", " ")) from err
+        # libsndfile names the in-memory buffer (``<_io.BytesIO object at 0x...>``): drop it, so the
+        # reason is stable across runs and says what failed.
+        detail = re.sub(r"Error opening <[^>]*>: ", "", str(err)).replace("\n", " ")
+        raise DecodeError(f"undecodable: {detail}") from err
     if len(samples) == 0:
         raise DecodeError("empty: no samples could be decoded")
     return samples, rate

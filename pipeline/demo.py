@@ -49,7 +49,7 @@ class DemoConfig:
     """Label questions per clip in the eval set, besides "sound, music or speech?"."""
     eval_think_budget: int = 16
     """A tiny random LLM never closes its thinking by itself: budget forcing closes it here."""
-    eval_max_new_tokens: int = 32
+    eval_max_new_tokens: int = 48
     rephrase_max_tokens: int = 64
     progress: bool = True
 
