@@ -57,6 +57,18 @@ def read_clip_keys(path: str | Path | None) -> dict[str, str]:
     return {i: k for i, k in zip(ids, keys, strict=True) if i is not None and k is not None}
 
 
+def read_store_rejects(instances_path: str | Path | None) -> dict[str, str]:
+    """instance id -> reason from the ``rejects.parquet`` beside a store's ``instances.parquet``."""
+    if instances_path is None or not (Path(instances_path).parent / "rejects.parquet").is_file():
+        return {}
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(instances_path).parent / "rejects.parquet")
+    if not {"id", "reason"} <= set(table.column_names):
+        return {}
+    return dict(zip(table.column("id").to_pylist(), table.column("reason").to_pylist(), strict=True))
+
+
 def _probe(instance: Any) -> tuple[float | None, str | None]:
     from pipeline.probe import instance_duration
 
@@ -82,13 +94,17 @@ def collect_inputs(manifest: str | Path, max_audio_seconds: float, instances_pat
     result = read_manifest(manifest)
     rejects = [InputReject(r.id, None, "manifest", r.reason) for r in result.rejects]
     clip_keys = read_clip_keys(instances_path)
+    store_rejects = read_store_rejects(instances_path)
     with ThreadPoolExecutor(max_workers=probe_threads) as pool:
         probes = list(pool.map(_probe, result.instances))
     rows: list[InputRow] = []
     for instance, (duration, error) in zip(result.instances, probes, strict=True):
         reason = None
         description = None
-        if error is not None or duration is None:
+        if instances_path is not None and instance.id not in clip_keys:
+            # No features will exist for it: a target for it could never be trained on.
+            reason = f"rejected_by_store: {store_rejects.get(instance.id, 'not in the feature store')}"
+        elif error is not None or duration is None:
             reason = error or "unreadable_audio"
         elif duration >= max_audio_seconds:
             reason = f"audio_too_long: {duration:.1f}s >= {max_audio_seconds:g}s"

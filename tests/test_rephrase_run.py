@@ -247,3 +247,17 @@ def test_cli_run_status_validate_show_retry(tmp_path, tiny_qwen3_dir):
         assert novllm.exit_code == 2 and "needs vLLM" in novllm.output
     missing = runner.invoke(main, ["rephrase", "status", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not a rephrase run folder" in missing.output
+
+
+def test_instances_the_feature_store_rejected_get_no_target(tmp_path, tiny_qwen3_dir):
+    manifest = rf.write_manifest(tmp_path, n_audio=2, n_instruction=0)
+    store = tmp_path / "store"
+    store.mkdir()
+    pq.write_table(pa.table({"id": ["a0"], "key": ["k0"]}), store / "instances.parquet")
+    pq.write_table(pa.table({"id": ["a1"], "audio": ["x.wav"], "reason": ["truncated: the WAV data chunk is short"]}),
+                   store / "rejects.parquet")
+    out = tmp_path / "out"
+    run_rephrase(manifest, out, _cfg(tiny_qwen3_dir), instances=store / "instances.parquet", progress=False)
+    assert [t["instance_id"] for t in _targets(out)] == ["a0"]
+    rejects = {r["instance_id"]: r["reason"] for r in pq.read_table(out / "rejects.parquet").to_pylist()}
+    assert rejects["a1"] == "rejected_by_store: truncated: the WAV data chunk is short"
