@@ -13,7 +13,7 @@ import gzip
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,12 +249,32 @@ def read_manifest(path: str | Path, rejects_path: str | Path | None = None) -> M
         ManifestError: the manifest is missing, unreadable, empty, or has no valid row.
     """
     path = Path(path)
+    instances, rejects, written = parse_rows(path, parse_row, rejects_path, "manifest")
+    return ManifestResult(path=path, instances=instances, rejects=rejects, rejects_path=written)
+
+
+def parse_rows(path: Path, parse: Callable[[Any, Path, int], Any], rejects_path: str | Path | None,
+               what: str) -> tuple[list[Any], list[Reject], Path | None]:
+    """Parse every row of a manifest-like file, rejecting bad rows and repeated ids with a reason.
+
+    Args:
+        path: a ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file.
+        parse: ``(row, base folder, line) -> item`` with an ``id``; raises ValueError for a bad row.
+        rejects_path: where rejects go (default ``<name>.rejects.jsonl`` beside ``path``).
+        what: the file's kind in error messages ("manifest", "eval manifest").
+
+    Returns:
+        The valid items in file order, the rejects, and the rejects file (None when nothing was rejected).
+
+    Raises:
+        ManifestError: the file is missing, a folder, unreadable, empty, or has no valid row.
+    """
     if not path.exists():
-        raise ManifestError(f"manifest {path} does not exist")
+        raise ManifestError(f"{what} {path} does not exist")
     if path.is_dir():
-        raise ManifestError(f"manifest {path} is a folder; pass the .jsonl/.parquet file inside it")
+        raise ManifestError(f"{what} {path} is a folder; pass the .jsonl/.parquet file inside it")
     base = path.resolve().parent
-    instances: list[Instance] = []
+    items: list[Any] = []
     rejects: list[Reject] = []
     seen: dict[str, int] = {}
     rows = 0
@@ -265,26 +285,24 @@ def read_manifest(path: str | Path, rejects_path: str | Path | None = None) -> M
             rejects.append(Reject(line, row_id, error))
             continue
         try:
-            instance = parse_row(row, base, line)
+            item = parse(row, base, line)
         except ValueError as err:
             rejects.append(Reject(line, row_id, str(err)))
             continue
-        if instance.id in seen:
-            rejects.append(Reject(line, instance.id, f"duplicate id (first on line {seen[instance.id]})"))
+        if item.id in seen:
+            rejects.append(Reject(line, item.id, f"duplicate id (first on line {seen[item.id]})"))
             continue
-        seen[instance.id] = line
-        instances.append(instance)
+        seen[item.id] = line
+        items.append(item)
     if rows == 0:
-        raise ManifestError(f"manifest {path} is empty")
+        raise ManifestError(f"{what} {path} is empty")
     written = None
     if rejects:
         written = Path(rejects_path) if rejects_path else default_rejects_path(path)
         write_rejects(rejects, written)
-    if not instances:
-        raise ManifestError(
-            f"manifest {path} has no valid row ({len(rejects)} rejected; reasons in {written})"
-        )
-    return ManifestResult(path=path, instances=instances, rejects=rejects, rejects_path=written)
+    if not items:
+        raise ManifestError(f"{what} {path} has no valid row ({len(rejects)} rejected; reasons in {written})")
+    return items, rejects, written
 
 
 def write_rejects(rejects: Iterable[Reject], path: Path) -> None:

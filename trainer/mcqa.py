@@ -15,13 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.manifest import (
-    ManifestError,
     Reject,
-    default_rejects_path,
     optional_seconds,
-    read_raw_rows,
+    parse_rows,
     resolve_audio,
-    write_rejects,
 )
 
 REQUIRED = ("id", "audio", "question", "options", "answer", "category")
@@ -122,36 +119,7 @@ def read_eval_manifest(path: str | Path, rejects_path: str | Path | None = None)
         ManifestError: the manifest is missing, unreadable, empty, or has no valid row.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"eval manifest {path} does not exist" if not path.exists()
-                            else f"eval manifest {path} is a folder; pass the .jsonl file inside it")
-    base = path.resolve().parent
-    questions: list[Question] = []
-    rejects: list[Reject] = []
-    seen: dict[str, int] = {}
-    rows = 0
-    for line, row, error in read_raw_rows(path):
-        rows += 1
-        row_id = row.get("id") if isinstance(row, dict) and isinstance(row.get("id"), str) else None
-        try:
-            if error is not None:
-                raise ValueError(error)
-            question = parse_question(row, base, line)
-            if question.id in seen:
-                raise ValueError(f"duplicate id (first on line {seen[question.id]})")
-        except ValueError as err:
-            rejects.append(Reject(line, row_id, str(err)))
-            continue
-        seen[question.id] = line
-        questions.append(question)
-    if rows == 0:
-        raise ManifestError(f"eval manifest {path} is empty")
-    written = None
-    if rejects:
-        written = Path(rejects_path) if rejects_path else default_rejects_path(path)
-        write_rejects(rejects, written)
-    if not questions:
-        raise ManifestError(f"eval manifest {path} has no valid row ({len(rejects)} rejected; see {written})")
+    questions, rejects, written = parse_rows(path, parse_question, rejects_path, "eval manifest")
     return EvalManifest(path, questions, rejects, written)
 
 
