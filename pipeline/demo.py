@@ -66,14 +66,10 @@ class DemoConfig:
 def _quiet() -> None:
     """Keep the console to the stages' own bars: no per-actor weight-loading bars, no Ray chatter."""
     import logging
-    import warnings
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also reaches Ray's worker processes
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     logging.getLogger("ray").setLevel(logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*maximum number of concurrent tasks.*")
 
 
 def _vllm_available() -> bool:
@@ -131,6 +127,8 @@ class DemoRun:
         self.eval_manifest = self.corpus_dir / "mcqa.jsonl"
         self.llm: Path | None = None
         self.checkpoint: Path | None = None
+        self.chance = 0.0
+        """Expected accuracy of a random choice over the eval set."""
         self.facts: dict[str, Any] = {}
         self.outputs: dict[str, Path] = {}
 
@@ -138,6 +136,7 @@ class DemoRun:
         from pipeline.demo_corpus import write_demo_corpus
         from pipeline.demo_eval import write_demo_eval
         from pipeline.manifest import read_manifest
+        from trainer.mcqa import read_eval_manifest
 
         if not (self.corpus_dir / "corpus.json").is_file():
             write_demo_corpus(self.corpus_dir, self.cfg.corpus)
@@ -145,7 +144,9 @@ class DemoRun:
             write_demo_eval(self.corpus_dir, self.eval_manifest, per_clip=self.cfg.eval_per_clip)
         info = json.loads((self.corpus_dir / "corpus.json").read_text())
         summary = read_manifest(self.manifest).summary()
-        questions = sum(1 for line in self.eval_manifest.read_text().splitlines() if line.strip())
+        options = [len(q.options) for q in read_eval_manifest(self.eval_manifest).questions]
+        questions = len(options)
+        self.chance = round(sum(1 / n for n in options) / max(1, questions), 4)
         self.outputs.update(manifest=self.manifest, eval_manifest=self.eval_manifest)
         self.facts["corpus"] = {"clips": info["clips"], "instances": summary["instances"],
                                 "speech": info["speech"], "eval_questions": questions}
@@ -225,15 +226,14 @@ class DemoRun:
         self.outputs.update(eval=self.eval_dir, eval_report=report.report_md)
         data = report.to_dict()
         self.facts["eval"] = data
-        options = [len(json.loads(line)["options"]) for line in self.eval_manifest.read_text().splitlines()
-                   if line.strip()]
-        data["chance_accuracy"] = round(sum(1 / n for n in options) / max(1, len(options)), 4)
+        data["chance_accuracy"] = self.chance
         overall = data.get("overall", {})
         return (f"{overall.get('questions', 0)} questions, accuracy {100 * (overall.get('accuracy') or 0):.1f} % "
                 f"(chance {100 * data['chance_accuracy']:.1f} %), "
                 f"unparseable {overall.get('unparseable', 0)}, asked now {data.get('asked', '?')}")
 
     def infer(self) -> str:
+        from pipeline.report import truncate
         from trainer.infer import InferConfig, infer_files
 
         clip = json.loads(self.manifest.read_text().splitlines()[0])
@@ -247,30 +247,18 @@ class DemoRun:
         if result.error:
             return f"{Path(audio).name}: error {result.error}"
         return (f"{Path(audio).name}: {result.thinking_tokens} thinking tokens"
-                f"{' (budget forced)' if result.forced else ''}, answer {_short(result.answer)!r}")
+                f"{' (budget forced)' if result.forced else ''}, answer {truncate(result.answer, 60)!r}")
 
 
 def _losses(logs: Path) -> list[float]:
     """Training losses in step order from a run's logs (a resumed step: its last record wins)."""
-    by_step: dict[int, float] = {}
-    if logs.is_file():
-        for line in logs.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "loss" in record:
-                by_step[int(record["step"])] = float(record["loss"])
-    return [by_step[s] for s in sorted(by_step)]
+    from trainer.report import by_step, read_logs
 
-
-def _short(text: str, limit: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return [float(r["loss"]) for r in by_step(read_logs(logs)[0], "loss")] if logs.is_file() else []
 
 
 def _write_demo_report(run: DemoRun, stages: list[dict[str, Any]], wall: float) -> Path:
-    from pipeline.report import Section, write_report
+    from pipeline.report import Section, truncate, write_report
 
     out = run.out
     rel = {k: (os.path.relpath(v, out) if v is not None else None) for k, v in run.outputs.items()}
@@ -285,7 +273,7 @@ def _write_demo_report(run: DemoRun, stages: list[dict[str, Any]], wall: float) 
     if infer:
         sections.append(Section("One answer (`alarm infer`)", text=(
             f"Prompt: *{infer['prompt']}* on `{Path(infer['audio']).name}`\n\n"
-            f"Thinking: {_short(infer['thinking'], 300)!r}\n\nAnswer: {_short(infer['answer'], 300)!r}")))
+            f"Thinking: {truncate(infer['thinking'])!r}\n\nAnswer: {truncate(infer['answer'])!r}")))
     sections.append(Section("Read this before the numbers", text=(
         "The LLM is a tiny *random* Qwen3 (the real tokenizer, random weights), so it writes no valid "
         "rephrased target and cannot reason: training uses reference targets written from the corpus labels, "

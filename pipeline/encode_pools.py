@@ -48,6 +48,27 @@ def _advance(bar: Any, unit: dict, clips_done: int, t_start: float) -> None:
     bar.set_postfix_str(f"clips={clips_done}, {rate:.2e} audio-h/s")
 
 
+def account_unit(unit: dict, decode_s: float, stats: dict[str, tuple[float, int, float]],
+                 stage_s: dict[str, float], encoded: Counter, written: Counter) -> None:
+    """Add a finished unit to the job's totals, the same way for both layouts.
+
+    Args:
+        unit: the planned unit (its ``encoders`` and ``keys``).
+        decode_s: seconds spent decoding it.
+        stats: encoder -> (encode seconds, bytes written, write seconds), as ``write_part`` returns;
+            all zero for a part an earlier run committed (its clips are not counted as encoded).
+        stage_s, encoded, written: the totals, updated in place.
+    """
+    stage_s["decode"] = stage_s.get("decode", 0.0) + decode_s
+    for e in unit["encoders"]:
+        encode_s, nbytes, write_s = stats[e]
+        if encode_s > 0 or nbytes > 0:
+            encoded[e] += len(unit["keys"])
+        written[e] += nbytes
+        stage_s[e] = stage_s.get(e, 0.0) + encode_s
+        stage_s[f"{e}_write"] = stage_s.get(f"{e}_write", 0.0) + write_s
+
+
 def cpu_budget(cfg: PipelineConfig) -> int:
     """CPUs the job may use: ``num_cpus``, else all CPUs of the Ray cluster."""
     import ray
@@ -110,7 +131,7 @@ class SharedPool:
 
     def run(self, groups: dict[str, Path], units: list[dict], stage_s: dict[str, float], encoded: Counter,
             written: Counter) -> None:
-        """Encode and write every unit; account time, clips and bytes as ``encode_units`` does."""
+        """Encode and write every unit; account time, clips and bytes (``account_unit``)."""
         import ray
 
         # Costliest units first, so the last ones to run are small and no actor idles long at the end
@@ -132,14 +153,7 @@ class SharedPool:
             idle.append(inflight.pop(ready[0]))
             out = ray.get(ready[0])
             unit = by_part[out["part"]]
-            stage_s["decode"] += out["decode_s"]
-            for e in unit["encoders"]:
-                stats = out[e]
-                if stats["encode_s"] > 0 or stats["bytes"] > 0:
-                    encoded[e] += len(unit["keys"])
-                written[e] += stats["bytes"]
-                stage_s[e] = stage_s.get(e, 0.0) + stats["encode_s"]
-                stage_s[f"{e}_write"] = stage_s.get(f"{e}_write", 0.0) + stats["write_s"]
+            account_unit(unit, out["decode_s"], {e: out[e] for e in unit["encoders"]}, stage_s, encoded, written)
             clips_done += len(unit["keys"])
             _advance(bar, unit, clips_done, t_start)
         bar.close()
@@ -191,13 +205,9 @@ def encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str, 
     stage_s["decode"] = 0.0
     for row in ds.iter_rows():
         unit = json.loads(row["unit"])
-        stage_s["decode"] += float(row["decode_s"])
-        for e in unit["encoders"]:
-            if float(row[f"{e}_encode_s"]) > 0 or int(row[f"{e}_bytes"]) > 0:
-                encoded[e] += len(unit["keys"])
-            written[e] += int(row[f"{e}_bytes"])
-            stage_s[e] = stage_s.get(e, 0.0) + float(row[f"{e}_encode_s"])
-            stage_s[f"{e}_write"] = stage_s.get(f"{e}_write", 0.0) + float(row[f"{e}_write_s"])
+        stats = {e: (float(row[f"{e}_encode_s"]), int(row[f"{e}_bytes"]), float(row[f"{e}_write_s"]))
+                 for e in unit["encoders"]}
+        account_unit(unit, float(row["decode_s"]), stats, stage_s, encoded, written)
         clips_done += len(unit["keys"])
         _advance(bar, unit, clips_done, t_start)
     bar.close()

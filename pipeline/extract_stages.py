@@ -161,7 +161,6 @@ class EncodeStage:
             if self.name not in unit["encoders"]:  # this unit's part for us is already committed
                 stats.append((0.0, 0, 0.0))
                 continue
-            rate = self.encoder.sample_rate
             lengths = json.loads(batch[f"lengths_{rate}"][i])
             flat = np.frombuffer(batch[f"wave_{rate}"][i], dtype=np.float32)
             bounds = np.cumsum([0] + lengths)
@@ -211,7 +210,8 @@ class SharedEncodeStage:
     def __call__(self, unit: dict[str, Any], groups: dict[str, str]) -> dict[str, Any]:
         """Encode and write ``unit`` for each of its encoders (a group folder per encoder).
 
-        Returns the unit's part id, ``decode_s`` and per encoder ``encode_s``, ``bytes``, ``write_s``.
+        Returns the unit's part id, ``decode_s`` and per encoder (encode seconds, bytes, write seconds)
+        as ``write_part`` returns them.
         """
         from pipeline.store import DONE
 
@@ -230,10 +230,9 @@ class SharedEncodeStage:
             if e not in self.checked:
                 check_spec(enc, self.storage, group)
                 self.checked.add(e)
-            stats = (0.0, 0, 0.0)
+            out[e] = (0.0, 0, 0.0)
             if e in todo:
-                stats = write_part(enc, group, self.storage, unit, waves[enc.sample_rate], self.chunk[e])
-            out[e] = {"encode_s": stats[0], "bytes": stats[1], "write_s": stats[2]}
+                out[e] = write_part(enc, group, self.storage, unit, waves[enc.sample_rate], self.chunk[e])
         del waves
         release_memory()
         return out

@@ -40,12 +40,13 @@ from typing import Any
 
 from pipeline.configs import ConfigError, from_dict, to_dict
 from pipeline.decode import DecodeConfig
-from pipeline.encode_pools import SharedPool, encode_units, quiet_ray_data
+from pipeline.encode_pools import SharedPool, cpu_budget, encode_units, quiet_ray_data
 from pipeline.extract_stages import (
     encoder_facts,
     key_batch,
     key_source,
 )
+from pipeline.manifest import reason_kind
 from pipeline.store import StoreConfig, group_spec, spec_id
 
 ALL_ENCODERS = ("whisper", "w2vbert", "muq", "sslam")
@@ -212,11 +213,6 @@ def source_order(src: tuple) -> tuple:
     return (audio, start is not None, start or 0.0, end is not None, end or 0.0)
 
 
-def reason_kind(reason: str) -> str:
-    """The category of a reject reason (the text before its first colon)."""
-    return reason.split(":", 1)[0].strip()
-
-
 def read_input(cfg: PipelineConfig) -> tuple[list[Any], list[Any]]:
     """Instances and input-level rejects of the manifest or the shards."""
     if cfg.manifest is not None:
@@ -309,7 +305,7 @@ def _key_todo(todo: list[tuple], cfg: PipelineConfig) -> list[tuple[str, float, 
     """
     import ray
 
-    cpus = cfg.num_cpus or int(ray.cluster_resources().get("CPU", 1))
+    cpus = cpu_budget(cfg)
     if cfg.address is None:
         from concurrent.futures import ThreadPoolExecutor
 

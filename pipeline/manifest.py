@@ -305,6 +305,11 @@ def parse_rows(path: Path, parse: Callable[[Any, Path, int], Any], rejects_path:
     return items, rejects, written
 
 
+def reason_kind(reason: str) -> str:
+    """A reject reason's category: the text before its first colon (``"missing: no file x"`` -> ``missing``)."""
+    return str(reason).split(":", 1)[0].strip()
+
+
 def write_rejects(rejects: Iterable[Reject], path: Path) -> None:
     """Write rejects as JSONL (temporary file, then rename, so a reader never sees half a file)."""
     tmp = path.with_name(path.name + ".tmp")

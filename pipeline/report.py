@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.manifest import reason_kind
+
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 EXAMPLE_IDS = 3  # example ids per reject reason
@@ -136,13 +138,6 @@ class Section:
         return "\n\n".join(parts)
 
 
-def write_atomic_text(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a report."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(folder: str | Path, title: str, data: dict[str, Any], sections: list[Section],
                  key_figures: dict[str, Any] | None = None,
                  missing: list[str] | None = None) -> tuple[Path, Path]:
@@ -159,20 +154,22 @@ def write_report(folder: str | Path, title: str, data: dict[str, Any], sections:
     Returns:
         The paths of report.json and report.md.
     """
+    from pipeline.store import write_atomic  # temporary file and rename: a reader never sees half a report
+
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     missing = list(missing or [])
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     document = {"title": title, "created": created, "missing": missing, "data": data}
     json_path, md_path = out / REPORT_JSON, out / REPORT_MD
-    write_atomic_text(json_path, json.dumps(_strict(document), indent=2, default=str) + "\n")
+    write_atomic(json_path, (json.dumps(_strict(document), indent=2, default=str) + "\n").encode())
     parts = [f"# {title}", f"_{created} · {out.resolve()}_"]
     if key_figures:
         parts.append("\n".join(f"- **{k}**: {format_number(v)}" for k, v in key_figures.items()))
     if missing:
         parts.append("**Missing or unreadable:**\n\n" + "\n".join(f"- {m}" for m in missing))
     parts += [s.markdown() for s in sections]
-    write_atomic_text(md_path, "\n\n".join(parts) + "\n")
+    write_atomic(md_path, ("\n\n".join(parts) + "\n").encode())
     return json_path, md_path
 
 
@@ -246,9 +243,13 @@ def _figure(width: float = 7.0, height: float = 4.0) -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    import io
+
+    from pipeline.store import write_atomic
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    write_atomic(path, png.getvalue())
     return path
 
 
@@ -318,14 +319,9 @@ def loss_figure(train: list[tuple[int, float]], evals: list[tuple[int, float]],
 # ------------------------------------------------------------------------------------------ pipeline
 
 
-def reject_kind(reason: str) -> str:
-    """A reject reason's category: the text before its first colon (as ``pipeline.job`` counts them)."""
-    return str(reason).split(":", 1)[0].strip()
-
-
 def reject_table(rows: list[dict[str, Any]], id_key: str = "id", reason_key: str = "reason",
                  audio_key: str | None = "audio",
-                 kind: Callable[[str], str] = reject_kind) -> list[dict[str, Any]]:
+                 kind: Callable[[str], str] = reason_kind) -> list[dict[str, Any]]:
     """Rejects grouped by ``kind(reason)``, most frequent first: count, distinct audio, example ids and message."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:

@@ -94,41 +94,18 @@ def cut_duration(total: float, start: float | None, end: float | None) -> float:
     return max(0.0, hi - lo)
 
 
-def header_duration(audio: str) -> float:
-    """Duration from the header of a file or of a tar member.
-
-    Tar members go through ``webdataset_input.member_bytes``, which indexes each shard once:
-    ``probe.probe_duration`` rescans the whole shard per member, quadratic over a shard.
-    """
-    from pipeline.manifest import TAR_SEPARATOR
-    from pipeline.probe import AudioUnreadable, probe_duration
-
-    if TAR_SEPARATOR not in audio:
-        return probe_duration(audio)
-    import io
-
-    import soundfile as sf
-
-    from pipeline.webdataset_input import member_bytes
-
-    try:
-        info = sf.info(io.BytesIO(member_bytes(audio)))
-    except RuntimeError as err:  # soundfile.LibsndfileError for a bad header
-        raise AudioUnreadable(f"not a readable audio file ({err})") from err
-    if info.samplerate <= 0 or info.frames < 0:
-        raise AudioUnreadable(f"bad header: {info.samplerate} Hz, {info.frames} frames")
-    return info.frames / info.samplerate
-
-
 def probe_all(audio: Iterable[str], workers: int = 8, progress: bool = True) -> dict[str, float | str]:
     """Header duration of each distinct audio location, or the reason it is unreadable (a str)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
+    # probe_duration reads tar members through a per-shard member table, so a shard is indexed once.
+    from pipeline.probe import probe_duration
+
     def one(path: str) -> float | str:
         try:
-            return header_duration(path)
+            return probe_duration(path)
         except (ValueError, OSError) as err:  # AudioUnreadable and DecodeError are ValueErrors
             return str(err) or type(err).__name__
 

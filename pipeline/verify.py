@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.manifest import reason_kind
 from pipeline.store import DONE, committed_parts, file_checksum, list_groups, load_index, spec_id
 
 
@@ -155,7 +156,7 @@ def store_status(root: Path | str) -> dict[str, Any]:
     rejected: Counter = Counter()
     if rejects_path.is_file():
         for reason in pq.read_table(rejects_path, columns=["reason"]).column("reason").to_pylist():
-            rejected[reason.split(":", 1)[0].strip()] += 1
+            rejected[reason_kind(reason)] += 1
     groups = {}
     for encoder in _encoders(root):
         for sid in list_groups(root, encoder):

@@ -40,8 +40,8 @@ def sampling_params(request: GenRequest) -> Any:
     )
 
 
-def _platform_defaults(cfg: EngineConfig) -> dict[str, Any]:
-    """Engine arguments this platform needs (``cfg.extra`` still overrides them).
+def _platform_defaults(max_model_len: int) -> dict[str, Any]:
+    """Engine arguments this platform needs (an ``EngineConfig.extra`` still overrides them).
 
     vLLM's CPU backend cannot rewind a seeded request's generator after a partial (chunked)
     prefill ("CPU Generator does not use offset") and the engine dies; whole-prompt prefill
@@ -51,7 +51,14 @@ def _platform_defaults(cfg: EngineConfig) -> dict[str, Any]:
 
     if not current_platform.is_cpu():
         return {}
-    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(cfg.max_model_len, 8192)}
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 8192)}
+
+
+def _shutdown(llm: Any) -> None:
+    """Stop a ``vllm.LLM``'s engine-core process now rather than at interpreter exit."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None:
+        core.shutdown()
 
 
 class VllmEngine:
@@ -66,15 +73,14 @@ class VllmEngine:
             model=cfg.model, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
             enable_prefix_caching=cfg.enable_prefix_caching, max_num_seqs=cfg.max_num_seqs,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
-            tensor_parallel_size=cfg.tensor_parallel_size, seed=0, **{**_platform_defaults(cfg), **cfg.extra},
+            tensor_parallel_size=cfg.tensor_parallel_size, seed=0,
+            **{**_platform_defaults(cfg.max_model_len), **cfg.extra},
         )
         self.tokenizer = self.llm.get_tokenizer()
 
     def close(self) -> None:
         """Stop vLLM's engine-core process now rather than at interpreter exit."""
-        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        if core is not None:
-            core.shutdown()
+        _shutdown(self.llm)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
@@ -143,9 +149,8 @@ class EmbedsEngine:
 
             raise ConfigError("engine vllm: vllm is not installed here; use engine transformers") from err
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        if device_type == "cpu":  # seeded requests need whole-prompt prefill (see _platform_defaults)
-            extra: dict[str, Any] = {"enable_chunked_prefill": False, "enforce_eager": True,
-                                     "max_num_batched_tokens": max(max_model_len, 8192)}
+        if device_type == "cpu":
+            extra: dict[str, Any] = {**_platform_defaults(max_model_len), "enforce_eager": True}
         else:  # the encoders and the front end share the GPU with vLLM
             extra = {"gpu_memory_utilization": 0.8}
         self.llm = LLM(model=model, dtype=dtype, enable_prompt_embeds=True, seed=seed,
@@ -169,6 +174,4 @@ class EmbedsEngine:
 
     def close(self) -> None:
         """Stop vLLM's engine-core process now rather than at interpreter exit."""
-        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        if core is not None:
-            core.shutdown()
+        _shutdown(self.llm)

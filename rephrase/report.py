@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +23,13 @@ from pipeline.report import (
 )
 
 
-def _cache_counts(folder: Path) -> dict[str, int]:
-    """ok / error / budget-forced / token counts of one pass's cache parts (best row per key)."""
-    import pyarrow.parquet as pq
+def _cache_counts(root: Path, name: str) -> dict[str, int]:
+    """ok / error / budget-forced / token counts of one pass's cache (its best row per key)."""
+    from rephrase.cache import PassCache
 
-    best: dict[str, tuple[bool, float, bool, int]] = {}
-    for part in sorted(folder.glob("part-*.parquet")):
-        cols = pq.read_table(part, columns=["key", "error", "forced", "n_tokens", "created"]).to_pydict()
-        for key, err, forced, n, created in zip(cols["key"], cols["error"], cols["forced"], cols["n_tokens"],
-                                                cols["created"], strict=True):
-            row = (err is None, created or 0.0, bool(forced), int(n or 0))
-            if key not in best or row[:2] > best[key][:2]:  # a success beats an error, then the newest
-                best[key] = row
-    rows = best.values()
-    return {"rows": len(best), "ok": sum(r[0] for r in rows), "errors": sum(not r[0] for r in rows),
-            "forced": sum(r[2] for r in rows), "tokens": sum(r[3] for r in rows)}
+    rows = PassCache(root, name).read().values()
+    return {"rows": len(rows), "ok": sum(r.ok for r in rows), "errors": sum(not r.ok for r in rows),
+            "forced": sum(bool(r.forced) for r in rows), "tokens": sum(int(r.n_tokens or 0) for r in rows)}
 
 
 def _run_record(out: Path, missing: list[str]) -> dict[str, Any]:
@@ -74,7 +66,7 @@ def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
     cache_root = Path(config.get("cache_dir") or out / "cache")
     passes: dict[str, dict[str, Any]] = {}
     for name in ("answer", "rephrase", "judge"):
-        in_cache = _cache_counts(cache_root / name) if (cache_root / name).is_dir() else None
+        in_cache = _cache_counts(cache_root, name) if (cache_root / name).is_dir() else None
         if run.get(name) or in_cache:
             passes[name] = {"run": run.get(name), "cache": in_cache}
     if not passes:
@@ -99,9 +91,12 @@ def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
     hits = stats.get("rule_hits") or {}
     # The rephrase rejects name their rule already ("leak:source_says" keeps its colon).
     by_rule = reject_table(rejects, id_key="instance_id", reason_key="rule", audio_key=None, kind=str)
+    stages: dict[str, set[str]] = defaultdict(set)  # one pass over the rejects, not one per rule
+    for r in rejects:
+        if r.get("stage"):
+            stages[str(r.get("rule") or "unknown")].add(r["stage"])
     for row in by_rule:
-        stages = Counter(r.get("stage") for r in rejects if str(r.get("rule") or "unknown") == row["reason"])
-        row["stage"] = ", ".join(sorted(s for s in stages if s))
+        row["stage"] = ", ".join(sorted(stages[row["reason"]]))
         row["hits"] = hits.get(row["reason"])
     examples = [{"instance_id": r["instance_id"], "dataset": r["dataset"], "target": r["target"]}
                 for r in targets[:2]]

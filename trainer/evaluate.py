@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer.infer import InferConfig
 from trainer.mcqa import Question, build_prompt, parse_choice, read_eval_manifest
 
 PREDICTIONS = "predictions.jsonl"
@@ -30,31 +31,16 @@ AnswerFn = Callable[[list[Any]], list[Any]]
 
 
 @dataclass
-class EvalConfig:
-    """One evaluation run: which questions, which trained front end, and how to generate."""
+class EvalConfig(InferConfig):
+    """One evaluation run: which questions, and the trained front end and generation settings of
+    ``trainer.infer.InferConfig`` (checked there: device, engine, thinking budget, cap, temperature)."""
 
-    manifest: str = ""
-    """Eval manifest (JSONL/Parquet: id, audio, question, options, answer, category[, dataset, start, end])."""
     checkpoint: str = ""
     """Trained front-end checkpoint (or exported folder) passed to ``trainer.infer.Listener``."""
+    manifest: str = ""
+    """Eval manifest (JSONL/Parquet: id, audio, question, options, answer, category[, dataset, start, end])."""
     out: str = ""
     """Output folder: predictions.jsonl, report.json, report.md."""
-    store: str | None = None
-    """Feature store whose encoder spec the encoders run with (default: what the checkpoint names)."""
-    llm: str | None = None
-    """Frozen LLM folder or id (default: what the checkpoint names)."""
-    device: str = "auto"
-    """auto (CUDA when present), cpu or cuda: where the encoders, front end and LLM run."""
-    engine: str = "transformers"
-    """Generation engine of the listener."""
-    think_budget: int = 8192
-    """Thinking tokens before budget forcing closes the thought (ALARM.md §6)."""
-    max_new_tokens: int = 16384
-    """Output cap, thinking included (ALARM.md §6)."""
-    temperature: float = 0.0
-    """0 = greedy, so a rerun gives the same answers."""
-    seed: int = 0
-    """Sampling seed (used when temperature > 0)."""
     batch_size: int = 8
     """Questions per generate call (also how often predictions are flushed to disk)."""
     limit: int | None = None
@@ -72,20 +58,11 @@ class EvalConfig:
         for name in ("manifest", "checkpoint", "out"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is required")
-        if self.think_budget < 1:
-            raise ValueError(f"think_budget must be >= 1, got {self.think_budget}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        super().__post_init__()
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 (or unset), got {self.limit}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.engine not in ("transformers", "vllm"):
-            raise ValueError(f"engine must be transformers or vllm, got {self.engine!r}")
 
     def run_id(self) -> str:
         """Fingerprint of everything that decides an answer besides the question itself."""
@@ -276,12 +253,9 @@ def prediction_row(key: str, run_id: str, question: Question, prompt: str, resul
 
 def load_listener(cfg: EvalConfig) -> Any:
     """The ``trainer.infer.Listener`` for this run's checkpoint and generation settings."""
-    from trainer.infer import InferConfig, Listener
+    from trainer.infer import Listener
 
-    return Listener.load(InferConfig(
-        checkpoint=cfg.checkpoint, store=cfg.store, llm=cfg.llm, device=cfg.device, engine=cfg.engine,
-        think_budget=cfg.think_budget, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-        seed=cfg.seed, batch_size=cfg.batch_size))
+    return Listener.load(cfg)  # an EvalConfig is an InferConfig; batch_size doubles as the listener's chunk
 
 
 def _request(question: Question, prompt: str, with_key: bool) -> Any:

@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.configs import ConfigError
 from trainer.infer_engines import Generation, build_backend
-from trainer.trained import TrainedFrontEnd, build_encoders, load_trained, open_trained_store
+from trainer.trained import TrainedFrontEnd, build_encoders, load_trained
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,6 @@ class Listener:
         tokenizer = AutoTokenizer.from_pretrained(llm_path)
         layout = PromptLayout.from_tokenizer(tokenizer, trained.separator)
         encoders = build_encoders(trained.specs, str(device))
-        readers = open_trained_store(trained.store, trained.spec_ids) if trained.store else {}
         llm_config = AutoConfig.from_pretrained(llm_path)
         defaults = GenerationConfig.from_model_config(llm_config)
         try:
@@ -218,7 +217,7 @@ class Listener:
             raise ConfigError(f"the LLM {llm_path} has width {backend.hidden_size}, the front end was trained "
                               f"for {trained.frontend.cfg.llm_dim}: use the LLM it was trained with")
         trained.frontend.to(device).eval()
-        return cls(cfg, trained, encoders, readers, tokenizer, layout, backend, device,
+        return cls(cfg, trained, encoders, trained.readers, tokenizer, layout, backend, device,
                    torch.bfloat16 if bf16 else None)
 
     def close(self) -> None:

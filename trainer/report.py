@@ -39,8 +39,11 @@ def read_logs(path: Path) -> tuple[list[dict[str, Any]], int]:
     return records, bad
 
 
-def _by_step(records: list[dict[str, Any]], field_name: str) -> list[dict[str, Any]]:
-    # A resumed run logs again the steps after its last checkpoint: the latest record of a step wins.
+def by_step(records: list[dict[str, Any]], field_name: str) -> list[dict[str, Any]]:
+    """Records holding a number in ``field_name``, one per step in step order.
+
+    A resumed run logs again the steps after its last checkpoint: the latest record of a step wins.
+    """
     latest = {r["step"]: r for r in records if isinstance(r.get(field_name), (int, float))}
     return [latest[s] for s in sorted(latest)]
 
@@ -54,15 +57,17 @@ def write_train_report(run_dir: str | Path) -> tuple[Path, Path]:
     Returns:
         The paths of report.json and report.md.
     """
+    from trainer.checkpoint import latest_checkpoint
+
     root = Path(run_dir)
     missing: list[str] = []
     records, bad = attempt("logs.jsonl", lambda: read_logs(root / "logs.jsonl"), missing, ([], 0))
     if bad:
         missing.append(f"logs.jsonl: {bad} unreadable line(s) skipped")
     config = attempt("config.yaml", lambda: read_yaml(root / "config.yaml"), missing, {}) or {}
-    checkpoint = attempt("checkpoints", lambda: _latest_checkpoint(root), missing)
-    train = _by_step(records, "loss")
-    evals = _by_step(records, "eval_loss")
+    checkpoint = attempt("checkpoints", lambda: latest_checkpoint(root), missing)
+    train = by_step(records, "loss")
+    evals = by_step(records, "eval_loss")
     losses = [float(r["loss"]) for r in train]
     smoothed = smooth(losses) if losses else []
     per_ds: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -121,9 +126,3 @@ def write_train_report(run_dir: str | Path) -> tuple[Path, Path]:
                       for k, v in data["config"].items()]),
     ]
     return write_report(root, "Training report", data, sections, key, missing)
-
-
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    from trainer.checkpoint import latest_checkpoint
-
-    return latest_checkpoint(run_dir)

@@ -29,7 +29,8 @@ class TrainedFrontEnd:
     llm: str
     separator: str
     precision: str
-    store: str | None
+    readers: dict[str, Any]
+    """The store's readers of the groups it was trained on (empty for an export loaded without a store)."""
 
 
 def load_trained(source: str | Path, store: str | None = None, llm: str | None = None) -> TrainedFrontEnd:
@@ -51,10 +52,9 @@ def load_trained(source: str | Path, store: str | None = None, llm: str | None =
         names = frontend.cfg.names  # export.json sorts its keys; the front end keeps the order
         specs = {name: info["encoders"][name]["spec"] for name in names}
         spec_ids = {name: info["encoders"][name]["spec_id"] for name in names}
-        if store is not None:
-            open_trained_store(store, spec_ids)
+        readers = open_trained_store(store, spec_ids) if store is not None else {}
         return TrainedFrontEnd(frontend, specs, spec_ids, llm or info["llm"],
-                               info["prompt_layout"]["audio_prompt_separator"], "auto", store)
+                               info["prompt_layout"]["audio_prompt_separator"], "auto", readers)
     ckpt = source if (source / META_FILE).is_file() else latest_checkpoint(source)
     if ckpt is None:
         raise FileNotFoundError(f"{source} is neither an export folder, a checkpoint folder nor a run folder "
@@ -83,7 +83,7 @@ def _load_checkpoint(ckpt: Path, store: str | None, llm: str | None) -> TrainedF
     frontend.load_state_dict(state.weights, strict=False)
     specs = {name: r.spec for name, r in readers.items()}
     return TrainedFrontEnd(frontend.eval(), specs, spec_ids, llm, cfg.audio_prompt_separator,
-                           cfg.precision, str(root))
+                           cfg.precision, readers)
 
 
 def open_trained_store(root: str | Path, spec_ids: dict[str, str]) -> dict[str, Any]:
