@@ -2,10 +2,11 @@
 
 Our own implementation of the architecture of the ``muq`` package (which we do not install). Parameter names
 follow its checkpoint (``MuQ.model`` = ``MuQModel``): ``model.preprocessor_melspec_2048.mel_stft.*`` (the STFT
-window and mel filters, kept as buffers), ``model.conv`` (two residual 2-D conv blocks + a linear projection),
-``model.conformer`` (transformers' ``Wav2Vec2ConformerEncoder`` names: ``layers.N.ffn1`` ...,
-``pos_conv_embed``, ``layer_norm``), the pre-training heads ``model.linear``, ``model.cls_token`` and the target
-quantizer, so ``load_muq`` loads the real weights with strict key checks.
+window and mel filters, kept as buffers; derived when a checkpoint lacks them, as the reference's saves do),
+``model.conv`` (two residual 2-D conv blocks + a linear projection), ``model.conformer`` (transformers'
+``Wav2Vec2ConformerEncoder`` names: ``layers.N.ffn1`` ..., ``pos_conv_embed``, ``layer_norm``), the pre-training
+heads ``model.linear``, ``model.cls_token`` and the target quantizer, so ``load_muq`` loads the real weights with
+strict key checks.
 
 Forward (MuQ ``get_predictions``): 24 kHz wave -> centred 2048-point STFT every 240 samples, 128 HTK mel bins,
 ``10 log10`` (last frame dropped) -> ``(x - mean) / std`` with the checkpoint's statistics -> conv subsampling
@@ -397,11 +398,22 @@ def _rename_legacy_keys(state: dict[str, torch.Tensor], expected: set[str]) -> d
     return out
 
 
+# Buffers that are fixed functions of the config, filled in when a checkpoint lacks them. The reference code keeps
+# its mel front end in a plain class, not an ``nn.Module``, so the checkpoints it saves have no STFT window and no
+# mel filters; transformers versions that did not persist ``inv_freq`` leave out the rotary frequencies.
+DERIVED_BUFFERS = (
+    "model.preprocessor_melspec_2048.mel_stft.spectrogram.window",
+    "model.preprocessor_melspec_2048.mel_stft.mel_scale.fb",
+    "model.conformer.embed_positions.inv_freq",
+)
+
+
 def load_muq(path_or_hf_id: str | Path) -> MuQ:
     """Load MuQ from a local folder or the local HF cache (offline), with strict key checking.
 
-    The rotary ``inv_freq`` buffer is derived from the config; a checkpoint written by a transformers version
-    that did not save it gets the computed one. Every other key must match exactly.
+    The buffers in ``DERIVED_BUFFERS`` (Hann window, HTK mel filters, rotary frequencies) are computed from the
+    config when the checkpoint lacks them, as the reference implementation's own saves do; a checkpoint that has
+    them keeps its values. Every other key must match exactly.
 
     Raises:
         FileNotFoundError: Not available offline, or no config/weights in the folder.
@@ -413,8 +425,8 @@ def load_muq(path_or_hf_id: str | Path) -> MuQ:
     module = MuQ(MuQConfig.from_json(config))
     own = module.state_dict()
     state = _rename_legacy_keys(weights, set(own))
-    derived = "model.conformer.embed_positions.inv_freq"
-    state.setdefault(derived, own[derived])
+    for key in DERIVED_BUFFERS:
+        state.setdefault(key, own[key])
     module.load_state_dict(state, strict=True)
     return module.eval()
 

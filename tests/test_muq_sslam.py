@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,3 +238,89 @@ def test_tiny_folders_hold_config_and_safetensors() -> None:
     for path in (muq.build_tiny_muq(), sslam.build_tiny_sslam()):
         assert (path / "model.safetensors").is_file()
         assert json.loads((path / "config.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------ golden fixtures
+# Weights saved by the reference implementations themselves at a reduced size, with their inputs and outputs
+# (tests/fixtures/golden/README.md says how they were made). They load through the same strict loaders as a
+# real checkpoint, and our forward passes must reproduce the reference's numbers.
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+
+
+def _max_abs(ours: torch.Tensor, reference: np.ndarray) -> float:
+    assert tuple(ours.shape) == reference.shape
+    return float(np.abs(ours.detach().float().numpy() - reference).max())
+
+
+def test_golden_muq_checkpoint_as_the_reference_saves_it_loads() -> None:
+    """The reference MuQ's own save has no mel window or filter bank; the loader derives exactly those."""
+    weights = load_file(str(GOLDEN / "muq" / "model.safetensors"))
+    assert not any(k.startswith("model.preprocessor_melspec_2048.") for k in weights)
+    module = muq.load_muq(GOLDEN / "muq")
+    front = module.model.preprocessor_melspec_2048.mel_stft
+    assert torch.equal(front.spectrogram.window, torch.hann_window(muq.N_FFT))
+    assert front.mel_scale.fb.shape == (muq.N_FFT // 2 + 1, 128)
+
+
+def test_golden_muq_loader_stays_strict_for_every_other_key(tmp_path) -> None:
+    weights = load_file(str(GOLDEN / "muq" / "model.safetensors"))
+    config = (GOLDEN / "muq" / "config.json").read_text()
+    cases = {"missing": ({k: v for k, v in weights.items()
+                          if k != "model.conformer.layers.2.conv_module.depthwise_conv.weight"},
+                         "model.conformer.layers.2.conv_module.depthwise_conv.weight"),
+             "unexpected": ({**weights, "model.preprocessor_melspec_2048.mel_stft.extra": torch.zeros(1)},
+                            "model.preprocessor_melspec_2048.mel_stft.extra")}
+    for name, (state, key) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(config)
+        save_file(state, str(folder / "model.safetensors"))
+        with pytest.raises(RuntimeError, match=key) as err:
+            muq.load_muq(folder)
+        assert "window" not in str(err.value) and ".fb" not in str(err.value)  # the derived ones are never named
+
+
+def test_golden_muq_matches_reference_outputs() -> None:
+    module = muq.load_muq(GOLDEN / "muq")
+    golden = np.load(GOLDEN / "muq_io.npz")
+    waves = torch.from_numpy(golden["waves"])
+    mel = module.mel(waves)
+    # Normalised dB mel: our derived window and HTK filters against torchaudio's MelSpectrogram + AmplitudeToDB.
+    assert _max_abs(mel, golden["mel"]) < 1e-4
+    with torch.no_grad():
+        from_reference_mel = module(torch.from_numpy(golden["mel"]))
+        from_wave = module(mel)
+    assert len(from_wave) == len(golden["hidden_states"]) == muq.TINY_CONFIG.encoder_depth + 1
+    for i, reference in enumerate(golden["hidden_states"]):
+        assert _max_abs(from_reference_mel[i], reference) < 5e-6, i
+        assert _max_abs(from_wave[i], reference) < 2e-5, i
+    # The feature job's window model (per-window mel, batched, layers picked) gives the same numbers.
+    layers = (1, 2, 4)
+    windows = muq.MuQWindows(module, layers, "cpu", torch.float32, window=30 * muq.SAMPLE_RATE)
+    encoded = windows.forward([w.numpy() for w in waves])
+    for b, got in enumerate(encoded):
+        expected = np.stack([golden["hidden_states"][i][b] for i in layers], axis=1)
+        assert _max_abs(torch.from_numpy(got), expected) < 2e-5
+
+
+def test_golden_sslam_matches_reference_outputs() -> None:
+    module = sslam.load_sslam(GOLDEN / "sslam")
+    golden = np.load(GOLDEN / "sslam_io.npz")
+    frames = golden["image"].shape[2]
+    image = sslam.sslam_image(torch.from_numpy(golden["wave"]), frames)
+    # Our Kaldi fbank, padding and normalisation against torchaudio's kaldi.fbank in EAT's recipe.
+    assert _max_abs(image[None], golden["image"]) < 1e-4
+    with torch.no_grad():
+        from_reference_image = module(torch.from_numpy(golden["image"]))
+        from_wave = module(image[None])
+    assert len(from_wave) == len(golden["hidden_states"]) == 5
+    for i, reference in enumerate(golden["hidden_states"]):
+        assert _max_abs(from_reference_image[i], reference) < 5e-6, i
+        assert _max_abs(from_wave[i], reference) < 5e-5, i
+    layers = (2, 4)
+    windows = sslam.SSLAMWindows(module, layers, "cpu", torch.float32, frames)
+    (got,) = windows.forward([golden["wave"]])
+    tokens = windows.window_frames(len(golden["wave"]))
+    expected = np.stack([golden["hidden_states"][i][0, 1 : 1 + tokens] for i in layers], axis=1)
+    assert _max_abs(torch.from_numpy(got), expected) < 5e-5
