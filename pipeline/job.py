@@ -341,11 +341,10 @@ def write_instance_tables(root: Path, instances: list[Any], input_rejects: list[
 
     Returns the accepted clips (key -> duration, first source) and the reject counts by kind.
     """
-    from pipeline.encoders import too_short_reason
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from pipeline.encoders import too_short_reason
     from pipeline.store import write_parquet_atomic
 
     clips: dict[str, dict[str, Any]] = {}
