@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -95,6 +95,10 @@ class Encoder(Protocol):
 
     def num_frames(self, num_samples: int) -> int:
         """Output frames for a clip of ``num_samples`` samples at ``sample_rate``."""
+        ...
+
+    def min_samples(self) -> int:
+        """The fewest samples at ``sample_rate`` that give at least one output frame."""
         ...
 
     def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
@@ -247,6 +251,10 @@ class WindowedEncoder:
         return sum(m.window_frames(b - a) for a, b in split_windows(num_samples, m.window_samples,
                                                                     m.hop_samples))
 
+    def min_samples(self) -> int:
+        """The fewest samples that give one output frame, found on ``num_frames`` (the frame rule)."""
+        return first_frame_samples(self.num_frames, self.model.window_samples)
+
     def spec(self) -> dict[str, Any]:
         """Everything that determines the outputs; computed once (the fingerprint hashes the weights)."""
         if self._spec is None:
@@ -302,6 +310,45 @@ class WindowedEncoder:
             else:
                 result.append(np.zeros((0, len(self.layers), self.dim), np.float32))
         return result
+
+
+def first_frame_samples(num_frames: Callable[[int], int], limit: int) -> int:
+    """The smallest ``n`` in ``[1, limit]`` with ``num_frames(n) >= 1``, by bisection.
+
+    Every frame rule here is non-decreasing in ``n`` (more audio never gives fewer frames), so the
+    minimum comes from the rule itself instead of a constant that could drift from the code.
+
+    Raises:
+        ValueError: Even ``limit`` samples give no frame.
+    """
+    if num_frames(limit) < 1:
+        raise ValueError(f"{limit} samples give no output frame; the frame rule cannot be satisfied")
+    lo, hi = 1, limit
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if num_frames(mid) >= 1:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def shortest_clip_seconds(rules: Iterable[tuple[int, int]]) -> float:
+    """The shortest clip, in seconds, that gives every encoder at least one frame.
+
+    Args:
+        rules: ``(min_samples, sample_rate)`` of each encoder (``Encoder.min_samples``).
+
+    A clip of ``n`` source samples at rate ``sr`` is resampled by soxr to ``round(n * rate / sr)``
+    samples, so ``n / sr >= min_samples / rate`` guarantees each encoder its ``min_samples``.
+    Returns 0.0 when ``rules`` is empty.
+    """
+    return max((samples / rate for samples, rate in rules), default=0.0)
+
+
+def too_short_reason(duration: float, shortest: float) -> str:
+    """The reject reason of a clip shorter than ``shortest`` seconds (``shortest_clip_seconds``)."""
+    return f"too short: {duration:.6g} s < {shortest:.6g} s"
 
 
 def check_layers(name: str, layers: tuple[int, ...], available: int) -> None:

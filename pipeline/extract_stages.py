@@ -239,9 +239,9 @@ class SharedEncodeStage:
 
 
 def facts_of(enc: Any) -> dict[str, Any]:
-    """What the driver needs to know of a built encoder: its spec and output shape."""
+    """What the driver needs to know of a built encoder: its spec, output shape and shortest clip."""
     return {"spec": enc.spec(), "layers": len(enc.layers), "dim": enc.dim, "frame_rate": enc.frame_rate,
-            "sample_rate": enc.sample_rate}
+            "sample_rate": enc.sample_rate, "min_samples": enc.min_samples()}
 
 
 def encoder_facts(encoder: dict[str, Any]) -> dict[str, Any]:

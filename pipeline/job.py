@@ -324,15 +324,27 @@ def _key_todo(todo: list[tuple], cfg: PipelineConfig) -> list[tuple[str, float, 
     return [found[src] for src in todo]
 
 
+def shortest_clip(facts: dict[str, dict[str, Any]]) -> float:
+    """Seconds below which a clip gives some encoder of ``facts`` no frame (see ``shortest_clip_seconds``)."""
+    from pipeline.encoders import shortest_clip_seconds
+
+    return shortest_clip_seconds((f["min_samples"], f["sample_rate"]) for f in facts.values())
+
+
 def write_instance_tables(root: Path, instances: list[Any], input_rejects: list[Any],
-                          keyed: dict[tuple, dict[str, Any]], max_seconds: float) -> tuple[dict, Counter]:
+                          keyed: dict[tuple, dict[str, Any]], max_seconds: float,
+                          min_seconds: float = 0.0) -> tuple[dict, Counter]:
     """Write instances.parquet and rejects.parquet (merged with earlier jobs' rows by instance id).
+
+    A clip of ``max_seconds`` or more, or shorter than ``min_seconds`` (too short to give every
+    encoder one frame: ``shortest_clip``), is rejected with its reason.
 
     Returns the accepted clips (key -> duration, first source) and the reject counts by kind.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from pipeline.encoders import too_short_reason
     from pipeline.store import write_parquet_atomic
 
     clips: dict[str, dict[str, Any]] = {}
@@ -345,6 +357,8 @@ def write_instance_tables(root: Path, instances: list[Any], input_rejects: list[
         reason = info["reason"]
         if reason is None and info["duration"] >= max_seconds:
             reason = f"too long: {info['duration']:.2f} s >= the {max_seconds:g} s limit"
+        if reason is None and info["duration"] < min_seconds:
+            reason = too_short_reason(info["duration"], min_seconds)
         if reason is not None:
             rejected.append({"id": inst.id, "audio": inst.audio, "reason": reason})
             continue
@@ -417,14 +431,19 @@ def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_r
     clear_tmp(root)
     sources = sorted({(i.audio, i.start, i.end) for i in instances}, key=source_order)
     keyed = key_sources(root, sources, cfg)
-    clips, rejected = write_instance_tables(root, instances, input_rejects, keyed, cfg.decode.max_seconds)
     stage_s["key"] = time.perf_counter() - t0
 
-    # Groups and plans per encoder.
+    # The encoders' facts give the shortest usable clip, so they come before the instance tables.
     if pool is not None:
         facts = pool.facts()
     else:
         facts = {e: encoder_facts(cfg.encoder_config(e)) for e in cfg.encoders}
+    t0 = time.perf_counter()
+    clips, rejected = write_instance_tables(root, instances, input_rejects, keyed, cfg.decode.max_seconds,
+                                            shortest_clip(facts))
+    stage_s["key"] += time.perf_counter() - t0
+
+    # Groups and plans per encoder.
     groups, units, skipped = {}, {}, {}
     for e in cfg.encoders:
         f = facts[e]

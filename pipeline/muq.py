@@ -481,8 +481,13 @@ class MuQWindows:
         self.hop_samples = self.window_samples
 
     def window_frames(self, num_samples: int) -> int:
-        """25 Hz frames: whole 960-sample steps."""
-        return num_samples // self.samples_per_frame
+        """25 Hz frames: whole 960-sample steps; none when the mel's centred STFT cannot run.
+
+        The STFT reflect-pads ``N_FFT // 2`` samples on each side, which needs more samples than that,
+        so a window whose whole steps hold at most 1024 samples (one 40 ms frame) gives no frame.
+        """
+        frames = num_samples // self.samples_per_frame
+        return frames if frames * self.samples_per_frame > N_FFT // 2 else 0
 
     def spec_extra(self) -> dict[str, Any]:
         """Front-end settings that determine the outputs."""

@@ -2,7 +2,8 @@
 
 Only cached features and targets are read here: nothing constructs an encoder. Missing features
 are an error before training starts (listing the missing clips); rows that cannot fit the sequence
-cap or have no target tokens are dropped with a reason into the run's rejects table.
+cap, have no target tokens or whose clip has 0 frames in some encoder (an older store kept clips too
+short for a frame) are dropped with a reason into the run's rejects table.
 """
 
 from __future__ import annotations
@@ -132,6 +133,12 @@ def join_targets(table: Any, readers: dict[str, Any], layout: PromptLayout, toke
             continue
         if not target_ids:
             result.rejects.append({"instance_id": row["instance_id"], "reason": "empty target"})
+            continue
+        empty = [name for name in encoders if frames[name][i] < 1]
+        if empty:  # an older feature job stored clips too short for a frame; adapters need >= 1
+            result.rejects.append({"instance_id": row["instance_id"],
+                                   "reason": f"too short: the store holds 0 frames of {', '.join(empty)} "
+                                             f"for clip {row['clip_key']}"})
             continue
         fixed = len(layout.head_ids) + int(audio[i]) + len(prompt_ids)
         try:

@@ -160,7 +160,11 @@ class Listener:
                  autocast_dtype: Any) -> None:
         import torch
 
+        from pipeline.encoders import shortest_clip_seconds
+
         self.cfg, self.trained, self.encoders, self.readers = cfg, trained, encoders, readers
+        # Shorter clips give some encoder no frame; the feature job rejects them with the same bound.
+        self.shortest = shortest_clip_seconds((e.min_samples(), e.sample_rate) for e in encoders.values())
         self.frontend = trained.frontend
         self.tokenizer, self.layout, self.backend = tokenizer, layout, backend
         self.device, self.autocast_dtype = device, autocast_dtype
@@ -240,15 +244,18 @@ class Listener:
     def _waves(self, audio: str, start: float | None, end: float | None) -> dict[str, np.ndarray]:
         """Decode a clip and resample it for each encoder, as the feature job does."""
         from pipeline.decode import DecodeConfig, DecodeError, decode_clip
+        from pipeline.encoders import too_short_reason
 
         decode = DecodeConfig()
         clip = decode_clip(audio, start, end, decode)
+        if clip.duration < self.shortest:
+            raise DecodeError(too_short_reason(clip.duration, self.shortest))
         waves = {}
         for name, encoder in self.encoders.items():
             # The job resamples with soxr at DecodeConfig's default quality (the store spec does not record it).
             waves[name] = clip.at(encoder.sample_rate, decode.resample_quality)
-            if encoder.num_frames(len(waves[name])) == 0:
-                raise DecodeError(f"too short: {clip.duration:.3f} s gives no {name} frames")
+            if encoder.num_frames(len(waves[name])) == 0:  # cannot happen at >= shortest; a clear reason if it does
+                raise DecodeError(f"too short: {clip.duration:.6g} s gives no {name} frames")
         return waves
 
     def _encode(self, clips: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -290,8 +297,12 @@ class Listener:
         return feats, errors
 
     def store_features(self, clip_key: str) -> dict[str, np.ndarray] | None:
-        """The stored features of ``clip_key`` when the open store holds it for every encoder."""
-        if not self.readers or not all(clip_key in r for r in self.readers.values()):
+        """The stored features of ``clip_key`` when the open store holds it for every encoder.
+
+        A clip an older store kept with 0 frames in some encoder counts as absent: the clip is then
+        decoded and refused with its too-short reason, as the feature job now refuses it.
+        """
+        if not self.readers or not all(clip_key in r and r.num_frames(clip_key) > 0 for r in self.readers.values()):
             return None
         return {name: r.read(clip_key) for name, r in self.readers.items()}
 
