@@ -11,7 +11,7 @@ Layout under the store root::
             offsets                        (clips + 1,) int64 frame offsets
             clips.parquet                  key, offset, length, duration of this part's clips
             _DONE                          JSON marker written last: a checksum of every file, and a
-                                           CRC-32 of every shard index and inner chunk
+                                           CRC-32C of every shard index and inner chunk
         .tmp/                              parts being written (renamed into parts/ when complete)
     .lock                                  the job lock; holds the fencing token of the job that has it
 
@@ -22,12 +22,13 @@ is another job's: the workers of a killed job that outlive it by a moment cannot
 
 Readers trust a part only as far as its done marker: the first access of a part checks its small
 files (metadata, offsets, clip table) against the marker and its index rows against its clip table;
-every chunk read from a shard is then checked against its CRC-32 (about 6 GB/s, so reads cost no more
-in practice). A part that fails is refused with ``DamagedPartError``; ``alarm pipeline repair`` or a
-rerun of the job recomputes it. Parts without chunk checksums (compressed stores, older markers) are
-checked whole, once, on first access. Values are stored in
-float16 by default and uncompressed: float16 features hardly compress and decompression slows the
-random reads the trainer does (see bench/extract.py for the measured numbers).
+every chunk read from a shard is then checked against its CRC-32C (hardware-accelerated, 10+ GB/s).
+A part that fails is refused with ``DamagedPartError``; ``alarm pipeline repair`` or a rerun of the
+job recomputes it. Parts without chunk checksums (compressed stores, older markers) are checked
+whole, once, on first access.
+
+Values are stored in float16 by default and uncompressed: float16 features hardly compress and
+decompression slows the random reads the trainer does (see bench/extract.py for the measured numbers).
 """
 
 from __future__ import annotations

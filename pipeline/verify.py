@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.manifest import reason_kind
-from pipeline.store import DONE, committed_parts, file_checksum, list_groups, load_index, spec_id, uncommit_part
+from pipeline.store import (
+    DONE,
+    committed_parts,
+    file_checksum,
+    list_groups,
+    load_index,
+    spec_id,
+    uncommit_part,
+)
 
 
 @dataclass
