@@ -187,6 +187,52 @@ def pipeline_verify(store: Path, quick: bool) -> None:
     click.echo("ok")
 
 
+@pipeline.command("repair")
+@_with_input
+@click.option("--store", type=click.Path(path_type=Path), required=True, help="Store folder.")
+@click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")
+@click.option("--preset", type=click.Choice(["alarm", "tiny", "full-size-random"]), default=None,
+              help="Encoder weights, as the job that wrote the store used them.")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="PipelineConfig YAML of the job that wrote the store; command-line options override it.")
+@click.option("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def pipeline_repair(manifest: Path | None, shards: tuple[str, ...], store: Path, encoders: str | None,
+                    preset: str | None, config: Path | None, num_cpus: int | None, no_progress: bool) -> None:
+    """Recompute the parts `verify` rejects, then verify again; exit 1 naming what is still wrong.
+
+    Give the input and config of the job that wrote the store: the damaged parts are planned again
+    from the same clips, so the store ends byte-identical to an undamaged run.
+    """
+    from pipeline.configs import ConfigError
+    from pipeline.job import run_pipeline
+    from pipeline.manifest import ManifestError
+    from pipeline.verify import verify_store
+
+    if not store.is_dir():
+        fail(f"store {store} does not exist")
+    cfg = _pipeline_config(manifest, shards, store, config, encoders=encoders, preset=preset, num_cpus=num_cpus,
+                           progress=False if no_progress else None)
+    before = verify_store(store)
+    if before.ok:
+        click.echo("ok: nothing to repair")
+        return
+    for label, parts in sorted(before.damaged.items()):
+        click.echo(f"{label}: {len(parts)} damaged part(s): {', '.join(parts)}")
+    try:
+        summary = run_pipeline(cfg)
+    except (ConfigError, ManifestError, FileNotFoundError) as err:
+        fail(str(err))
+    for encoder, parts in sorted(summary.repaired.items()):
+        click.echo(f"{encoder}: recomputed {len(parts)} part(s): {', '.join(parts)}")
+    after = verify_store(store)
+    for problem in after.problems:
+        click.secho(f"problem: {problem}", fg="red")
+    if not after.ok:
+        sys.exit(1)
+    click.echo("ok")
+
+
 @pipeline.command("plan")
 @_with_input
 @click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")

@@ -105,7 +105,9 @@ def write_part(encoder: Any, group: Path, storage: StoreConfig, unit: dict[str, 
     if (group / "parts" / unit["part"] / DONE).is_file():
         return 0.0, 0, 0.0
     total = sum(encoder.num_frames(len(w)) for w in waves)
-    writer = PartWriter(group, unit["part"], total, len(encoder.layers), encoder.dim, storage)
+    # The job's fencing token: the commit is refused if another job has taken the store since.
+    writer = PartWriter(group, unit["part"], total, len(encoder.layers), encoder.dim, storage,
+                        fence=unit.get("fence"))
     encode_s = write_s = 0.0
     for start in range(0, len(waves), chunk_clips):
         t0 = time.perf_counter()

@@ -6,7 +6,8 @@ Steps (each a small piece below):
 2. **Key** every source not already keyed: decode, hash, duration, or a reject reason (threads of the
    driver on an embedded Ray, Ray tasks on a cluster). The results are cached in ``sources.parquet``
    (by path, cut, size and mtime), so a rerun skips this.
-3. **Plan** per encoder: the clip keys missing from its group, sorted by (duration, key), cut greedily
+3. **Plan** per encoder: committed parts that fail verification (a checksum that differs from the
+   done marker, a missing file) are taken out first; then the clip keys missing from its group, sorted by (duration, key), cut greedily
    into parts of ``part_seconds`` audio. Greedy cutting restarts at every part boundary, so removing
    whole committed parts from the list leaves the other parts unchanged: a rerun after a kill plans
    exactly the parts the first run had not committed, and the store ends byte-identical. A part's id
@@ -31,6 +32,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,6 +90,9 @@ class PipelineConfig:
             (bounds how far decoding runs ahead of the encoders). None: Ray Data's default budget. Values
             of a few parts stalled Ray Data 2.60 on 2 CPUs (each operator's share fell below one part).
         progress: show a progress bar.
+        verify_checksums: before planning, recompute the checksum of every committed part's files and
+            redo the parts that differ from their done marker (reads the store once); False checks
+            only each part's files and shapes.
     """
 
     store: str
@@ -113,6 +118,7 @@ class PipelineConfig:
     torch_threads: int = 0
     inflight_parts: int | None = None
     progress: bool = True
+    verify_checksums: bool = True
 
     def __post_init__(self) -> None:
         from pipeline.encoders import ENCODERS
@@ -177,6 +183,8 @@ class PipelineSummary:
     throughput: dict[str, float]
     wall_seconds: float
     spec_ids: dict[str, str]
+    repaired: dict[str, list[str]] = field(default_factory=dict)
+    """encoder -> damaged parts that were taken out and recomputed."""
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -186,15 +194,25 @@ class PipelineSummary:
 
 
 @contextmanager
-def store_lock(root: Path) -> Iterator[None]:
-    """One job per store at a time (the OS drops the lock when a job is killed)."""
+def store_lock(root: Path) -> Iterator[str]:
+    """One job per store at a time (the OS drops the lock when a job is killed); yields the job's fencing token.
+
+    The token is written into the lock file once the lock is held; part commits carry it and are
+    refused once another job has replaced it (``pipeline.store.check_fence``).
+    """
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as handle:
+    # Opened without truncating: a job that fails to get the lock must not erase the holder's token.
+    with os.fdopen(os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644), "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ConfigError(f"another job is writing the store {root}; wait for it to finish") from None
-        yield
+        token = uuid.uuid4().hex
+        handle.truncate(0)
+        handle.write(token + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+        yield token
 
 
 def source_stat(audio: str) -> tuple[int, int]:
@@ -423,7 +441,8 @@ def _run_locked(cfg: PipelineConfig, root: Path, instances: list[Any], input_rej
 
 def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_rejects: list[Any],
                   started: float, pool: SharedPool | None) -> PipelineSummary:
-    from pipeline.store import clear_tmp, init_group, load_index, write_index
+    from pipeline.store import clear_tmp, current_fence, init_group, load_index, write_index
+    from pipeline.verify import drop_damaged_parts
 
     stage_s: dict[str, float] = {}
     # Key every source (dedupe by audio and cut first).
@@ -444,17 +463,20 @@ def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_r
     stage_s["key"] += time.perf_counter() - t0
 
     # Groups and plans per encoder.
-    groups, units, skipped = {}, {}, {}
+    groups, units, skipped, repaired = {}, {}, {}, {}
+    fence = current_fence(root)  # written by store_lock: every commit of this job carries it
     for e in cfg.encoders:
         f = facts[e]
         groups[e] = init_group(root, e, group_spec(f["spec"], cfg.storage), f["layers"], f["dim"], f["frame_rate"])
         clear_tmp(groups[e])
+        # Verify what is skipped: damaged parts go, and are planned again below with the same clips.
+        repaired[e] = sorted(drop_damaged_parts(groups[e], cfg.verify_checksums))
         done = set(load_index(groups[e]).column("key").to_pylist())
         missing = {k: c["duration"] for k, c in clips.items() if k not in done}
         skipped[e] = len(clips) - len(missing)
         for keys in plan_parts(missing, cfg.storage.part_seconds):
             pid = part_id(keys)
-            unit = units.setdefault(pid, {"part": pid, "keys": keys, "encoders": [],
+            unit = units.setdefault(pid, {"part": pid, "keys": keys, "encoders": [], "fence": fence,
                                           "durations": [clips[k]["duration"] for k in keys],
                                           "sources": [dict(zip(("audio", "start", "end"), clips[k]["source"],
                                                                strict=True)) for k in keys]})
@@ -477,7 +499,8 @@ def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_r
         rejected=dict(sorted(rejected.items())), encoded={e: encoded[e] for e in cfg.encoders},
         skipped=skipped, stored=stored, bytes_written={e: written[e] for e in cfg.encoders},
         stage_seconds=stage_s, throughput=throughput, wall_seconds=wall,
-        spec_ids={e: spec_id(group_spec(facts[e]["spec"], cfg.storage)) for e in cfg.encoders})
+        spec_ids={e: spec_id(group_spec(facts[e]["spec"], cfg.storage)) for e in cfg.encoders},
+        repaired={e: parts for e, parts in repaired.items() if parts})
     (root / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     from pipeline.report import write_pipeline_report
 

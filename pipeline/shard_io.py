@@ -13,8 +13,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+from google_crc32c import value as crc32c  # zarr's own CRC-32C (hardware-accelerated)
 
 _MISSING = np.uint64(2**64 - 1)
+
+
+class DamagedChunk(ValueError):
+    """Bytes read from a shard differ from the checksums recorded when its part was committed."""
 
 
 class RawShardedArray:
@@ -31,6 +36,9 @@ class RawShardedArray:
         self.chunk_bytes = chunk * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         self._fds: dict[int, int] = {}
         self._index: dict[int, np.ndarray | None] = {}
+        # shard number (as text, the JSON key) -> {"index": crc32, "chunks": [crc32 or None]}, from the
+        # part's done marker; when set, every shard index and chunk read is checked against it.
+        self.checksums: dict[str, dict] | None = None
 
     @classmethod
     def open(cls, folder: Path) -> RawShardedArray | None:
@@ -63,6 +71,8 @@ class RawShardedArray:
             nbytes = self.inner * 16
             raw = os.pread(fd, nbytes, size - nbytes - 4)
             self._fds[shard] = fd
+            if self.checksums is not None:
+                self._check(shard, "index", os.pread(fd, nbytes + 4, size - nbytes - 4))
             self._index[shard] = np.frombuffer(raw, dtype="<u8").reshape(self.inner, 2)
         return self._index[shard]
 
@@ -79,10 +89,39 @@ class RawShardedArray:
             offset, nbytes = (int(v) for v in index[within])
             if nbytes != self.chunk_bytes:
                 raise ValueError(f"{self.folder}: chunk {c} holds {nbytes} bytes, expected {self.chunk_bytes}")
-            block = np.frombuffer(os.pread(self._fds[shard], nbytes, offset), dtype=self.dtype)
+            data = os.pread(self._fds[shard], nbytes, offset)
+            if self.checksums is not None:
+                self._check(shard, within, data)
+            block = np.frombuffer(data, dtype=self.dtype)
             block = block.reshape(self.chunk, *self.shape[1:])
             lo, hi = max(start, c * self.chunk), min(stop, (c + 1) * self.chunk)
             out[lo - start:hi - start] = block[lo - c * self.chunk:hi - c * self.chunk]
+        return out
+
+    def _check(self, shard: int, what: int | str, data: bytes) -> None:
+        entry = self.checksums.get(str(shard)) if self.checksums is not None else None
+        expected = None if entry is None else entry["index"] if what == "index" else entry["chunks"][what]
+        if expected is None or crc32c(data) != expected:
+            name = "index" if what == "index" else f"chunk {what}"
+            raise DamagedChunk(f"{self.folder.name} shard {shard} {name}: checksum differs from its done marker")
+
+    def chunk_checksums(self) -> dict[str, dict]:
+        """CRC-32C of every shard's index and inner chunks, in the form ``checksums`` takes.
+
+        CRC-32C runs at 10+ GB/s, well above the raw read speed, so a reader can check every chunk it
+        reads for little.
+        """
+        out: dict[str, dict] = {}
+        for shard in range(-(-self.shape[0] // self.shard)):
+            index = self._shard_index(shard)
+            if index is None:
+                continue
+            fd = self._fds[shard]
+            size = os.fstat(fd).st_size
+            chunks = [None if row[0] == _MISSING else crc32c(os.pread(fd, int(row[1]), int(row[0])))
+                      for row in index]
+            out[str(shard)] = {"index": crc32c(os.pread(fd, self.inner * 16 + 4, size - self.inner * 16 - 4)),
+                               "chunks": chunks}
         return out
 
     def close(self) -> None:

@@ -10,13 +10,25 @@ Layout under the store root::
             scales                         (frames, layers) float32, int8 stores only
             offsets                        (clips + 1,) int64 frame offsets
             clips.parquet                  key, offset, length, duration of this part's clips
-            _DONE                          JSON marker with a checksum of every file, written last
+            _DONE                          JSON marker written last: a checksum of every file, and a
+                                           CRC-32C of every shard index and inner chunk
         .tmp/                              parts being written (renamed into parts/ when complete)
+    .lock                                  the job lock; holds the fencing token of the job that has it
 
 A part is written to ``.tmp``, renamed into ``parts/``, then marked done; readers and the index see
-only parts that carry ``_DONE``, so a killed writer never exposes half a part. Values are stored in
-float16 by default and uncompressed: float16 features hardly compress and decompression slows the
-random reads the trainer does (see bench/extract.py for the measured numbers).
+only parts that carry ``_DONE``, so a killed writer never exposes half a part. A job writes a new
+fencing token into ``.lock`` when it takes the store, and its writers refuse to commit once the token
+is another job's: the workers of a killed job that outlive it by a moment cannot commit into the next.
+
+Readers trust a part only as far as its done marker: the first access of a part checks its small
+files (metadata, offsets, clip table) against the marker and its index rows against its clip table;
+every chunk read from a shard is then checked against its CRC-32C (hardware-accelerated, 10+ GB/s).
+A part that fails is refused with ``DamagedPartError``; ``alarm pipeline repair`` or a rerun of the
+job recomputes it. Parts without chunk checksums (compressed stores, older markers) are checked
+whole, once, on first access.
+
+Values are stored in float16 by default and uncompressed: float16 features hardly compress and
+decompression slows the random reads the trainer does (see bench/extract.py for the measured numbers).
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.shard_io import RawShardedArray
+from pipeline.shard_io import DamagedChunk, RawShardedArray
 
 STORE_FORMAT = 1
 DTYPES = ("float16", "bfloat16", "float32", "int8")
@@ -46,6 +58,14 @@ class StoreSpecError(ValueError):
 
 class StoreError(RuntimeError):
     """The store on disk is not in the state it must be in (missing file, bad index)."""
+
+
+class DamagedPartError(StoreError):
+    """A committed part's bytes differ from its done marker; the message names the part."""
+
+
+class FencingError(StoreError):
+    """A writer's job no longer holds the store (another job took it): its part is not committed."""
 
 
 @dataclass
@@ -195,6 +215,35 @@ def committed_parts(group: Path) -> list[str]:
     return sorted(p.name for p in parts.iterdir() if (p / DONE).is_file())
 
 
+def uncommit_part(group: Path, part: str) -> None:
+    """Take a committed part out of the store: its done marker first (readers and the index stop
+    seeing it), then its folder. The next run of the job plans its clips again."""
+    folder = group / "parts" / part
+    (folder / DONE).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ fencing
+
+LOCK = ".lock"
+
+
+def current_fence(root: Path | str) -> str:
+    """The fencing token of the job that last took the store (written into ``.lock``); "" if none."""
+    try:
+        return (Path(root) / LOCK).read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def check_fence(root: Path | str, token: str, what: str) -> None:
+    """Raise ``FencingError`` unless ``token`` is still the store's fencing token."""
+    current = current_fence(root)
+    if current != token:
+        raise FencingError(f"{what}: refused, the job that started it no longer holds the store {root} "
+                           f"(fencing token {token[:8]}, the store's is {current[:8] or 'none'})")
+
+
 def clear_tmp(folder: Path) -> None:
     """Remove what a killed job left half-written in ``folder``: parts in ``.tmp`` and ``.*.tmp`` files.
 
@@ -264,14 +313,15 @@ class PartWriter:
     """Writes one part: clips appended in order, flushed shard by shard, committed atomically.
 
     Exactly one PartWriter may exist per part id (the job plans parts so); two writers on one Zarr
-    shard would lose data.
+    shard would lose data. With a ``fence`` (the job's fencing token, see ``current_fence``) the
+    commit is refused, leaving no part, when the store's token has changed since the job took it.
     """
 
     def __init__(self, group: Path, part_id: str, total_frames: int, layers: int, dim: int,
-                 cfg: StoreConfig) -> None:
+                 cfg: StoreConfig, fence: str | None = None) -> None:
         import zarr
 
-        self.group, self.part_id, self.cfg = group, part_id, cfg
+        self.group, self.part_id, self.cfg, self.fence = group, part_id, cfg, fence
         self.total_frames, self.layers, self.dim = total_frames, layers, dim
         self.tmp = group / ".tmp" / f"{part_id}.{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir(parents=True)
@@ -349,12 +399,19 @@ class PartWriter:
                           "duration": pa.array([r[3] for r in self._rows], pa.float64())})
         pq.write_table(table, self.tmp / "clips.parquet")
         files = tree_checksums(self.tmp)
+        chunks = {}
+        for name in ("features", "scales"):
+            raw = RawShardedArray.open(self.tmp / name) if (self.tmp / name / "zarr.json").is_file() else None
+            if raw is not None:
+                chunks[name] = raw.chunk_checksums()
+                raw.close()
         size = sum((self.tmp / name).stat().st_size for name in files)
         final = self.group / "parts" / self.part_id
         if (final / DONE).is_file():
             # Someone already committed the same part (same clips, same spec): keep theirs.
             shutil.rmtree(self.tmp, ignore_errors=True)
         else:
+            self._check_fence(self.tmp)
             if final.exists():  # renamed by a writer that was killed before marking it done
                 shutil.rmtree(final, ignore_errors=True)
             try:
@@ -365,9 +422,22 @@ class PartWriter:
                     raise
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 return PartInfo(self.part_id, len(self._rows), self._written, 0)
-            marker = {"part": self.part_id, "clips": len(self._rows), "frames": self._written, "files": files}
+            # Checked again between rename and marker: a job that took the store meanwhile wins.
+            self._check_fence(final)
+            marker = {"part": self.part_id, "clips": len(self._rows), "frames": self._written, "files": files,
+                      "chunks": chunks}
             write_atomic(final / DONE, (json.dumps(marker, indent=1, sort_keys=True) + "\n").encode())
         return PartInfo(self.part_id, len(self._rows), self._written, size)
+
+    def _check_fence(self, folder: Path) -> None:
+        """Remove ``folder`` (the uncommitted part) and raise if the job's fence is no longer the store's."""
+        if self.fence is None:
+            return
+        try:
+            check_fence(self.group.parents[2], self.fence, f"commit of part {self.group.name}/{self.part_id}")
+        except FencingError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
 
 
 # ------------------------------------------------------------------------------------------ index
@@ -476,7 +546,12 @@ def open_features(root: Path | str, encoder: str, spec: dict | str | None = None
 
 
 class FeatureReader:
-    """Random access to one group's clips; picklable, reopens its files lazily in each process."""
+    """Random access to one group's clips; picklable, reopens its files lazily in each process.
+
+    Each part is checked against its done marker on first access in a process, and every chunk read
+    against its checksum (see the module docstring); a damaged part raises ``DamagedPartError`` for
+    every clip it holds, so a caller can skip those clips (the trainer does) or stop.
+    """
 
     def __init__(self, root: Path | str, encoder: str, sid: str) -> None:
         self.root, self.encoder, self.spec_id = Path(root), encoder, sid
@@ -497,11 +572,13 @@ class FeatureReader:
         self._length = table.column("length").to_numpy()
         self._duration = table.column("duration").to_numpy()
         self._arrays: dict[int, tuple[Any, Any]] = {}
+        self._damaged: dict[int, str] = {}
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_arrays"] = {}  # zarr handles stay in the process that opened them
+        state["_damaged"] = {}  # a repaired store is checked afresh
         return state
 
     def keys(self) -> list[str]:
@@ -528,15 +605,59 @@ class FeatureReader:
         """Audio duration of a clip in seconds."""
         return float(self._duration[self._index(key)])
 
+    def part_of(self, key: str) -> str:
+        """The part (``encoder/spec_id/part_id``) that holds a clip."""
+        return f"{self.encoder}/{self.spec_id}/{self._parts[int(self._part[self._index(key)])]}"
+
+    def _refuse(self, part: int, why: str) -> DamagedPartError:
+        name = f"{self.encoder}/{self.spec_id}/{self._parts[part]}"
+        self._damaged[part] = (f"part {name} of store {self.root} is damaged ({why}); run `alarm pipeline "
+                               "repair` or rerun the feature job to recompute it")
+        return DamagedPartError(self._damaged[part])
+
     def _open(self, part: int) -> tuple[Any, Any]:
         if self._pid != os.getpid():  # forked: handles of the parent are not ours
-            self._arrays, self._pid = {}, os.getpid()
+            self._arrays, self._damaged, self._pid = {}, {}, os.getpid()
+        if part in self._damaged:
+            raise DamagedPartError(self._damaged[part])
         if part not in self._arrays:
             folder = self.group / "parts" / self._parts[part]
-            features = _open_array(folder / "features")
-            scales = _open_array(folder / "scales") if self.dtype == "int8" else None
+            try:
+                chunks = self._check_part(part, folder)
+                features = _open_array(folder / "features")
+                scales = _open_array(folder / "scales") if self.dtype == "int8" else None
+            except (OSError, ValueError, KeyError, StoreError) as err:  # unreadable is damaged too
+                raise self._refuse(part, str(err)) from None
+            for array, name in ((features, "features"), (scales, "scales")):
+                if isinstance(array, RawShardedArray):
+                    array.checksums = chunks.get(name)
             self._arrays[part] = (features, scales)
         return self._arrays[part]
+
+    def _check_part(self, part: int, folder: Path) -> dict[str, dict]:
+        """Check a part's files against its done marker and its index rows against its clip table.
+
+        Shard files of arrays with chunk checksums are left to the chunk checks of each read; other
+        files (all of them for a part without chunk checksums) are hashed here. Returns the chunk
+        checksums per array.
+        """
+        import pyarrow.parquet as pq
+
+        marker = json.loads((folder / DONE).read_text())
+        chunks = marker.get("chunks") or {}
+        for rel, checksum in sorted(marker["files"].items()):
+            path = folder / rel
+            if rel.split("/", 1)[0] in chunks and rel.split("/")[1:2] == ["c"]:
+                if not path.is_file():
+                    raise StoreError(f"file {rel} is missing")
+            elif file_checksum(path) != checksum:
+                raise StoreError(f"checksum of {rel} differs from its done marker")
+        clips = pq.read_table(folder / "clips.parquet", columns=["key", "offset", "length"]).to_pydict()
+        stored = {k: (o, n) for k, o, n in zip(clips["key"], clips["offset"], clips["length"], strict=True)}
+        for i in np.flatnonzero(self._part == part):
+            if stored.get(self._keys[i]) != (int(self._offset[i]), int(self._length[i])):
+                raise StoreError(f"index row of clip {self._keys[i]} disagrees with the part's clips.parquet")
+        return chunks
 
     def read(self, key: str, stored: bool = False) -> np.ndarray:
         """A clip's features, ``(frames, layers, dim)``: float32 (dequantised) by default.
@@ -545,15 +666,20 @@ class FeatureReader:
         the trainer widens them on its device); other dtypes are dequantised to float32 either way.
         """
         i = self._index(key)
-        features, scales = self._open(int(self._part[i]))
+        part = int(self._part[i])
+        features, scales = self._open(part)
         start, stop = int(self._offset[i]), int(self._offset[i] + self._length[i])
-        if self.dtype in ("float16", "float32") and isinstance(features, RawShardedArray):
-            out = np.float16 if stored and self.dtype == "float16" else np.float32
-            return features.read(start, stop, np.dtype(out))  # converts while copying
-        values = _read_rows(features, start, stop)
+        try:
+            if self.dtype in ("float16", "float32") and isinstance(features, RawShardedArray):
+                out = np.float16 if stored and self.dtype == "float16" else np.float32
+                return features.read(start, stop, np.dtype(out))  # converts while copying
+            values = _read_rows(features, start, stop)
+            scale_rows = _read_rows(scales, start, stop) if scales is not None else None
+        except DamagedChunk as err:
+            raise self._refuse(part, str(err)) from None
         if stored and self.dtype == "float16":
             return np.asarray(values)
-        return dequantize(values, _read_rows(scales, start, stop) if scales is not None else None, self.dtype)
+        return dequantize(values, scale_rows, self.dtype)
 
 
 def _open_array(folder: Path) -> Any:

@@ -2,7 +2,9 @@
 
 ``verify_store`` names every problem it finds (a part without its done marker, a file whose checksum
 changed, an index row that disagrees with its part, clips of the instance table that no part holds);
-``store_status`` counts done / pending / rejected clips per encoder group.
+``store_status`` counts done / pending / rejected clips per encoder group. ``drop_damaged_parts``
+takes the committed parts that fail these checks out of a group, so the job plans their clips again:
+a rerun (or ``alarm pipeline repair``) recomputes exactly the parts verify rejects.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.manifest import reason_kind
-from pipeline.store import DONE, committed_parts, file_checksum, list_groups, load_index, spec_id
+from pipeline.store import (
+    DONE,
+    committed_parts,
+    file_checksum,
+    list_groups,
+    load_index,
+    spec_id,
+    uncommit_part,
+)
 
 
 @dataclass
@@ -26,6 +36,8 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     groups: dict[str, dict[str, int]] = field(default_factory=dict)
+    damaged: dict[str, list[str]] = field(default_factory=dict)
+    """group label -> committed parts with a problem (what a rerun or ``repair`` recomputes)."""
 
     @property
     def ok(self) -> bool:
@@ -44,39 +56,65 @@ def _instance_keys(root: Path) -> set[str]:
     return set(pq.read_table(path, columns=["key"]).column("key").to_pylist()) if path.is_file() else set()
 
 
-def _verify_part(folder: Path, layers: int, dim: int, checksums: bool, report: VerifyReport) -> list[dict]:
-    """Check one committed part; return its clip rows (empty if unreadable)."""
+def _verify_part(folder: Path, layers: int, dim: int, checksums: bool) -> tuple[list[str], list[dict]]:
+    """Check one committed part; return its problems and its clip rows (empty if unreadable)."""
     import pyarrow.parquet as pq
     import zarr
 
     name = f"{folder.parent.parent.parent.name}/{folder.parent.parent.name}/{folder.name}"
-    marker = json.loads((folder / DONE).read_text())
+    problems: list[str] = []
+    try:
+        marker = json.loads((folder / DONE).read_text())
+        marked = set(marker["files"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return [f"part {name}: done marker unreadable ({err})"], []
     files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != DONE}
-    for missing in sorted(set(marker["files"]) - files):
-        report.problems.append(f"part {name}: file {missing} is missing")
-    for extra in sorted(files - set(marker["files"])):
-        report.problems.append(f"part {name}: unexpected file {extra} (not in its done marker)")
+    for missing in sorted(marked - files):
+        problems.append(f"part {name}: file {missing} is missing")
+    for extra in sorted(files - marked):
+        problems.append(f"part {name}: unexpected file {extra} (not in its done marker)")
     if checksums:
-        for rel in sorted(set(marker["files"]) & files):
+        for rel in sorted(marked & files):
             if file_checksum(folder / rel) != marker["files"][rel]:
-                report.problems.append(f"part {name}: checksum of {rel} differs from its done marker")
+                problems.append(f"part {name}: checksum of {rel} differs from its done marker")
     try:
         rows = pq.read_table(folder / "clips.parquet").to_pylist()
         features = zarr.open_array(str(folder / "features"), mode="r")
         offsets = zarr.open_array(str(folder / "offsets"), mode="r")[:]
     except Exception as err:  # any unreadable file is a problem to name, not a crash
-        report.problems.append(f"part {name}: unreadable ({err})")
-        return []
+        return [*problems, f"part {name}: unreadable ({err})"], []
     if features.shape[1:] != (layers, dim):
-        report.problems.append(f"part {name}: features shape {features.shape}, spec says (frames, {layers}, {dim})")
+        problems.append(f"part {name}: features shape {features.shape}, spec says (frames, {layers}, {dim})")
     expected = np.cumsum([0] + [r["length"] for r in rows])
     if len(offsets) != len(rows) + 1 or not np.array_equal(offsets, expected) or \
             [r["offset"] for r in rows] != list(expected[:-1]):
-        report.problems.append(f"part {name}: offsets disagree with clips.parquet")
+        problems.append(f"part {name}: offsets disagree with clips.parquet")
     if features.shape[0] != expected[-1] or marker["frames"] != expected[-1] or marker["clips"] != len(rows):
-        report.problems.append(f"part {name}: {features.shape[0]} frames stored, clips.parquet covers "
-                               f"{expected[-1]}, done marker says {marker['frames']}")
-    return [{**r, "part": folder.name} for r in rows]
+        problems.append(f"part {name}: {features.shape[0]} frames stored, clips.parquet covers "
+                        f"{expected[-1]}, done marker says {marker['frames']}")
+    return problems, [{**r, "part": folder.name} for r in rows]
+
+
+def damaged_parts(group: Path, checksums: bool = True) -> dict[str, list[str]]:
+    """Committed parts of ``group`` that fail ``verify_store``'s part checks, with their problems."""
+    meta = json.loads((group / "spec.json").read_text())
+    found = {}
+    for part in committed_parts(group):
+        problems, _ = _verify_part(group / "parts" / part, meta["layers"], meta["dim"], checksums)
+        if problems:
+            found[part] = problems
+    return found
+
+
+def drop_damaged_parts(group: Path, checksums: bool = True) -> dict[str, list[str]]:
+    """Uncommit every damaged part of ``group`` (the job then recomputes them); return them with their problems.
+
+    Call only while holding the job lock. With ``checksums`` every file of every part is read once.
+    """
+    found = damaged_parts(group, checksums)
+    for part in found:
+        uncommit_part(group, part)
+    return found
 
 
 def verify_store(root: Path | str, checksums: bool = True) -> VerifyReport:
@@ -108,7 +146,11 @@ def verify_store(root: Path | str, checksums: bool = True) -> VerifyReport:
                 report.warnings.append(f"group {label}: leftover temporary parts in .tmp (removed by the next run)")
             rows: list[dict] = []
             for part in done:
-                rows += _verify_part(group / "parts" / part, meta["layers"], meta["dim"], checksums, report)
+                problems, part_rows = _verify_part(group / "parts" / part, meta["layers"], meta["dim"], checksums)
+                rows += part_rows
+                report.problems += problems
+                if problems:
+                    report.damaged.setdefault(label, []).append(part)
             seen: dict[str, str] = {}
             for r in rows:
                 if r["key"] in seen:

@@ -4,6 +4,11 @@ Only cached features and targets are read here: nothing constructs an encoder. M
 are an error before training starts (listing the missing clips); rows that cannot fit the sequence
 cap, have no target tokens or whose clip has 0 frames in some encoder (an older store kept clips too
 short for a frame) are dropped with a reason into the run's rejects table.
+
+A store part found damaged during training (its bytes differ from its done marker) does not stop
+the run: the clips of that part are skipped, each with a reason naming the part, appended once to the
+run's rejects table (``SkipLog``); the rest of the run goes on. Repair the store
+(``alarm pipeline repair``) and resume to train on them again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.store import DamagedPartError
 from trainer.sequence import PromptLayout, SequenceTooLong, fit_target
 
 SPLITS = ("train", "validation")
@@ -254,6 +260,9 @@ class TokenBudgetSampler:
 class FeatureDataset:
     """Map-style dataset over examples, reading each clip's features from the store.
 
+    A clip whose store part is damaged comes back as ``{"example": ..., "feats": None, "skip": reason}``;
+    ``collate`` leaves it out of the batch and lists it under ``skipped``.
+
     Args:
         examples: Rows from ``join_targets``.
         readers: Per encoder, a picklable reader with ``read(key) -> (frames, ...) float32`` that
@@ -272,8 +281,31 @@ class FeatureDataset:
         example = self.examples[index]
         # Stored float16 stays float16 until the device: half the bytes to copy, pad and pass
         # between worker processes (widening to float32 is exact).
-        feats = {name: reader.read(example.clip_key, stored=True) for name, reader in self.readers.items()}
+        try:
+            feats = {name: reader.read(example.clip_key, stored=True) for name, reader in self.readers.items()}
+        except DamagedPartError as err:
+            return {"example": example, "feats": None, "skip": str(err)}
         return {"example": example, "feats": feats}
+
+
+class SkipLog:
+    """Appends the clips a batch skipped (damaged store parts) to the run's rejects table, once each."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.seen: set[str] = set()
+
+    def add(self, skipped: list[dict[str, str]]) -> None:
+        """Append the rows of ``skipped`` (instance_id, reason) not logged before."""
+        import logging
+
+        new = [r for r in skipped if r["instance_id"] not in self.seen]
+        if not new:
+            return
+        self.seen.update(r["instance_id"] for r in new)
+        with open(self.path, "a") as handle:
+            handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
+        logging.getLogger(__name__).warning("skipped %d clip(s) of damaged store parts: %s", len(new), new[0]["reason"])
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -282,14 +314,19 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     Returns:
         feats: name -> tensor (B, T_max, ...) in the store's float16 or float32; lengths: name -> (B,) valid frames;
         prompt_ids / target_ids: lists of 1-D long tensors; instance_ids, datasets: lists;
-        n_tokens: sequence tokens in the batch (for tokens/s); n_bytes: feature bytes read.
+        n_tokens: sequence tokens in the batch (for tokens/s); n_bytes: feature bytes read;
+        skipped: (instance_id, reason) of the items left out (a damaged store part). B may be 0 when
+        every item was skipped: callers skip such a batch.
     """
     import torch
 
+    skipped = [{"instance_id": item["example"].instance_id, "reason": item["skip"]}
+               for item in items if item.get("feats") is None]
+    items = [item for item in items if item.get("feats") is not None]
     feats: dict[str, torch.Tensor] = {}
     lengths: dict[str, torch.Tensor] = {}
     n_bytes = 0
-    for name in items[0]["feats"]:
+    for name in items[0]["feats"] if items else []:
         arrays = [item["feats"][name] for item in items]
         n_bytes += sum(a.nbytes for a in arrays)
         longest = max(a.shape[0] for a in arrays)
@@ -309,6 +346,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "n_tokens": sum(e.n_tokens for e in examples),
         "n_target_tokens": sum(len(e.target_ids) for e in examples),
         "n_bytes": n_bytes,
+        "skipped": skipped,
     }
 
 

@@ -246,6 +246,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     from trainer.cache_adapters import open_adapter_cache
     from trainer.data import (
         FeatureDataset,
+        SkipLog,
         TokenBudgetSampler,
         join_targets,
         make_loader,
@@ -320,6 +321,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     joined = join_targets(table, readers, layout, tokenizer, count_audio, cfg.max_seq_len)
     if dist.main:
         write_rejects(joined.rejects, run_dir / "rejects.jsonl")
+    skip_log = SkipLog(run_dir / "rejects.jsonl")  # clips of damaged store parts, met mid-run
     train_rows = joined.splits.get("train", [])
     val_rows = joined.splits.get("validation", [])
     if not train_rows:
@@ -376,6 +378,9 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
             for b, batch in enumerate(loader):
                 if cfg.eval_max_batches and b >= cfg.eval_max_batches:
                     break
+                skip_log.add(batch["skipped"])
+                if not batch["instance_ids"]:
+                    continue
                 row_loss, row_count = model.loss(batch)
                 for ds, l_, c in zip(batch["datasets"], row_loss.tolist(), row_count.tolist(), strict=True):
                     sums[ds] = sums.get(ds, 0.0) + l_
@@ -387,8 +392,9 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
                 from trainer.data import collate
 
                 picks = [val_set[i] for i in range(min(cfg.sample_generations, len(val_set)))]
-                batch = collate(picks)
-                for row, text in zip(picks, model.generate(batch, tokenizer, cfg.sample_max_new_tokens), strict=True):
+                picks = [p for p in picks if p["feats"] is not None]
+                texts = model.generate(collate(picks), tokenizer, cfg.sample_max_new_tokens) if picks else []
+                for row, text in zip(picks, texts, strict=True):
                     samples.append({"instance_id": row["example"].instance_id, "generated": text})
         frontend.train()
         llm.train(cfg.gradient_checkpointing)
@@ -430,6 +436,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
         sampler.set_epoch(epoch, start, stop=usable)
         micro: list[dict[str, Any]] = []
         for batch in make_loader(train_set, sampler, cfg.num_workers, seed=cfg.seed + epoch):
+            skip_log.add(batch["skipped"])
             micro.append(batch)
             start += 1
             if len(micro) < cfg.grad_accum:
@@ -439,6 +446,8 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
                                                 device=device), dist)
             step_loss = torch.zeros(1, device=device)
             for b in micro:
+                if not b["instance_ids"]:  # every clip of it was in a damaged store part
+                    continue
                 row_loss, _ = model.loss(b)
                 loss = row_loss.sum() / n_target[0]
                 loss.backward()
