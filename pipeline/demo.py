@@ -370,5 +370,5 @@ def run_demo(out: Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     click.echo(f"  {'report':<{width}}  {md}")
     click.secho("What you see, and why:", bold=True)
     for line in what_you_see(run.facts):
-        click.echo(f"  - {line.replace('*', '')}")
+        click.echo(f"  - {line.replace('*', '').replace('`', '')}")
     return json.loads((out / "report.json").read_text())["data"]
