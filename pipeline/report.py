@@ -416,9 +416,9 @@ def write_pipeline_report(store: str | Path) -> tuple[Path, Path]:
         "encoders": encoders, "stages": stages, "wall_seconds": summary.get("wall_seconds"),
         "summary": summary, "figures": figures,
     }
-    from pipeline.counts import COUNTS_HELP, store_counts
+    from pipeline.counts import COUNTS_HELP, ClipCounts, store_counts
 
-    counts = store_counts(root)
+    counts = attempt("clip counts", lambda: store_counts(root), missing, ClipCounts()) or ClipCounts()
     data["counts"] = counts.to_dict()
     key = {**{name: n for name, n in counts.labels()},
            "audio": human_duration(sum(all_clips.values())), "rejected instances": len(rejects),
