@@ -58,8 +58,10 @@ def manifest_check(path: Path, rejects: Path | None) -> None:
         result = read_manifest(path, rejects_path=rejects)
     except ManifestError as err:
         fail(str(err))
+    from pipeline.counts import input_counts
+
     counts = result.summary()
-    click.echo(f"{counts['instances']} instances, {counts['clips']} clips, {counts['rejected']} rejected")
+    click.echo(f"{input_counts(result.instances).line()}; {counts['rejected']} rejected rows")
     for dataset, n in sorted(counts["per_dataset"].items()):
         click.echo(f"  {dataset}: {n}")
     if result.rejects:
@@ -155,12 +157,13 @@ def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | N
 @click.option("--store", type=click.Path(path_type=Path), required=True, help="Store folder.")
 def pipeline_status(store: Path) -> None:
     """Done / pending / rejected clips per encoder group of a store."""
+    from pipeline.counts import store_counts
     from pipeline.verify import store_status
 
     if not store.is_dir():
         fail(f"store {store} does not exist")
     status = store_status(store)
-    click.echo(f"{status['clips']} clips, {status['rejected_total']} rejected instances")
+    click.echo(f"{store_counts(store).line()}; {status['rejected_total']} rejected instances")
     for kind, n in status["rejected"].items():
         click.echo(f"  rejected ({kind}): {n}")
     for label, g in sorted(status["groups"].items()):
@@ -254,8 +257,7 @@ def pipeline_plan(manifest: Path | None, shards: tuple[str, ...], encoders: str 
         report = plan_job(cfg, gpu_peak_tflops=gpu_tflops, mfu=mfu)
     except ManifestError as err:
         fail(str(err))
-    click.echo(f"{report.instances} instances, {report.clips} clips, {report.audio_hours:.3f} hours "
-               f"({report.unreadable} unreadable, {report.too_long} too long)")
+    click.echo(report.headline())
     for e, size in report.bytes_per_encoder.items():
         click.echo(f"  {e}: {size / 1e9:.3f} GB, ~{report.gpu_hours_per_encoder[e]:.3f} GPU-hours")
     click.echo(f"total: {report.bytes_total / 1e9:.3f} GB ({report.bytes_per_audio_second / 1e6:.3f} MB per "
@@ -590,7 +592,7 @@ def infer(audio: tuple[str, ...], prompt: str, checkpoint: Path, store: Path | N
         click.secho(f"-- thinking ({result.thinking_tokens} tokens{forced})", fg="cyan")
         click.echo(result.thinking)
         click.secho(f"-- answer ({result.answer_tokens} tokens)", fg="green")
-        click.echo(result.answer)
+        click.echo(result.answer or f"({result.empty_reason()})")
 
 
 # ---------------------------------------------------------------------------------------- eval

@@ -133,6 +133,7 @@ class DemoRun:
         self.outputs: dict[str, Path] = {}
 
     def corpus(self) -> str:
+        from pipeline.counts import input_counts
         from pipeline.demo_corpus import write_demo_corpus
         from pipeline.demo_eval import write_demo_eval
         from pipeline.manifest import read_manifest
@@ -143,14 +144,15 @@ class DemoRun:
         if not self.eval_manifest.is_file():
             write_demo_eval(self.corpus_dir, self.eval_manifest, per_clip=self.cfg.eval_per_clip)
         info = json.loads((self.corpus_dir / "corpus.json").read_text())
-        summary = read_manifest(self.manifest).summary()
+        counts = input_counts(read_manifest(self.manifest).instances)
         options = [len(q.options) for q in read_eval_manifest(self.eval_manifest).questions]
         questions = len(options)
         self.chance = round(sum(1 / n for n in options) / max(1, questions), 4)
         self.outputs.update(manifest=self.manifest, eval_manifest=self.eval_manifest)
-        self.facts["corpus"] = {"clips": info["clips"], "instances": summary["instances"],
-                                "speech": info["speech"], "eval_questions": questions}
-        return (f"{info['clips']} clips, {summary['instances']} instances, {questions} eval questions, "
+        broken = len(info.get("broken_files", []))
+        self.facts["corpus"] = {"counts": counts.to_dict(), "broken_files": broken, "speech": info["speech"],
+                                "eval_questions": questions}
+        return (f"{counts.line()} ({broken} files broken on purpose), {questions} eval questions, "
                 f"speech: {info['speech']}")
 
     def models(self) -> str:
@@ -160,6 +162,7 @@ class DemoRun:
         return f"tiny Qwen3 (random weights, the real Qwen3 tokenizer) in {self.llm}"
 
     def features(self) -> str:
+        from pipeline.counts import store_counts
         from pipeline.job import PipelineConfig, run_pipeline
 
         summary = run_pipeline(PipelineConfig(store=str(self.store), manifest=str(self.manifest),
@@ -167,10 +170,12 @@ class DemoRun:
         self.outputs.update(store=self.store, store_report=self.store / "report.md")
         rejected = sum(summary.rejected.values())
         encoded = sum(summary.encoded.values())
-        self.facts["features"] = {"clips": summary.clips, "audio_seconds": round(summary.audio_hours * 3600, 1),
+        counts = store_counts(self.store)
+        self.facts["features"] = {"clips": summary.clips, "counts": counts.to_dict(),
+                                  "audio_seconds": round(summary.audio_hours * 3600, 1),
                                   "rejected": summary.rejected, "encoded_now": summary.encoded}
-        return (f"{summary.clips} clips ({summary.audio_hours * 3600:.0f} audio-s) cached for "
-                f"{len(self.cfg.encoders)} encoders, {encoded} encoder-clips computed now, {rejected} rejected")
+        return (f"{counts.line()} ({summary.audio_hours * 3600:.0f} audio-s) for {len(self.cfg.encoders)} "
+                f"encoders; {encoded} encoder-clips computed now; {rejected} manifest rows rejected with a reason")
 
     def rephrase(self) -> str:
         from rephrase.engines import EngineConfig
@@ -187,8 +192,9 @@ class DemoRun:
         validation = result.get("validation", {})
         generated = sum(result.get(p, {}).get("generated", 0) for p in ("answer", "rephrase"))
         self.facts["rephrase"] = {"engine": engine, "generated_now": generated, "kept": validation.get("kept"),
-                                  "rejected_per_rule": validation.get("rejected_per_rule")}
-        return f"engine {engine}, {generated} generations now, kept {validation.get('kept', '?')} targets"
+                                  "rejected_per_rule": validation.get("rejected_per_rule"),
+                                  "accounting": validation.get("accounting")}
+        return f"engine {engine}, {generated} generations now; {validation.get('accounting', '')}"
 
     def train(self) -> str:
         from trainer.config import TrainConfig
@@ -228,9 +234,9 @@ class DemoRun:
         self.facts["eval"] = data
         data["chance_accuracy"] = self.chance
         overall = data.get("overall", {})
-        return (f"{overall.get('questions', 0)} questions, accuracy {100 * (overall.get('accuracy') or 0):.1f} % "
-                f"(chance {100 * data['chance_accuracy']:.1f} %), "
-                f"unparseable {overall.get('unparseable', 0)}, asked now {data.get('asked', '?')}")
+        data["accuracy_words"] = accuracy_words(overall, self.chance)
+        return (f"{overall.get('questions', 0)} questions: {data['accuracy_words']}; "
+                f"asked now {data.get('asked', '?')}")
 
     def infer(self) -> str:
         from pipeline.report import truncate
@@ -243,11 +249,59 @@ class DemoRun:
                                          think_budget=self.cfg.eval_think_budget,
                                          max_new_tokens=self.cfg.eval_max_new_tokens), [audio], prompt)[0]
         self.facts["infer"] = {"audio": audio, "prompt": prompt, "thinking": result.thinking,
-                               "answer": result.answer, "forced": result.forced, "error": result.error}
+                               "answer": result.answer, "forced": result.forced, "error": result.error,
+                               "thinking_tokens": result.thinking_tokens, "answer_tokens": result.answer_tokens,
+                               "empty_reason": result.empty_reason()}
         if result.error:
             return f"{Path(audio).name}: error {result.error}"
+        answer = (f"answer {truncate(result.answer, 60)!r} (random text: the LLM's weights are random)"
+                  if result.answer else f"answer {result.empty_reason()}")
         return (f"{Path(audio).name}: {result.thinking_tokens} thinking tokens"
-                f"{' (budget forced)' if result.forced else ''}, answer {truncate(result.answer, 60)!r}")
+                f"{' (budget forced)' if result.forced else ''}, {answer}")
+
+
+def accuracy_words(overall: dict[str, Any], chance: float) -> str:
+    """The evaluation's accuracy against the chance level, with the reason when it falls below it.
+
+    A reply without a parseable ``<answer>i</answer>`` is scored wrong, so a model that never writes
+    that format scores 0 %: below chance, not at it.
+    """
+    questions = int(overall.get("questions") or 0)
+    unparseable = int(overall.get("unparseable") or 0)
+    accuracy = float(overall.get("accuracy") or 0.0)
+    head, level = f"accuracy {100 * accuracy:.1f} %", f"the {100 * chance:.1f} % chance level"
+    if questions and unparseable == questions:
+        return (f"{head}, below {level}: all {questions} answers unparseable (a random tiny LLM never writes "
+                f"<answer>i</answer>, and an answer without it is scored wrong)")
+    if questions and abs(accuracy - chance) <= 1 / questions:  # within one question of chance
+        where = "at"
+    else:
+        where = "below" if accuracy < chance else "above"
+    return f"{head}, {where} {level}; {unparseable} of {questions} answers unparseable (scored wrong)"
+
+
+def what_you_see(facts: dict[str, Any]) -> list[str]:
+    """What a user sees in the demo's numbers, and why (terminal and report.md say the same)."""
+    lines = ["The LLM is a tiny *random* Qwen3 (the real tokenizer, random weights): it writes random text."]
+    rephrase = facts.get("rephrase") or {}
+    if rephrase:
+        rules = ", ".join(f"{n} {rule}" for rule, n in (rephrase.get("rejected_per_rule") or {}).items())
+        unparseable = (rephrase.get("rejected_per_rule") or {}).get("unparseable", 0)
+        why = (f" {unparseable} rephrasings have no <answer> block: a random LLM never writes the format the "
+               f"rephrase pass asks for." if unparseable else "")
+        lines.append(f"Rephrasing: {rephrase.get('accounting')} (rejects by rule: {rules or 'none'}).{why} "
+                     f"Training uses reference targets written from the corpus labels, true by construction.")
+    evaluation = facts.get("eval") or {}
+    if evaluation.get("accuracy_words"):
+        lines.append(f"Evaluation: {evaluation['accuracy_words']}.")
+    infer = facts.get("infer") or {}
+    if infer and not infer.get("error"):
+        said = (f"answered {infer['answer'][:40]!r} (random text)" if infer.get("answer")
+                else f"gave no answer: {infer.get('empty_reason')}")
+        lines.append(f"`alarm infer` thought for {infer.get('thinking_tokens')} tokens"
+                     f"{', closed by budget forcing' if infer.get('forced') else ''}, then {said}.")
+    lines.append("Every stage runs for real on real components; swap in the real checkpoints for real numbers.")
+    return lines
 
 
 def _losses(logs: Path) -> list[float]:
@@ -271,14 +325,12 @@ def _write_demo_report(run: DemoRun, stages: list[dict[str, Any]], wall: float) 
         sections.append(Section("Training loss", figure=rel["loss_curve"], caption="training and validation loss"))
     infer = run.facts.get("infer")
     if infer:
+        answer = repr(truncate(infer["answer"])) if infer["answer"] else f"({infer.get('empty_reason')})"
         sections.append(Section("One answer (`alarm infer`)", text=(
             f"Prompt: *{infer['prompt']}* on `{Path(infer['audio']).name}`\n\n"
-            f"Thinking: {truncate(infer['thinking'])!r}\n\nAnswer: {truncate(infer['answer'])!r}")))
-    sections.append(Section("Read this before the numbers", text=(
-        "The LLM is a tiny *random* Qwen3 (the real tokenizer, random weights), so it writes no valid "
-        "rephrased target and cannot reason: training uses reference targets written from the corpus labels, "
-        "and the evaluation's accuracy is at chance level. The demo shows every stage running for real on "
-        "real components; swap in the real checkpoints for real numbers.")))
+            f"Thinking: {truncate(infer['thinking'])!r}\n\nAnswer: {answer}")))
+    sections.append(Section("Read this before the numbers", text="\n".join(f"- {line}" for line in
+                                                                           what_you_see(run.facts))))
     data = {"wall_seconds": wall, "stages": stages, "outputs": {k: str(v) for k, v in run.outputs.items()},
             **run.facts}
     _, md = write_report(out, "alarm demo", data, sections, key_figures={"wall seconds": wall})
@@ -316,5 +368,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     for name, path in run.outputs.items():
         click.echo(f"  {name:<{width}}  {path}")
     click.echo(f"  {'report':<{width}}  {md}")
-    click.echo("The LLM is a tiny random Qwen3: accuracy is at chance and targets come from labels (see the report).")
+    click.secho("What you see, and why:", bold=True)
+    for line in what_you_see(run.facts):
+        click.echo(f"  - {line.replace('*', '').replace('`', '')}")
     return json.loads((out / "report.json").read_text())["data"]

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.manifest import write_manifest
+from pipeline.counts import input_counts
+from pipeline.manifest import read_manifest, write_manifest
 
 NOTE_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 SENTENCES = [
@@ -288,8 +289,12 @@ def write_demo_corpus(out_dir: str | Path, config: DemoCorpusConfig | None = Non
                      "prompt": "Describe the sound."})
     manifest = write_manifest(rows, out / "manifest.jsonl")
     durations = [len(c.audio) / c.rate for c in clips]
+    counts = input_counts(read_manifest(manifest).instances)
     summary = {
-        "clips": len(clips), "instances": len(rows), "broken_files": [b[0] for b in broken],
+        # The counts every command prints (pipeline.counts); "good_files" are the audio files made
+        # whole, the rest of "audio_files" are broken on purpose.
+        "counts": counts.to_dict(), "counts_line": counts.line(), "good_files": len(clips),
+        "instances": len(rows), "broken_files": [b[0] for b in broken],
         "speech": "espeak-ng" if any(speech) else "skipped: espeak-ng is not installed",
         "shortest_s": round(min(durations), 2) if durations else None,
         "longest_s": round(max(durations), 2) if durations else None,

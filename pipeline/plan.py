@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.counts import ClipCounts, input_counts
 from pipeline.store import bytes_per_value
 
 # Forward FLOPs (estimates from parameter counts and token rates; see the module docstring).
@@ -25,9 +26,13 @@ class PlanReport:
     """What a job over this input would compute and store."""
 
     instances: int
+    """Manifest rows."""
     clips: int
+    """Readable sources (audio+cut) under the clip-length limit: what the job would try to encode."""
     unreadable: int
+    """Sources whose header does not open, or whose cut covers no audio."""
     too_long: int
+    """Readable sources at or over the clip-length limit."""
     audio_hours: float
     bytes_per_encoder: dict[str, float]
     bytes_total: float
@@ -35,6 +40,13 @@ class PlanReport:
     gpu_hours_per_encoder: dict[str, float]
     gpu_hours_total: float
     assumptions: dict[str, Any] = field(default_factory=dict)
+    counts: ClipCounts = field(default_factory=ClipCounts)
+    """Manifest rows, audio files, sources, readable and under-the-limit, named as every command names them."""
+
+    def headline(self) -> str:
+        """The first line ``alarm pipeline plan`` prints: the named counts, hours, and what drops out."""
+        return (f"{self.counts.line()}; {self.audio_hours:.3f} hours "
+                f"({self.unreadable} unreadable, {self.too_long} too long)")
 
     def to_dict(self) -> dict[str, Any]:
         from pipeline.configs import to_dict
@@ -77,6 +89,9 @@ def plan_job(cfg: Any, gpu_peak_tflops: float = 989.0, mfu: float = 0.35) -> Pla
         else:
             durations.append(d)
     seconds = sum(durations)
+    counts = input_counts(instances)
+    counts.readable, counts.under_limit = len(sources) - unreadable, len(durations)
+    counts.limit_seconds = cfg.decode.max_seconds
     sizes, gpu_h = {}, {}
     for e in cfg.encoders:
         info = ENCODERS[e]
@@ -93,7 +108,8 @@ def plan_job(cfg: Any, gpu_peak_tflops: float = 989.0, mfu: float = 0.35) -> Pla
         instances=len(instances), clips=len(durations), unreadable=unreadable, too_long=too_long,
         audio_hours=seconds / 3600, bytes_per_encoder=sizes, bytes_total=total,
         bytes_per_audio_second=total / seconds if seconds else 0.0, gpu_hours_per_encoder=gpu_h,
-        gpu_hours_total=sum(gpu_h.values()),
+        gpu_hours_total=sum(gpu_h.values()), counts=counts,
         assumptions={"dims": "ALARM checkpoints (ALARM.md §2)", "dtype": cfg.storage.dtype,
                      "gpu_peak_tflops": gpu_peak_tflops, "mfu": mfu,
-                     "clips": "distinct audio+cut (identical content under two paths counts twice here)"})
+                     "clips": "readable sources (audio+cut) under the limit; identical content under two "
+                              "names counts twice here, once in the store (keyed by content)"})

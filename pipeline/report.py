@@ -416,13 +416,18 @@ def write_pipeline_report(store: str | Path) -> tuple[Path, Path]:
         "encoders": encoders, "stages": stages, "wall_seconds": summary.get("wall_seconds"),
         "summary": summary, "figures": figures,
     }
-    key = {"clips": len(all_clips), "instances": len(instances),
+    from pipeline.counts import COUNTS_HELP, ClipCounts, store_counts
+
+    counts = attempt("clip counts", lambda: store_counts(root), missing, ClipCounts()) or ClipCounts()
+    data["counts"] = counts.to_dict()
+    key = {**{name: n for name, n in counts.labels()},
            "audio": human_duration(sum(all_clips.values())), "rejected instances": len(rejects),
            "encoder groups": len(encoders), "features on disk": human_bytes(
                sum(g.get("bytes_on_disk", 0) for g in encoders.values())),
            "last job wall time": human_duration(summary.get("wall_seconds"))}
     sections = [
-        Section("Datasets", headers=["dataset", "instances", "clips", "audio hours", "median s", "max s"],
+        Section("Datasets", text=COUNTS_HELP,
+                headers=["dataset", "manifest rows", "stored clips", "audio hours", "median s", "max s"],
                 rows=[[ds, v["instances"], v["clips"], v["audio_hours"], v["duration_s"]["median"],
                        v["duration_s"]["max"]] for ds, v in per_dataset.items()],
                 figure=figures.get("durations"), caption="clip durations per dataset"),

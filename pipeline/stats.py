@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.counts import COUNTS_HELP, ClipCounts, input_counts
+
 DOMAINS = ("speech", "sound", "music", "instruction")
 # Metadata key prefixes that only music labels carry ("tempo_bpm", "chord_quality", "instruments"), and
 # exact keys too short to be safe prefixes ("key" would also catch "keywords").
@@ -56,7 +58,7 @@ class GroupStats:
         dataset: dataset name.
         domain: one of ``DOMAINS`` (``all`` on the totals row).
         instances: manifest rows.
-        clips: distinct readable (audio, start, end) sources.
+        clips: distinct readable (audio, start, end) sources (the ``readable`` count of pipeline.counts).
         hours: their summed duration in hours (each distinct source once).
         unreadable: distinct sources whose audio could not be opened.
     """
@@ -79,12 +81,14 @@ class ManifestStats:
     rejected_rows: int
     unreadable: dict[str, str] = field(default_factory=dict)  # audio -> reason (a few examples)
     durations: dict[str, list[float]] = field(default_factory=dict)  # dataset -> clip durations (s)
+    counts: ClipCounts = field(default_factory=ClipCounts)
+    """Manifest rows, audio files, sources and readable sources, named as every command names them."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (without the raw durations)."""
         return {"manifest": self.manifest, "groups": [asdict(g) for g in self.groups],
                 "total": asdict(self.total), "rejected_rows": self.rejected_rows,
-                "unreadable_examples": self.unreadable}
+                "unreadable_examples": self.unreadable, "counts": self.counts.to_dict()}
 
 
 def cut_duration(total: float, start: float | None, end: float | None) -> float:
@@ -144,11 +148,11 @@ def manifest_stats(manifest: str | Path, workers: int = 8, progress: bool = True
             continue
         sources[(inst.dataset, dom)].add(src)
         header = probed[inst.audio]
-        if isinstance(header, str):
+        seconds = 0.0 if isinstance(header, str) else cut_duration(header, inst.start, inst.end)
+        if seconds <= 0:  # no header, or a cut that covers no audio (as `pipeline plan` counts it)
             g.unreadable += 1
             seen[src] = None
             continue
-        seconds = cut_duration(header, inst.start, inst.end)
         g.clips += 1
         g.hours += seconds / 3600
         durations[inst.dataset][src] = seconds
@@ -159,9 +163,12 @@ def manifest_stats(manifest: str | Path, workers: int = 8, progress: bool = True
                        hours=sum(v for v in seen.values() if v is not None) / 3600,
                        unreadable=sum(1 for v in seen.values() if v is None))
     bad = {a: r for a, r in probed.items() if isinstance(r, str)}
+    counts = input_counts(result.instances)
+    counts.readable = total.clips
     return ManifestStats(manifest=str(Path(manifest).resolve()), groups=ordered, total=total,
                          rejected_rows=len(result.rejects), unreadable=dict(sorted(bad.items())[:5]),
-                         durations={ds: sorted(v.values()) for ds, v in sorted(durations.items())})
+                         durations={ds: sorted(v.values()) for ds, v in sorted(durations.items())},
+                         counts=counts)
 
 
 def stats_rows(stats: ManifestStats) -> list[list[Any]]:
@@ -170,7 +177,7 @@ def stats_rows(stats: ManifestStats) -> list[list[Any]]:
             for g in [*stats.groups, stats.total]]
 
 
-STATS_HEADERS = ["dataset", "domain", "hours", "clips", "instances", "unreadable"]
+STATS_HEADERS = ["dataset", "domain", "hours", "readable sources", "manifest rows", "unreadable sources"]
 
 
 def format_stats(stats: ManifestStats) -> str:
@@ -187,6 +194,7 @@ def format_stats(stats: ManifestStats) -> str:
 
     out = [line(cells[0]), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in cells[1:-1]] + ["  ".join("-" * w for w in widths), line(cells[-1])]
+    out.append(stats.counts.line())
     if stats.rejected_rows:
         out.append(f"({stats.rejected_rows} manifest row(s) rejected; see `alarm manifest check`)")
     for audio, reason in stats.unreadable.items():
@@ -211,8 +219,8 @@ def write_stats_report(stats: ManifestStats, out_dir: str | Path) -> tuple[Path,
                        + "; ".join(f"{a}: {r}" for a, r in list(stats.unreadable.items())[:2]) + ")")
     data = {"kind": "stats", **stats.to_dict(), "figures": figures}
     key = {"manifest": stats.manifest, "audio": human_duration(stats.total.hours * 3600),
-           "clips": stats.total.clips, "instances": stats.total.instances,
-           "unreadable clips": stats.total.unreadable, "rejected manifest rows": stats.rejected_rows}
+           **{name: n for name, n in stats.counts.labels()},
+           "unreadable sources": stats.total.unreadable, "rejected manifest rows": stats.rejected_rows}
     sections = [Section("Hours and clips per dataset and domain", text=_domain_rule(), headers=STATS_HEADERS,
                         rows=stats_rows(stats), figure=figures.get("durations"),
                         caption="clip durations per dataset")]
@@ -221,8 +229,8 @@ def write_stats_report(stats: ManifestStats, out_dir: str | Path) -> tuple[Path,
 
 def _domain_rule() -> str:
     return ("Domain: instruction (kind), else speech (a transcript), else music (music labels such as "
-            "notes, tempo, genre, instrument, or a music dataset name), else sound. A clip is a distinct "
-            "(audio, start, end) source; hours count each clip once.")
+            "notes, tempo, genre, instrument, or a music dataset name), else sound. Hours count each "
+            "readable source once. " + COUNTS_HELP)
 
 
 def stats_json(stats: ManifestStats) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,13 @@ def _cache_counts(root: Path, name: str) -> dict[str, int]:
     rows = PassCache(root, name).read().values()
     return {"rows": len(rows), "ok": sum(r.ok for r in rows), "errors": sum(not r.ok for r in rows),
             "forced": sum(bool(r.forced) for r in rows), "tokens": sum(int(r.n_tokens or 0) for r in rows)}
+
+
+def _run_states(out: Path) -> dict[str, Any]:
+    """Per-pass request states of the run folder, as ``alarm rephrase status`` prints them."""
+    from rephrase.show import run_status
+
+    return run_status(out)
 
 
 def _run_record(out: Path, missing: list[str]) -> dict[str, Any]:
@@ -64,11 +71,13 @@ def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
         missing, [])
     rejects = attempt("rejects.parquet", lambda: read_parquet_rows(out / "rejects.parquet"), missing, [])
     cache_root = Path(config.get("cache_dir") or out / "cache")
+    # The states of this run's requests, exactly as `alarm rephrase status` counts them.
+    states = attempt("pass states (as `alarm rephrase status`)", lambda: _run_states(out), missing, {}) or {}
     passes: dict[str, dict[str, Any]] = {}
     for name in ("answer", "rephrase", "judge"):
         in_cache = _cache_counts(cache_root, name) if (cache_root / name).is_dir() else None
         if run.get(name) or in_cache:
-            passes[name] = {"run": run.get(name), "cache": in_cache}
+            passes[name] = {"run": run.get(name), "states": states.get(name), "cache": in_cache}
     if not passes:
         missing.append(f"no pass statistics (no run record, no cache under {cache_root})")
 
@@ -103,27 +112,45 @@ def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
     if not examples:  # nothing kept: show what was rejected instead, so the reader sees why
         examples = [{"instance_id": r["instance_id"], "dataset": r.get("dataset"), "rule": r.get("rule"),
                      "target": r.get("target")} for r in rejects if r.get("target")][:2]
+    stages = Counter(str(r.get("stage")) for r in rejects)
+    inputs = run.get("inputs", stats.get("inputs"))
+    before = stats.get("rejected_before_generation", stages["input"])
+    after = stats.get("rejected_after_generation", stages["generate"] + stages["validate"])
     data = {
         "kind": "rephrase", "out_dir": str(out.resolve()),
-        "inputs": run.get("inputs", stats.get("inputs")), "input_rejects": run.get("input_rejects"),
+        "manifest_rows": inputs + before if inputs is not None else None,
+        "inputs": inputs, "input_rejects": run.get("input_rejects"),
         "passes": passes, "kept": stats.get("kept", len(targets)), "rejected": stats.get("rejected", len(rejects)),
+        "rejected_before_generation": before, "rejected_after_generation": after,
+        "rejected_manifest_lines": stats.get("rejected_manifest_lines", stages["manifest"]),
         "pending": stats.get("pending"), "split": stats.get("split", {}),
         "kept_per_dataset": stats.get("kept_per_dataset", {}), "rejected_per_rule": by_rule, "rule_hits": hits,
         "target_tokens": {k: summarize(v) for k, v in lengths.items()},
         "examples": examples, "run": run, "figures": figures,
     }
-    key = {"inputs": data["inputs"], "kept targets": data["kept"], "rejected": data["rejected"],
-           "pending": data["pending"], "model": (config.get("engine") or {}).get("model")}
+    key = {"manifest rows": data["manifest_rows"], "rows sent to generation": inputs, "kept targets": data["kept"],
+           "rejected before generation": before, "rejected after generation": after, "pending": data["pending"],
+           "model": (config.get("engine") or {}).get("model")}
+    if data["rejected_manifest_lines"]:
+        key["manifest lines rejected (not rows)"] = data["rejected_manifest_lines"]
     pass_rows = []
     for name, p in passes.items():
-        r, c = p["run"] or {}, p["cache"] or {}
+        r, st, c = p["run"] or {}, p["states"] or {}, p["cache"] or {}
         tok_s = r["tokens"] / r["seconds"] if r.get("seconds") else None
-        pass_rows.append([name, r.get("requested"), r.get("cached"), r.get("generated"), r.get("errors"),
-                          c.get("ok"), c.get("errors"), c.get("forced"), tok_s])
+        pass_rows.append([name, st.get("requests", r.get("requested")), st.get("complete"), st.get("incomplete"),
+                          st.get("error", c.get("errors")), st.get("pending"), r.get("cached"), r.get("generated"),
+                          st.get("budget_forced", c.get("forced")), tok_s])
+    accounting = (f"{data['manifest_rows']} manifest rows = {data['kept']} kept + {after} rejected after generation "
+                  f"+ {before} rejected before generation (too long, no prompt, not in the feature store, ...) "
+                  f"+ {data['pending']} pending; {inputs} rows went to generation."
+                  if inputs is not None else "The run record is missing: no row accounting.")
     sections = [
-        Section("Passes", text="*This run*: requests, served from cache, generated now, errors now. "
-                               "*Cache*: every generation the pass's cache holds (best row per request).",
-                headers=["pass", "requests", "cached", "generated", "errors", "cache ok", "cache errors",
+        Section("Rows", text=accounting),
+        Section("Passes", text="Each request of this run is in one state, as `alarm rephrase status` counts it: "
+                               "*complete*, *incomplete* (stopped by the cap: an answer whose thinking never "
+                               "closed, a rephrasing that hit the total cap), *error*, or *pending*. *Cached* and "
+                               "*generated* are this run's: served from the cache, generated now.",
+                headers=["pass", "requests", "complete", "incomplete", "error", "pending", "cached", "generated",
                          "budget-forced", "tokens/s"], rows=pass_rows),
         Section("Validation", text="Each rejected row counts once, under the first rule that hit it; "
                                    "*hits* counts every rule that matched a generated target.",

@@ -14,8 +14,17 @@ from rephrase.parse import is_incomplete
 def run_status(out_dir: str | Path) -> dict[str, Any]:
     """Counts per pass and state, tokens generated and throughput, from the cache alone.
 
-    States: ``ok`` (finished), ``incomplete`` (ok but stopped by the cap: answers without a closed
-    thinking block, rephrasings that hit the total cap), ``error``, ``pending`` (not generated yet).
+    Each request of the run is in exactly one state, so ``complete + incomplete + error + pending ==
+    requests``:
+
+    * ``complete``: generated without error and within its cap;
+    * ``incomplete``: generated without error but stopped by the cap (an answer whose thinking
+      never closed, a rephrasing that hit the total cap). A tiny random LLM leaves every answer here;
+    * ``error``: the engine failed on it (``alarm rephrase retry-failed`` retries these);
+    * ``pending``: not generated yet.
+
+    ``finished`` is ``complete + incomplete``: what the run report counts as generated. The
+    ``targets`` entry repeats the validation counts of ``stats.json``.
     """
     import pyarrow.parquet as pq
 
@@ -47,8 +56,9 @@ def run_status(out_dir: str | Path) -> dict[str, Any]:
         seconds = sum(r.gen_seconds for r in rows)
         incomplete = [r for r in rows if r.ok and (
             is_incomplete(r.text) if name == ANSWER else r.finish_reason == "length")]
+        finished = sum(1 for r in rows if r.ok)
         status[name] = {
-            "requests": len(keys), "ok": sum(1 for r in rows if r.ok) - len(incomplete),
+            "requests": len(keys), "finished": finished, "complete": finished - len(incomplete),
             "incomplete": len(incomplete), "error": sum(1 for r in rows if not r.ok),
             "pending": len(keys) - len(rows), "budget_forced": sum(1 for r in rows if r.forced),
             "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1) if seconds else None,

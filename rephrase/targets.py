@@ -105,6 +105,20 @@ def _schemas() -> tuple[Any, Any]:
     return targets, rejects
 
 
+def _clip_key_note(out: Path, n_inputs: int) -> str:
+    """Where the targets' clip keys come from, and how many generation inputs got one."""
+    import pyarrow.parquet as pq
+
+    from rephrase.run import INPUTS_FILE, RUN_FILE
+
+    record = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).is_file() else {}
+    if not record.get("instances"):
+        return "null: no --instances given (targets cannot be joined with a feature store)"
+    keys = pq.read_table(out / INPUTS_FILE).column("clip_key").to_pylist() if n_inputs else []
+    have = sum(1 for k in keys if k)
+    return f"from {record['instances']}: {have} of {n_inputs} generation inputs have a clip key"
+
+
 def write_outputs(out: Path, run_cfg: Any, cfg: Any, candidates: list[Any], pending: list[str],
                   input_rejects: list[dict[str, Any]], hits: Counter, n_inputs: int) -> dict[str, Any]:
     """Write targets, rejects and statistics; return the statistics."""
@@ -142,18 +156,30 @@ def write_outputs(out: Path, run_cfg: Any, cfg: Any, candidates: list[Any], pend
         })
     _write(kept, target_schema, out / TARGETS_FILE)
     _write(rejects, reject_schema, out / REJECTS_FILE)
+    stages = Counter(r["stage"] for r in rejects)
+    before = stages["input"]
+    after = stages["generate"] + stages["validate"]
     stats = {
+        # Every valid manifest row ends in exactly one of: kept, pending, rejected before generation
+        # (stage "input"), rejected after it (stages "generate", "validate"). Manifest lines that are
+        # not valid rows (stage "manifest") are counted on their own.
+        "manifest_rows": n_inputs + before,
         "inputs": n_inputs,
         "kept": len(kept),
         "pending": len(pending),
+        "rejected_before_generation": before,
+        "rejected_after_generation": after,
+        "rejected_manifest_lines": stages["manifest"],
         "rejected": len(rejects),
+        "accounting": (f"{n_inputs + before} manifest rows = {len(kept)} kept + {after} rejected after generation "
+                       f"+ {before} rejected before generation + {len(pending)} pending; {n_inputs} rows went "
+                       f"to generation"),
         "split": dict(Counter(r["split"] for r in kept)),
         "kept_per_dataset": dict(Counter(r["dataset"] for r in kept)),
         "incomplete_kept": sum(1 for r in kept if r["incomplete"]),
         "rejected_per_rule": dict(Counter(r["rule"] for r in rejects).most_common()),
         "rule_hits": dict(hits.most_common()),
-        "clip_keys": "filled from --instances" if run_cfg and any(r["clip_key"] for r in kept)
-        else "null (no --instances given or no match)",
+        "clip_keys": _clip_key_note(out, n_inputs),
     }
     (out / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
     return stats

@@ -15,7 +15,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
-def test_demo_small_end_to_end_and_cached_rerun(tmp_path: Path) -> None:
+def test_demo_small_end_to_end_and_cached_rerun(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cfg = DemoConfig(corpus=DemoCorpusConfig(sound_events=3, music=2, speech=0, long_clips=1, broken=True),
                      encoders=["whisper", "muq"], train_steps=4, eval_per_clip=1, rephrase_max_tokens=16,
                      eval_think_budget=4, eval_max_new_tokens=24, progress=False)
@@ -50,6 +50,13 @@ def test_demo_small_end_to_end_and_cached_rerun(tmp_path: Path) -> None:
     report_md = (out / "report.md").read_text()
     for link in ("store/report.md", "train/loss.png", "eval/report.md"):
         assert link in report_md
+    # The same named counts in the corpus and store stages; the wording says below chance, and why.
+    assert "15 manifest rows · 10 audio files · 11 sources (audio+cut)" in first["stages"][0]["result"]
+    assert first["features"]["counts"]["stored"] == clips
+    terminal = capsys.readouterr().out
+    for text in (report_md, terminal):
+        assert f"all {questions} answers unparseable" in text and "below the" in text and "at chance" not in text
+        assert "15 manifest rows = 0 kept + " in text
 
     second = run_demo(out, cfg)
     assert second["features"]["encoded_now"] == {"whisper": 0, "muq": 0}

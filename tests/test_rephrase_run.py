@@ -133,7 +133,7 @@ def test_errors_become_rows_the_job_goes_on_and_retry_failed_retries_only_them(t
     assert [(r["instance_id"], r["stage"]) for r in rejects] == [("boom", "generate")]
     assert "scripted failure" in rejects[0]["reason"]
     status = run_status(out)
-    assert status["answer"]["error"] == 1 and status["answer"]["ok"] == 3 and status["rephrase"]["ok"] == 3
+    assert status["answer"]["error"] == 1 and status["answer"]["complete"] == 3 and status["rephrase"]["complete"] == 3
 
     # a plain rerun does not retry errors; retry-failed retries exactly the failed one
     rf.ScriptedEngine.calls.clear()

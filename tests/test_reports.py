@@ -215,7 +215,8 @@ def test_rephrase_report_of_a_real_run(tmp_path, tiny_qwen3_dir):
     assert len(data["examples"]) == 2 and data["run"] == run
     md = (out / "report.md").read_text()
     assert "| leak:source_says | validate | 1 | 1 | leaky |" in md
-    assert "| answer | 6 | 0 | 6 | 1 | 5 | 1 | 0 |" in md and "| rephrase | 5 | 0 | 5 | 0 | 5 | 0 | 1 |" in md
+    # requests, complete, incomplete, error, pending (as `rephrase status`), cached, generated, budget-forced
+    assert "| answer | 6 | 5 | 0 | 1 | 0 | 0 | 6 | 0 |" in md and "| rephrase | 5 | 5 | 0 | 0 | 0 | 0 | 5 | 1 |" in md
     assert png_size(out / "target_lengths.png") == (700, 400)
     # `alarm report` again: report.json is now ours, and the run's statistics survive the rewrite
     result = CliRunner().invoke(_cli(), ["report", str(out)])

@@ -120,6 +120,26 @@ class InferResult:
         """The result row of a request that could not run."""
         return cls("", "", "", 0, 0, False, reason)
 
+    def empty_reason(self) -> str | None:
+        """Why ``answer`` is empty, in words a user can act on; None when there is an answer.
+
+        An answer is what follows ``</think>``: a reply that never closes its thinking has none, and
+        one that ends its turn right after ``</think>`` has an empty one.
+        """
+        if self.error:
+            return f"no answer: {self.error}"
+        if self.answer:
+            return None
+        size = f"{self.thinking_tokens + self.answer_tokens} tokens, {len(self.text)} characters of raw output"
+        if THINK_CLOSE not in self.text:
+            return (f"empty: the reply never closed its thinking with {THINK_CLOSE} ({size}, all of it "
+                    f"thinking); raise --max-new-tokens or lower --think-budget so budget forcing closes it")
+        if self.answer_tokens:
+            return (f"empty: the {self.answer_tokens} tokens after {THINK_CLOSE} are only whitespace or "
+                    f"special tokens ({size})")
+        closed = "budget forcing closed the thinking, then " if self.forced else ""
+        return f"empty: {closed}the LLM ended its turn right after {THINK_CLOSE} ({size})"
+
 
 def split_thinking(text: str) -> tuple[str, str]:
     """Split a generation (which starts inside the thinking block) at its first ``</think>``.

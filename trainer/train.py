@@ -354,8 +354,11 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
         step, epoch, start = state.meta["step"], state.meta["sampler"]["epoch"], state.meta["sampler"]["start"]
         ck.restore_rng(state.meta["rng"][dist.rank])
         del state
+    resumed_step = step
     log_path = run_dir / "logs.jsonl"
-    writer = _tensorboard(run_dir) if dist.main else None
+    if dist.main:  # a killed run may have logged steps past its last checkpoint: they are run again
+        truncate_log(log_path, step)
+    writer = _tensorboard(run_dir, purge_step=step + 1) if dist.main else None
 
     def log(record: dict[str, Any]) -> None:
         if not dist.main:
@@ -483,9 +486,14 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     result.step = step
 
     # ---------------------------------------------------------------- final eval + checkpoint
-    if val_rows:
-        result.eval_losses = evaluate()
-    result.checkpoint = save() or result.checkpoint
+    if latest is not None and step == resumed_step:
+        # Nothing ran in this call: the checkpoint and its evaluation are already on disk (a second
+        # evaluation would log the same step twice).
+        result.eval_losses = _last_eval_losses(log_path)
+    else:
+        if val_rows:
+            result.eval_losses = evaluate()
+        result.checkpoint = save() or result.checkpoint
     if writer is not None:
         writer.close()
     if dist.main:
@@ -539,12 +547,54 @@ def _broadcast_module(module: Any) -> None:
         tdist.broadcast(tensor.data, src=0)
 
 
-def _tensorboard(run_dir: Path) -> Any:
+def truncate_log(log_path: Path, step: int) -> int:
+    """Keep only the records of ``logs.jsonl`` up to ``step`` (the checkpoint a run resumes from).
+
+    A run killed after logging step N but before its next checkpoint logs steps past the checkpoint
+    that the resumed run logs again. Those records, and a line torn by the kill, are dropped, so every
+    step appears once and in order. Returns how many lines were dropped.
+
+    Args:
+        log_path: The run's ``logs.jsonl`` (absent: nothing to do).
+        step: The step the run resumes from (0 for a run with no checkpoint).
+    """
+    if not log_path.exists():
+        return 0
+    lines = log_path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the kill tore this line
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    if len(kept) == len(lines):
+        return 0
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, log_path)
+    return len(lines) - len(kept)
+
+
+def _last_eval_losses(log_path: Path) -> dict[str, float]:
+    """The per-dataset losses of the last evaluation in ``logs.jsonl`` (empty when there is none)."""
+    losses: dict[str, float] = {}
+    if log_path.exists():
+        for line in log_path.read_text().splitlines():
+            record = json.loads(line)
+            if "eval_loss_per_dataset" in record:
+                losses = record["eval_loss_per_dataset"]
+    return losses
+
+
+def _tensorboard(run_dir: Path, purge_step: int | None = None) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    # purge_step drops events a killed run wrote past its checkpoint, as truncate_log does for logs.jsonl.
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
 
 def _flat_scalars(record: dict[str, Any]) -> dict[str, float]:
