@@ -512,8 +512,13 @@ def write_stats_report_again(folder: Path) -> tuple[Path, Path]:
     return write_stats_report(manifest_stats(manifest), folder)
 
 
-def write_any_report(folder: str | Path) -> list[tuple[str, Path]]:
-    """(Re)write the report of ``folder`` by its kind; a folder of no known kind: each subfolder that has one.
+def write_any_report(folder: str | Path, depth: int = 3) -> list[tuple[str, Path]]:
+    """(Re)write the report of ``folder`` by its kind; a folder of no known kind: of each output folder below it.
+
+    Args:
+        folder: an output folder (store, rephrase run, training run, evaluation, statistics), or a folder
+            holding some (a demo output; ``runs/`` with one training run per stage).
+        depth: how many levels of unknown folders to look through.
 
     Returns:
         (kind, report.md path) per report written; empty when nothing was recognised.
@@ -535,8 +540,7 @@ def write_any_report(folder: str | Path) -> list[tuple[str, Path]]:
     if kind is not None:
         return [(kind, writers[kind](root)[1])]
     found = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        sub_kind = report_kind(sub)
-        if sub_kind is not None:
-            found.append((sub_kind, writers[sub_kind](sub)[1]))
+    if depth > 0 and root.is_dir():
+        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            found += write_any_report(sub, depth - 1)
     return found
