@@ -360,7 +360,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
 
     Example::
 
-        stored: 31 clips, 43.2 s of audio (0.012 h), from 34 manifest instances
+        stored: 31 clips, 43.2 s of audio (0.012 h), 34 instances read
         rejected: 3 instances (too short 1, unreadable 2)
         encoders: whisper 31, w2vbert 31 clips stored; 62 clip encodings computed now, 0 already stored
         written: 1.2 MiB in 12.3 s
@@ -373,7 +373,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     skipped = sum((summary.get("skipped") or {}).values())
     return [
         f"stored: {summary.get('clips', 0):,} clips, {human_duration(audio_s)} of audio ({audio_s / 3600:.3g} h), "
-        f"from {summary.get('instances', 0):,} manifest instances",
+        f"{summary.get('instances', 0):,} instances read",
         f"rejected: {sum(rejected.values()):,} instances" + (f" ({by_kind})" if by_kind else ""),
         "encoders: " + ", ".join(f"{e} {n:,}" for e, n in stored.items())
         + f" clips stored; {encoded:,} clip encodings computed now, {skipped:,} already stored",
