@@ -77,8 +77,11 @@ def pipeline() -> None:
 
 
 def _pipeline_config(manifest: Path | None, shards: tuple[str, ...], store: Path | None, config: Path | None,
-                     **overrides: object) -> object:
-    """A PipelineConfig from an optional YAML file plus the command-line values that were given."""
+                     need_store: bool = False, **overrides: object) -> object:
+    """A PipelineConfig from an optional YAML file plus the command-line values that were given.
+
+    With ``need_store`` (a command that writes), a store must be named: never the current folder by default.
+    """
     import yaml
 
     from pipeline.configs import ConfigError, from_dict
@@ -95,7 +98,9 @@ def _pipeline_config(manifest: Path | None, shards: tuple[str, ...], store: Path
         data["shards"], data["manifest"] = list(shards), None
     if store is not None:
         data["store"] = str(store)
-    data.setdefault("store", ".")
+    if need_store and not data.get("store"):
+        fail("give --store FOLDER (where the feature store is written), or set store: in --config")
+    data.setdefault("store", ".")  # plan reads no store
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return from_dict(PipelineConfig, data)
@@ -131,26 +136,36 @@ def _with_input(fn):  # noqa: ANN001, ANN202 - click decorator plumbing
                    "actor pool per encoder (GPU clusters); auto (default) picks by device.")
 @click.option("--shared-actors", type=int, default=None, help="Actors of the shared pool (0: automatic).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job's full summary as JSON (also in STORE/summary.json).")
 def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | None, encoders: str | None,
                  preset: str | None, config: Path | None, address: str | None, num_cpus: int | None,
                  device: str | None, gpus_per_actor: float | None, pools: str | None, shared_actors: int | None,
-                 no_progress: bool) -> None:
-    """Compute every missing feature of MANIFEST (or --shards) into the store; resumable."""
+                 no_progress: bool, as_json: bool) -> None:
+    """Compute every missing feature of MANIFEST (or --shards) into the store; resumable.
+
+    Prints a short summary (clips stored and rejected, audio hours, bytes, time); the full one is
+    written to STORE/summary.json and printed by --json.
+    """
     import json
 
     from pipeline.configs import ConfigError
     from pipeline.job import run_pipeline
     from pipeline.manifest import ManifestError
+    from pipeline.report import summary_lines
 
-    cfg = _pipeline_config(manifest, shards, store, config, encoders=encoders, preset=preset,
+    cfg = _pipeline_config(manifest, shards, store, config, need_store=True, encoders=encoders, preset=preset,
                            address=address, num_cpus=num_cpus, device=device, gpus_per_actor=gpus_per_actor,
                            pools=pools, shared_actors=shared_actors, progress=False if no_progress else None)
     try:
         summary = run_pipeline(cfg)
     except (ConfigError, ManifestError, FileNotFoundError) as err:
         fail(str(err))
-    click.echo(json.dumps(summary.to_dict(), indent=2))
-    click.echo(f"report: {Path(summary.store) / 'report.md'}", err=True)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        click.echo("\n".join(summary_lines(summary.to_dict())))
+    click.echo(f"summary: {Path(summary.store) / 'summary.json'}; report: {Path(summary.store) / 'report.md'}",
+               err=as_json)
 
 
 @pipeline.command("status")
@@ -437,8 +452,11 @@ def train_convert(src: Path, dst: Path, direction: str, encoder: str | None) -> 
               help="Initialise the front end from these checkpoints (added to the config's init).")
 @click.option("--freeze", "freeze", multiple=True, type=click.Choice(["adapters", "fusion", "delimiters"]),
               help="Keep these front-end parts frozen (added to the config's freeze).")
+@click.option("--llm", default=None,
+              help="Frozen LLM folder (overrides the config's llm; a hub id only when cached or "
+                   "ALARM_ALLOW_DOWNLOAD=1).")
 def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tuple[Path, ...],
-              freeze: tuple[str, ...]) -> None:
+              freeze: tuple[str, ...], llm: str | None) -> None:
     """Train from cached features; resumes from the latest checkpoint in output_dir unless --fresh.
 
     For several GPUs or nodes launch the same config with torchrun (same flags):
@@ -454,10 +472,11 @@ def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tu
 
     try:
         cfg = load_config(TrainConfig, config_path)
-        if init or freeze:
+        if init or freeze or llm:
             data = to_dict(cfg)
             data["init"] = list(cfg.init) + [str(p) for p in init]
             data["freeze"] = sorted(set(cfg.freeze) | set(freeze))
+            data["llm"] = llm or cfg.llm
             cfg = from_dict(TrainConfig, data)
         result = run_training(cfg, fresh=fresh, allow_changed_data=allow_changed_data)
     except (ConfigError, DataError, DataChangedError) as err:
@@ -678,16 +697,21 @@ def stats_command(manifest: Path, as_json: bool, out: Path | None, workers: int)
 def report_command(folder: Path) -> None:
     """(Re)write report.json and report.md of an output folder, detected by its contents.
 
-    FOLDER is a feature store, a rephrase run or a training run; any other folder (a demo
-    output, say) gets a report in each subfolder of those kinds.
+    FOLDER is a feature store, a rephrase run, a training run, an evaluation (`alarm eval --out`)
+    or a statistics folder (`alarm stats --out`); any other folder (a demo output, say) gets a
+    report in each subfolder of those kinds. Nothing is computed again but the statistics.
     """
     from pipeline.report import write_any_report
 
     if not folder.is_dir():
         fail(f"{folder} is not a folder")
-    written = write_any_report(folder)
+    try:
+        written = write_any_report(folder)
+    except FileNotFoundError as err:
+        fail(str(err))
     if not written:
-        fail(f"{folder} is not a feature store, rephrase run or training run folder, and has no such subfolder")
+        fail(f"{folder} is not a feature store, rephrase run, training run, evaluation or statistics folder, "
+             "and has no such subfolder")
     for kind, md_path in written:
         click.echo(f"{kind}: {md_path}")
 
@@ -714,6 +738,32 @@ def demo_corpus(out: Path, seed: int, no_speech: bool) -> None:
     info = json.loads((manifest.parent / "corpus.json").read_text())
     click.echo(f"{info['clips']} clips, {info['instances']} instances ({info['speech']})")
     click.echo(f"manifest: {manifest}")
+
+
+@demo.command("targets")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--store", type=click.Path(path_type=Path), required=True,
+              help="The feature store of MANIFEST (its instances.parquet gives each clip key).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Targets Parquet file to write.")
+def demo_targets(manifest: Path, store: Path, out: Path) -> None:
+    """Write reference targets from the demo corpus's labels, one per instance the store accepted.
+
+    They are true by construction, so the trainer has something to learn where a tiny random LLM
+    keeps no rephrased target; with a real LLM, train on the rephrase run's targets.parquet.
+    """
+    from pipeline.demo import write_reference_targets
+    from pipeline.manifest import ManifestError
+
+    if not (store / "instances.parquet").is_file():
+        fail(f"{store} is not a feature store (no instances.parquet); run `alarm pipeline run` first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        count = write_reference_targets(manifest, store, out)
+    except ManifestError as err:
+        fail(str(err))
+    if not count:
+        fail(f"no instance of {manifest} with a prompt is in the store {store}: nothing to write")
+    click.echo(f"{count} reference targets written to {out}")
 
 
 @demo.command("run")

@@ -187,7 +187,18 @@ class PipelineSummary:
     """encoder -> damaged parts that were taken out and recomputed."""
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        """The summary as JSON-able data, floats to 6 significant digits (timings are not finer)."""
+        return _rounded(to_dict(self))
+
+
+def _rounded(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return float(f"{obj:.6g}")
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v) for v in obj]
+    return obj
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -501,8 +512,10 @@ def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_r
         stage_seconds=stage_s, throughput=throughput, wall_seconds=wall,
         spec_ids={e: spec_id(group_spec(facts[e]["spec"], cfg.storage)) for e in cfg.encoders},
         repaired={e: parts for e, parts in repaired.items() if parts})
-    (root / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     from pipeline.report import write_pipeline_report
+    from pipeline.store import write_atomic
+
+    write_atomic(root / "summary.json", (json.dumps(summary.to_dict(), indent=2) + "\n").encode())
 
     write_pipeline_report(root)  # report.json, report.md (rejection table) and durations.png
     return summary

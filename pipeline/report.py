@@ -355,6 +355,33 @@ def _groups(root: Path) -> dict[str, dict[str, Any]]:
     return groups
 
 
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """A feature job's summary (``summary.json``) in four lines for the terminal.
+
+    Example::
+
+        stored: 31 clips, 43.2 s of audio (0.012 h), 34 instances read
+        rejected: 3 instances (too short 1, unreadable 2)
+        encoders: whisper 31, w2vbert 31 clips stored; 62 clip encodings computed now, 0 already stored
+        written: 1.2 MiB in 12.3 s
+    """
+    audio_s = float(summary.get("audio_hours") or 0.0) * 3600
+    rejected = summary.get("rejected") or {}
+    by_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0])))
+    stored = summary.get("stored") or {}
+    encoded = sum((summary.get("encoded") or {}).values())
+    skipped = sum((summary.get("skipped") or {}).values())
+    return [
+        f"stored: {summary.get('clips', 0):,} clips, {human_duration(audio_s)} of audio ({audio_s / 3600:.3g} h), "
+        f"{summary.get('instances', 0):,} instances read",
+        f"rejected: {sum(rejected.values()):,} instances" + (f" ({by_kind})" if by_kind else ""),
+        "encoders: " + ", ".join(f"{e} {n:,}" for e, n in stored.items())
+        + f" clips stored; {encoded:,} clip encodings computed now, {skipped:,} already stored",
+        f"written: {human_bytes(sum((summary.get('bytes_written') or {}).values()))} "
+        f"in {human_duration(summary.get('wall_seconds'))}",
+    ]
+
+
 def write_pipeline_report(store: str | Path) -> tuple[Path, Path]:
     """Report a feature store from ``summary.json``, ``instances.parquet``, ``rejects.parquet`` and its groups.
 
@@ -460,7 +487,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def report_kind(folder: str | Path) -> str | None:
-    """What stage wrote ``folder``: ``pipeline``, ``rephrase``, ``train``, or None."""
+    """What wrote ``folder``: ``pipeline``, ``rephrase``, ``train``, ``eval``, ``stats``, or None."""
     root = Path(folder)
     if (root / "summary.json").is_file() or (root / "instances.parquet").is_file() or (root / "features").is_dir():
         return "pipeline"
@@ -468,28 +495,57 @@ def report_kind(folder: str | Path) -> str | None:
         return "rephrase"
     if (root / "logs.jsonl").is_file() or (root / "checkpoints").is_dir():
         return "train"
+    if (root / "predictions.jsonl").is_file():
+        return "eval"
+    if (root / REPORT_JSON).is_file():
+        kind = attempt("report.json", lambda: read_json(root / REPORT_JSON)["data"]["kind"], [])
+        return "stats" if kind == "stats" else None
     return None
 
 
-def write_any_report(folder: str | Path) -> list[tuple[str, Path]]:
-    """(Re)write the report of ``folder`` by its kind; a folder of no known kind: each subfolder that has one.
+def write_stats_report_again(folder: Path) -> tuple[Path, Path]:
+    """The ``alarm stats --out`` report of ``folder`` again, from the manifest its report.json names.
+
+    Raises:
+        FileNotFoundError: that manifest is gone.
+    """
+    from pipeline.stats import manifest_stats, write_stats_report
+
+    manifest = read_json(folder / REPORT_JSON)["data"]["manifest"]
+    if not Path(manifest).is_file():
+        raise FileNotFoundError(f"{folder}: the manifest its statistics came from, {manifest}, is gone")
+    return write_stats_report(manifest_stats(manifest), folder)
+
+
+def write_any_report(folder: str | Path, depth: int = 3) -> list[tuple[str, Path]]:
+    """(Re)write the report of ``folder`` by its kind; a folder of no known kind: of each output folder below it.
+
+    Args:
+        folder: an output folder (store, rephrase run, training run, evaluation, statistics), or a folder
+            holding some (a demo output; ``runs/`` with one training run per stage).
+        depth: how many levels of unknown folders to look through.
 
     Returns:
         (kind, report.md path) per report written; empty when nothing was recognised.
     """
     from rephrase.report import write_rephrase_report
+    from trainer.evaluate import rewrite_eval_report
     from trainer.report import write_train_report
+
+    def write_eval_report(path: Path) -> tuple[Path, Path]:
+        report = rewrite_eval_report(path)
+        return report.report_json, report.report_md
 
     writers: dict[str, Callable[[Path], tuple[Path, Path]]] = {
         "pipeline": write_pipeline_report, "rephrase": write_rephrase_report, "train": write_train_report,
+        "eval": write_eval_report, "stats": write_stats_report_again,
     }
     root = Path(folder)
     kind = report_kind(root)
     if kind is not None:
         return [(kind, writers[kind](root)[1])]
     found = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        sub_kind = report_kind(sub)
-        if sub_kind is not None:
-            found.append((sub_kind, writers[sub_kind](sub)[1]))
+    if depth > 0 and root.is_dir():
+        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            found += write_any_report(sub, depth - 1)
     return found

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.configs import ConfigError
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, local_llm
 
 CACHE_KIND = "alarm-adapter-output"
 CACHE_VERSION = 1
@@ -71,7 +71,7 @@ def cache_adapter_outputs(cfg: TrainConfig, out: str | Path, batch_clips: int = 
     if not cfg.init:
         raise ConfigError("cache-adapters needs trained adapters: set init to the single-encoder checkpoints")
     readers = open_readers(cfg)
-    llm_dim = AutoConfig.from_pretrained(cfg.llm).hidden_size
+    llm_dim = AutoConfig.from_pretrained(local_llm(cfg.llm)).hidden_size
     frontend = make_frontend(cfg, readers, llm_dim).eval()
     keys = sorted({k for k in read_targets(cfg.targets).column("clip_key").to_pylist() if k})
     missing = {n: [k for k in keys if k not in r] for n, r in readers.items()}

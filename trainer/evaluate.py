@@ -354,3 +354,45 @@ def evaluate(cfg: EvalConfig, answer_fn: AnswerFn | None = None) -> EvalReport:
                         report_md=out / "report.md", settings=settings)
     _write_reports(report)
     return report
+
+
+def rewrite_eval_report(out: str | Path) -> EvalReport:
+    """Write ``report.json`` and ``report.md`` of an evaluation folder again, from its predictions only.
+
+    Used by ``alarm report``: nothing is generated and no model is loaded. The rows scored are those of
+    the run the last report names (``settings.run``), else of the run of the last row; the last answer
+    per question wins, as in ``evaluate``.
+
+    Raises:
+        FileNotFoundError: ``out`` has no predictions.jsonl.
+    """
+    out = Path(out)
+    path = out / PREDICTIONS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: not an evaluation folder")
+    try:
+        previous = json.loads((out / "report.json").read_text())["data"]
+    except (OSError, ValueError, KeyError, TypeError):  # no report yet, or a damaged one: predictions suffice
+        previous = {}
+    settings = previous.get("settings") or {}
+    # Read-only: a torn last line is skipped here, not cut off (evaluate does that when it resumes).
+    rows = [r for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if (r := _row_or_none(line)) is not None]
+    run_id = settings.get("run") or (rows[-1].get("run") if rows else None)
+    latest = {r.get("id"): r for r in rows if r.get("run") == run_id}
+    overall, per_category, per_dataset = Score(), {}, {}
+    for row in latest.values():
+        status = row.get("status", "error")
+        overall.add(status)
+        per_category.setdefault(str(row.get("category")), Score()).add(status)
+        per_dataset.setdefault(str(row.get("dataset")), Score()).add(status)
+    rejects = out / "rejects.jsonl"
+    rejected = sum(1 for line in rejects.read_text().splitlines() if line.strip()) if rejects.is_file() else 0
+    asked = int(previous.get("asked") or 0)
+    report = EvalReport(out=out, overall=overall, per_category=per_category, per_dataset=per_dataset,
+                        asked=asked, reused=max(0, len(latest) - asked), rejected=rejected,
+                        rejects_path=rejects if rejected else None, predictions=path,
+                        report_json=out / "report.json", report_md=out / "report.md",
+                        settings=settings or {"run": run_id})
+    _write_reports(report)
+    return report

@@ -38,7 +38,7 @@ def export_model(source: str | Path, out: str | Path) -> Path:
 
     from pipeline.configs import from_dict, to_dict
     from trainer.checkpoint import META_FILE, latest_checkpoint, load_checkpoint
-    from trainer.config import TrainConfig
+    from trainer.config import TrainConfig, local_llm
     from trainer.sequence import PromptLayout
     from trainer.train import make_frontend, open_readers
 
@@ -49,9 +49,10 @@ def export_model(source: str | Path, out: str | Path) -> Path:
     ckpt = load_checkpoint(ckpt_dir)
     cfg = from_dict(TrainConfig, ckpt.meta["config"])
     readers = open_readers(cfg)
-    frontend = make_frontend(cfg, readers, AutoConfig.from_pretrained(cfg.llm).hidden_size)
+    llm_path = local_llm(cfg.llm)
+    frontend = make_frontend(cfg, readers, AutoConfig.from_pretrained(llm_path).hidden_size)
     frontend.load_state_dict(ckpt.weights, strict=False)
-    layout = PromptLayout.from_tokenizer(AutoTokenizer.from_pretrained(cfg.llm), cfg.audio_prompt_separator)
+    layout = PromptLayout.from_tokenizer(AutoTokenizer.from_pretrained(llm_path), cfg.audio_prompt_separator)
     info = {
         "version": EXPORT_VERSION,
         "frontend": to_dict(frontend.cfg),

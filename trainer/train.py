@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.configs import ConfigError, save_config, to_dict
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, local_llm
 
 
 @dataclass
@@ -258,6 +258,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
 
     # ---------------------------------------------------------------- setup
     cfg.check_paths()
+    llm_path = local_llm(cfg.llm)  # before any work: a model that is not on disk fails here, in one line
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     dist = _init_distributed("cuda" if use_cuda else "cpu")
     device = torch.device(f"cuda:{dist.local_rank}" if use_cuda else "cpu")
@@ -290,9 +291,9 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
                               f"with as many (the sampler position is per process) or start --fresh")
 
     # ---------------------------------------------------------------- model (frozen LLM, front end)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.llm)
+    tokenizer = AutoTokenizer.from_pretrained(llm_path)
     layout = PromptLayout.from_tokenizer(tokenizer, cfg.audio_prompt_separator)
-    llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=torch.bfloat16 if bf16 else torch.float32)
+    llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=torch.bfloat16 if bf16 else torch.float32)
     llm.requires_grad_(False).eval().to(device)
     if cfg.gradient_checkpointing:  # recompute the frozen LLM's activations in the backward pass
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
