@@ -8,6 +8,7 @@ offending key, so a typo such as ``lerning_rate`` never silently falls back to a
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -89,3 +90,38 @@ def to_dict(config: Any) -> dict[str, Any]:
 def save_config(config: Any, path: str | Path) -> None:
     """Write a config dataclass as YAML (the form ``load_config`` reads back)."""
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+ALLOW_DOWNLOAD = "ALARM_ALLOW_DOWNLOAD"
+"""Environment variable: set to 1 to let a stage download an LLM from the hub (off by default)."""
+
+
+def local_llm(name: str) -> str:
+    """The local folder of the LLM ``name``: the folder itself, or its snapshot in the local HF cache.
+
+    Loading a model that is not on disk makes transformers retry the hub for about a minute and then
+    raise a long OSError; we answer at once instead. With ``ALARM_ALLOW_DOWNLOAD=1`` a hub id that
+    is not cached is returned as it is, for ``from_pretrained`` to download.
+
+    Raises:
+        ConfigError: ``name`` is neither a folder nor cached, and downloads are not allowed.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - the hub raises several types for "not cached" or "not an id"
+        # A hub id is "owner/name"; anything else (absolute, ./relative, deeper) is meant as a folder.
+        hub_id = not path.is_absolute() and not name.startswith((".", "~")) and name.count("/") <= 1
+        if not hub_id:
+            raise ConfigError(f"llm folder {name} does not exist: give the folder of a local model "
+                              "(llm: /path/to/model, or --llm)") from err
+        if os.environ.get(ALLOW_DOWNLOAD) == "1":
+            return name
+        raise ConfigError(
+            f"llm {name!r} is neither a local folder nor in the local Hugging Face cache: give the folder of "
+            f"the model (llm: /path/to/model, or --llm), download it first (huggingface-cli download {name}), "
+            f"or set {ALLOW_DOWNLOAD}=1 to let alarm download it") from err

@@ -282,11 +282,14 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
     Returns:
         Per-pass statistics and the validation report.
     """
-    from pipeline.configs import save_config
+    from pipeline.configs import local_llm, save_config
     from rephrase.inputs import collect_inputs
     from rephrase.validate import validate_run
 
     cfg = cfg or RephraseConfig()
+    # A model that is not on disk fails here, in one line, before any work (a hub id in the local cache
+    # resolves to its snapshot folder; downloads only with ALARM_ALLOW_DOWNLOAD=1).
+    cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, model=local_llm(cfg.engine.model)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / CONFIG_FILE)

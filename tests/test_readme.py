@@ -250,6 +250,17 @@ def test_train_run_refuses_an_llm_not_on_disk_before_any_work(tmp_path: Path, hu
     assert not (tmp_path / "run").exists()  # failed before the run folder was made
 
 
+def test_rephrase_run_refuses_an_llm_not_on_disk_before_any_work(tmp_path: Path, hub_cache: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ALLOW_DOWNLOAD, raising=False)
+    result = CliRunner().invoke(main, ["rephrase", "run", "manifests/examples/tiny.jsonl", "--out",
+                                       str(tmp_path / "r"), "--model", "Qwen/Qwen3-8B"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: llm 'Qwen/Qwen3-8B' is neither a local folder")
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # failed before the run folder was made
+
+
 # ------------------------------------------------------------------------------------ alarm report
 
 
