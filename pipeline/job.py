@@ -413,12 +413,14 @@ class JobWorkers:
         return self.pool
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
         if self.own_ray:
             import ray
 
+            # Our own Ray takes the actors with it. Killing them one by one first would make Ray
+            # announce a retry of each unit still in flight when an error ends the job.
             ray.shutdown()
+        elif self.pool is not None:
+            self.pool.close()
 
 
 def cached_encoder_facts(cfg: PipelineConfig) -> dict[str, dict[str, Any]] | None:
