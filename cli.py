@@ -127,7 +127,9 @@ def _with_input(fn):  # noqa: ANN001, ANN202 - click decorator plumbing
               help="Encoder weights: alarm checkpoints (default), tiny, full-size-random.")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
               help="PipelineConfig YAML; command-line options override it.")
-@click.option("--address", default=None, help="Ray cluster address to join (default: embedded local Ray).")
+@click.option("--address", default=None,
+              help="Ray cluster to join: 'auto' (the one `ray start` runs here) or host:port. Default: the job "
+                   "starts its own embedded Ray, even where a cluster runs.")
 @click.option("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray.")
 @click.option("--device", default=None, help="Torch device of the encoder actors (cpu, cuda).")
 @click.option("--gpus-per-actor", type=float, default=None, help="GPUs per encoder actor.")
@@ -136,11 +138,13 @@ def _with_input(fn):  # noqa: ANN001, ANN202 - click decorator plumbing
                    "actor pool per encoder (GPU clusters); auto (default) picks by device.")
 @click.option("--shared-actors", type=int, default=None, help="Actors of the shared pool (0: automatic).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Start even when the store's disk has less free space than the "
+                                             "job's estimate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job's full summary as JSON (also in STORE/summary.json).")
 def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | None, encoders: str | None,
                  preset: str | None, config: Path | None, address: str | None, num_cpus: int | None,
                  device: str | None, gpus_per_actor: float | None, pools: str | None, shared_actors: int | None,
-                 no_progress: bool, as_json: bool) -> None:
+                 no_progress: bool, force: bool, as_json: bool) -> None:
     """Compute every missing feature of MANIFEST (or --shards) into the store; resumable.
 
     Prints a short summary (clips stored and rejected, audio hours, bytes, time); the full one is
@@ -152,13 +156,15 @@ def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | N
     from pipeline.job import run_pipeline
     from pipeline.manifest import ManifestError
     from pipeline.report import summary_lines
+    from pipeline.plan import NotEnoughSpace
 
     cfg = _pipeline_config(manifest, shards, store, config, need_store=True, encoders=encoders, preset=preset,
                            address=address, num_cpus=num_cpus, device=device, gpus_per_actor=gpus_per_actor,
-                           pools=pools, shared_actors=shared_actors, progress=False if no_progress else None)
+                           pools=pools, shared_actors=shared_actors, progress=False if no_progress else None,
+                           force=force or None)
     try:
         summary = run_pipeline(cfg)
-    except (ConfigError, ManifestError, FileNotFoundError) as err:
+    except (ConfigError, ManifestError, FileNotFoundError, NotEnoughSpace) as err:
         fail(str(err))
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))

@@ -70,10 +70,20 @@ def account_unit(unit: dict, decode_s: float, stats: dict[str, tuple[float, int,
 
 
 def cpu_budget(cfg: PipelineConfig) -> int:
-    """CPUs the job may use: ``num_cpus``, else all CPUs of the Ray cluster."""
-    import ray
+    """CPUs the job may use: ``num_cpus``, else all CPUs of the Ray cluster.
 
-    return cfg.num_cpus or int(ray.cluster_resources().get("CPU", 1))
+    Before an embedded Ray is started (it starts only when there is something to encode), the CPUs
+    this process may run on: what that Ray will have.
+    """
+    import os
+    import sys
+
+    if cfg.num_cpus:
+        return cfg.num_cpus
+    ray = sys.modules.get("ray")  # not imported: not started (and a rerun with no work never imports it)
+    if ray is None or not ray.is_initialized():
+        return len(os.sched_getaffinity(0))
+    return int(ray.cluster_resources().get("CPU", 1))
 
 
 def actor_cpus(cfg: PipelineConfig, actors: int, cpus: int) -> float:

@@ -49,6 +49,7 @@ from pipeline.extract_stages import (
     key_source,
 )
 from pipeline.manifest import reason_kind
+from pipeline.plan import bytes_to_write, check_free_space
 from pipeline.store import StoreConfig, group_spec, spec_id
 
 ALL_ENCODERS = ("whisper", "w2vbert", "muq", "sslam")
@@ -73,7 +74,8 @@ class PipelineConfig:
             there, and one batch of 30 s windows holds less memory), 8 on GPUs.
         decode: decoding settings (max clip length).
         storage: store layout (dtype, chunks, compression, part size).
-        address: Ray cluster address to join; None starts an embedded local Ray.
+        address: None (or ``local``): the job starts its own embedded Ray, even where a cluster runs on
+            the machine; ``auto``: join the cluster ``ray start`` runs here; ``host:port``: join that one.
         num_cpus: CPUs of the embedded Ray (None: all).
         pools: ``per-encoder`` (one Ray Data actor pool per encoder, fed by decode tasks), ``shared``
             (one pool of actors each holding every encoder and decoding its own units), or ``auto``:
@@ -93,6 +95,7 @@ class PipelineConfig:
         verify_checksums: before planning, recompute the checksum of every committed part's files and
             redo the parts that differ from their done marker (reads the store once); False checks
             only each part's files and shapes.
+        force: start even when the store's disk has less free space than the job's estimate.
     """
 
     store: str
@@ -119,9 +122,14 @@ class PipelineConfig:
     inflight_parts: int | None = None
     progress: bool = True
     verify_checksums: bool = True
+    force: bool = False
 
     def __post_init__(self) -> None:
+        from pipeline.cluster import joins_cluster
         from pipeline.encoders import ENCODERS
+
+        if not joins_cluster(self.address):
+            self.address = None  # "local" is the default: an embedded Ray
 
         if (self.manifest is None) == (self.shards is None):
             raise ConfigError("give exactly one input: manifest or shards")
@@ -332,14 +340,14 @@ def _key_todo(todo: list[tuple], cfg: PipelineConfig) -> list[tuple[str, float, 
     start and no worker processes, while the encoder actors load their models. On a cluster, Ray
     tasks spread the decoding over the nodes.
     """
-    import ray
-
     cpus = cpu_budget(cfg)
     if cfg.address is None:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=max(1, cpus)) as pool:
             return list(pool.map(lambda src: key_source(*src), todo, chunksize=8))
+    import ray
+
     quiet_ray_data()
     items = [{"source": json.dumps({"audio": a, "start": s, "end": e})} for a, s, e in todo]
     blocks = max(1, min(len(items) // 8, 64))
@@ -415,43 +423,97 @@ def write_instance_tables(root: Path, instances: list[Any], input_rejects: list[
     return clips, Counter(reason_kind(r["reason"]) for r in rejected)
 
 
+class JobWorkers:
+    """The job's Ray side, started only when it is needed: the Ray instance and the shared pool.
+
+    A rerun with nothing to compute starts neither (the encoder facts come from their cache). An
+    embedded Ray is this job's own (``address="local"``, see ``pipeline.cluster``) and ends with it;
+    a Ray session the caller already started is used as it is and left running.
+    """
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.own_ray = False
+        self.pool: SharedPool | None = None
+        self.bytes_needed: float | None = None
+        """The estimate of what is still to write, once planned (for the disk-full message)."""
+
+    def ray(self) -> None:
+        """Start or join Ray unless this process is already connected."""
+        import ray
+
+        from pipeline.cluster import init_ray
+
+        if not ray.is_initialized():
+            init_ray(self.cfg.address, self.cfg.num_cpus, log_to_driver=False, configure_logging=False)
+            self.own_ray = True
+
+    def shared_pool(self) -> SharedPool:
+        """The shared actor pool (its actors start loading their models at once)."""
+        if self.pool is None:
+            self.ray()
+            self.pool = SharedPool(self.cfg)
+        return self.pool
+
+    def close(self) -> None:
+        if self.own_ray:
+            import ray
+
+            # Our own Ray takes the actors with it. Killing them one by one first would make Ray
+            # announce a retry of each unit still in flight when an error ends the job.
+            ray.shutdown()
+        elif self.pool is not None:
+            self.pool.close()
+
+
+def cached_encoder_facts(cfg: PipelineConfig) -> dict[str, dict[str, Any]] | None:
+    """Every encoder's facts from the cache of ``pipeline.encoders``, or None if one is missing."""
+    from pipeline.encoders import EncoderConfig, cached_facts
+
+    facts = {e: cached_facts(EncoderConfig(**cfg.encoder_config(e))) for e in cfg.encoders}
+    return None if any(f is None for f in facts.values()) else facts
+
+
 def run_pipeline(cfg: PipelineConfig) -> PipelineSummary:
     """Compute every missing feature of the input into the store; see the module docstring.
 
     Raises:
         ConfigError: bad settings, or another job holds the store.
         ManifestError: the input has no usable row.
+        NotEnoughSpace: the store's disk is fuller than the job's estimate (unless ``force``), or
+            filled up during the job (the finished parts are kept: rerun once there is room).
     """
-    import ray
+    from pipeline.cluster import joins_cluster
+    from pipeline.plan import NotEnoughSpace, is_disk_full
 
     started = time.perf_counter()
     root = Path(cfg.store)
     instances, input_rejects = read_input(cfg)
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        ray.init(address=cfg.address, num_cpus=None if cfg.address else cfg.num_cpus,
-                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+    workers = JobWorkers(cfg)
     try:
+        if joins_cluster(cfg.address):
+            workers.ray()  # keying runs as Ray tasks there
         with store_lock(root):
-            return _run_locked(cfg, root, instances, input_rejects, started)
+            return _run_locked(cfg, root, instances, input_rejects, started, workers)
+    except Exception as err:
+        if is_disk_full(err) and not isinstance(err, NotEnoughSpace):
+            raise NotEnoughSpace.during_job(root, workers.bytes_needed) from None
+        raise
     finally:
-        if own_ray:
-            ray.shutdown()
+        workers.close()
 
 
 def _run_locked(cfg: PipelineConfig, root: Path, instances: list[Any], input_rejects: list[Any],
-                started: float) -> PipelineSummary:
-    # The shared actors load their models while the sources are keyed.
-    pool = SharedPool(cfg) if cfg.shared_pools() else None
-    try:
-        return _plan_and_run(cfg, root, instances, input_rejects, started, pool)
-    finally:
-        if pool is not None:
-            pool.close()
+                started: float, workers: JobWorkers) -> PipelineSummary:
+    facts = cached_encoder_facts(cfg)
+    if facts is None and cfg.shared_pools():
+        workers.shared_pool()  # its actors load their models while the sources are keyed
+    return _plan_and_run(cfg, root, instances, input_rejects, started, workers, facts)
 
 
 def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_rejects: list[Any],
-                  started: float, pool: SharedPool | None) -> PipelineSummary:
+                  started: float, workers: JobWorkers,
+                  facts: dict[str, dict[str, Any]] | None) -> PipelineSummary:
     from pipeline.store import clear_tmp, current_fence, init_group, load_index, write_index
     from pipeline.verify import drop_damaged_parts
 
@@ -464,10 +526,15 @@ def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_r
     stage_s["key"] = time.perf_counter() - t0
 
     # The encoders' facts give the shortest usable clip, so they come before the instance tables.
-    if pool is not None:
-        facts = pool.facts()
-    else:
-        facts = {e: encoder_facts(cfg.encoder_config(e)) for e in cfg.encoders}
+    if facts is None:
+        from pipeline.encoders import EncoderConfig, save_facts
+
+        if workers.pool is not None:
+            facts = workers.pool.facts()
+        else:
+            facts = {e: encoder_facts(cfg.encoder_config(e)) for e in cfg.encoders}
+        for e in cfg.encoders:
+            save_facts(EncoderConfig(**cfg.encoder_config(e)), facts[e])
     t0 = time.perf_counter()
     clips, rejected = write_instance_tables(root, instances, input_rejects, keyed, cfg.decode.max_seconds,
                                             shortest_clip(facts))
@@ -495,9 +562,13 @@ def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_r
 
     encoded = Counter()
     written = Counter()
-    if units and pool is not None:
-        pool.run(groups, list(units.values()), stage_s, encoded, written)
+    workers.bytes_needed = bytes_to_write(cfg, facts, units)
+    if units and not cfg.force:
+        check_free_space(root, workers.bytes_needed)
+    if units and cfg.shared_pools():
+        workers.shared_pool().run(groups, list(units.values()), stage_s, encoded, written)
     elif units:
+        workers.ray()
         encode_units(cfg, groups, facts, list(units.values()), stage_s, encoded, written)
     t0 = time.perf_counter()
     stored = {e: len(write_index(groups[e])) for e in cfg.encoders}

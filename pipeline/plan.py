@@ -9,7 +9,9 @@ follows the number of windows, not the audio length.
 
 from __future__ import annotations
 
+import errno
 import math
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +62,19 @@ def clip_frames(encoder: str, duration: float, frame_rate: float, window_seconds
     return int(full) * int(round(window_seconds * frame_rate)) + int(rest * frame_rate)
 
 
+def stored_bytes(encoder: str, durations: list[float], layers: int, dim: int, dtype: str) -> float:
+    """Bytes the store takes for clips of ``durations`` seconds: frames x layers x dim x bytes per value.
+
+    ``layers`` and ``dim`` are the model's (a tiny model's are small); frame rate and window are the
+    registry's.
+    """
+    from pipeline.encoders import ENCODERS
+
+    info = ENCODERS[encoder]
+    frames = sum(clip_frames(encoder, d, info.frame_rate, info.window_seconds) for d in durations)
+    return frames * layers * dim * bytes_per_value(dtype, layers, dim)
+
+
 def plan_job(cfg: Any, gpu_peak_tflops: float = 989.0, mfu: float = 0.35) -> PlanReport:
     """Predict a job's work and store size without decoding anything.
 
@@ -95,9 +110,7 @@ def plan_job(cfg: Any, gpu_peak_tflops: float = 989.0, mfu: float = 0.35) -> Pla
     sizes, gpu_h = {}, {}
     for e in cfg.encoders:
         info = ENCODERS[e]
-        layers = len(cfg.layers.get(e) or info.layers)
-        frames = sum(clip_frames(e, d, info.frame_rate, info.window_seconds) for d in durations)
-        sizes[e] = frames * layers * info.dim * bytes_per_value(cfg.storage.dtype, layers, info.dim)
+        sizes[e] = stored_bytes(e, durations, len(cfg.layers.get(e) or info.layers), info.dim, cfg.storage.dtype)
         if e in FLOPS_PER_WINDOW:
             flops = FLOPS_PER_WINDOW[e] * sum(math.ceil(d / info.window_seconds) for d in durations)
         else:
@@ -113,3 +126,71 @@ def plan_job(cfg: Any, gpu_peak_tflops: float = 989.0, mfu: float = 0.35) -> Pla
                      "gpu_peak_tflops": gpu_peak_tflops, "mfu": mfu,
                      "clips": "readable sources (audio+cut) under the limit; identical content under two "
                               "names counts twice here, once in the store (keyed by content)"})
+
+
+# ------------------------------------------------------------------------------------------ disk space
+
+
+class NotEnoughSpace(RuntimeError):
+    """The store's disk cannot hold what the job is to write; the message is one line saying what to do."""
+
+    @classmethod
+    def before_job(cls, root: Any, free: float, needed: float) -> NotEnoughSpace:
+        from pipeline.report import human_bytes
+
+        return cls(f"store {root}: {human_bytes(free)} free on its disk, the job needs about "
+                   f"{human_bytes(needed)}; free some space or choose another --store (--force starts anyway)")
+
+    @classmethod
+    def during_job(cls, root: Any, needed: float | None) -> NotEnoughSpace:
+        from pipeline.report import human_bytes
+
+        need = f", the job needed about {human_bytes(needed)} when it started" if needed else ""
+        return cls(f"store {root}: no space left on device ({human_bytes(free_bytes(root))} free{need}); "
+                   "free some space and rerun: the parts already written are kept")
+
+
+def free_bytes(root: Any) -> float:
+    """Free bytes on the disk of ``root`` (its nearest existing parent folder); inf if unknown."""
+    from pathlib import Path
+
+    path = Path(root).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return float(shutil.disk_usage(path).free)
+    except OSError:
+        return math.inf
+
+
+def bytes_to_write(cfg: Any, facts: dict[str, dict[str, Any]], units: dict[str, dict[str, Any]]) -> float:
+    """The estimated bytes of the planned parts (``units``), from each encoder's real layers and dim."""
+    total = 0.0
+    for e in cfg.encoders:
+        durations = [d for u in units.values() if e in u["encoders"] for d in u["durations"]]
+        total += stored_bytes(e, durations, facts[e]["layers"], facts[e]["dim"], cfg.storage.dtype)
+    return total
+
+
+def check_free_space(root: Any, needed: float) -> None:
+    """Raise ``NotEnoughSpace`` when the disk of ``root`` has less than ``needed`` bytes free."""
+    free = free_bytes(root)
+    if free < needed:
+        raise NotEnoughSpace.before_job(root, free, needed)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` comes from a full disk (ENOSPC), here or in a Ray worker (its ``cause``)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e):  # an OSError that lost its errno on the way (pyarrow)
+            return True
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return False

@@ -122,6 +122,8 @@ class EngineConfig:
         tensor_parallel_size: vLLM: GPUs per engine replica.
         workers: engine replicas as Ray actors, each with its GPU share; 0 runs in this process.
         cpus_per_worker: Ray CPUs each actor asks for (fractional on small machines).
+        address: Ray for the ``workers`` actors: None starts an embedded one, even where a cluster runs
+            on the machine; ``auto`` or host:port joins a cluster.
         extra: engine-specific keyword arguments passed through unchanged.
     """
 
@@ -136,6 +138,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     workers: int = 0
     cpus_per_worker: float = 1.0
+    address: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -41,13 +41,17 @@ class EnginePool:
         self.cfg = cfg
         self.engine: Engine | None = None
         self.actors: list[Any] = []
+        self.own_ray = False
         if cfg.workers == 0:
             self.engine = load_engine(cfg)
             return
         import ray
 
+        from pipeline.cluster import init_ray
+
         if not ray.is_initialized():
-            ray.init(include_dashboard=False, ignore_reinit_error=True)
+            init_ray(cfg.address)  # our own local Ray unless cfg.address names a cluster
+            self.own_ray = True
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         actor_cls = ray.remote(_EngineActor).options(
             num_cpus=cfg.cpus_per_worker, num_gpus=cfg.tensor_parallel_size if has_gpu else 0
@@ -59,7 +63,7 @@ class EnginePool:
     def wrap(cls, engine: Engine) -> EnginePool:
         """A pool around an engine that is already loaded in this process."""
         pool = cls.__new__(cls)
-        pool.cfg, pool.engine, pool.actors = None, engine, []
+        pool.cfg, pool.engine, pool.actors, pool.own_ray = None, engine, [], False
         return pool
 
     def map_chunks(self, fn: Callable[[Engine, T], R], chunks: Iterable[T]) -> Iterator[tuple[T, R]]:
@@ -88,12 +92,15 @@ class EnginePool:
             yield chunk, ray.get(done[0])
 
     def close(self) -> None:
-        """Release the replicas (actors are killed; an in-process engine is dropped)."""
+        """Release the replicas (actors are killed; an in-process engine is dropped; a Ray we started ends)."""
         if self.actors:
             import ray
 
             for actor in self.actors:
                 ray.kill(actor)
+            if self.own_ray:
+                ray.shutdown()
+                self.own_ray = False
         elif self.engine is not None and hasattr(self.engine, "close"):
             self.engine.close()
         self.actors = []

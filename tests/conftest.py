@@ -58,7 +58,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_qwen3_dir: Path) 
     torch.set_num_threads(1)  # the job's encoder actors run one thread each: same kernels in the tests
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         return build_trained_run(tmp_path_factory.mktemp("trained-run"), tiny_qwen3_dir)
     finally:

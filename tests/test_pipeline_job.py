@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
@@ -199,6 +201,33 @@ run_pipeline(PipelineConfig(store=sys.argv[1], manifest=sys.argv[2], encoders=["
 """
 
 
+def kill_processes_of(ray_tmpdir: Path) -> None:
+    """SIGKILL every process whose environment names ``ray_tmpdir`` (a killed job's own Ray), by pid.
+
+    Its actors run in their own process groups and outlive the job's for a moment (issue 10, item 5):
+    this test is about resuming, so the whole job must be gone before the rerun plans.
+    """
+    marker = f"RAY_TMPDIR={ray_tmpdir}".encode()
+    deadline = time.monotonic() + 30
+    while True:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+        if not pids:
+            return
+        assert time.monotonic() < deadline, f"processes of the killed job survive: {pids}"
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
 def test_sigkill_then_rerun_gives_the_same_store(ray_session, encoders, tmp_path: Path) -> None:
     rows = good_corpus(tmp_path / "audio", count=14, seconds=(0.3, 0.9))
     manifest = write_manifest_rows(rows, tmp_path / "m.jsonl")
@@ -207,7 +236,8 @@ def test_sigkill_then_rerun_gives_the_same_store(ray_session, encoders, tmp_path
     # (the default on CPU): the stores must agree byte for byte across layouts too.
     run_pipeline(config(whole, manifest, storage={"part_seconds": 1.0}, pools="per-encoder"))
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ray_tmpdir = Path(tempfile.mkdtemp(prefix="rayk", dir="/tmp"))  # short: Ray's socket paths live under it
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": str(ray_tmpdir)}
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(killed), str(manifest)], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -219,6 +249,8 @@ def test_sigkill_then_rerun_gives_the_same_store(ray_session, encoders, tmp_path
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the job and its own Ray processes, all at once
         proc.wait()
+        kill_processes_of(ray_tmpdir)
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
     done_at_kill = len(list(killed.glob("features/*/*/parts/*/_DONE")))
     total = len(list(whole.glob("features/*/*/parts/*/_DONE")))
     assert 0 < done_at_kill < total

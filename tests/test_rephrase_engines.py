@@ -76,7 +76,7 @@ def test_ray_actor_replica_gives_the_same_results_as_in_process(tiny_qwen3_dir, 
 
     requests = [GenRequest(f"r{i}", p, 8, seed=i) for i, p in enumerate(_prompts(hf_engine.tokenizer, 4))]
     chunks = [requests[:2], requests[2:]]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         pool = EnginePool(_engine_cfg(tiny_qwen3_dir, batch_size=4, workers=1, cpus_per_worker=0.25))
         remote = {r.key: r.text for _, (results, _) in pool.map_chunks(plain_chunk, chunks) for r, _ in results}

@@ -125,7 +125,7 @@ def test_vllm_replica_in_a_ray_actor_matches_in_process(tiny_qwen3_dir, vllm_eng
 
     requests = [GenRequest(f"r{i}", p, 8, seed=i) for i, p in enumerate(_prompts(hf_engine.tokenizer, 4))]
     cfg = dataclasses.replace(_cfg(tiny_qwen3_dir, "vllm"), workers=1, cpus_per_worker=1.0)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         pool = EnginePool(cfg)
         remote = {r.key: r.text for _, (res, _) in pool.map_chunks(plain_chunk, [requests[:2], requests[2:]])

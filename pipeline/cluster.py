@@ -1,0 +1,55 @@
+"""Which Ray a job runs on: its own embedded instance unless the user names a cluster.
+
+``ray.init(address=None)`` does not mean "embedded": it joins whatever cluster Ray's
+``ray_current_cluster`` file names, i.e. any cluster started with ``ray start`` on this machine, or
+a stale file a killed one left behind. A job could then hang on, or run inside, someone else's
+cluster. So every job here passes ``address="local"`` unless it was given ``auto`` or an address.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+LOCAL = "local"
+
+
+def joins_cluster(address: str | None) -> bool:
+    """Whether ``address`` names a cluster to join (``auto`` or host:port) rather than an embedded Ray."""
+    return address not in (None, "", LOCAL)
+
+
+class _HideTokenNotice(logging.Filter):
+    """Drops Ray's "Token authentication is enabled" notice, printed on every embedded start.
+
+    It tells the user nothing they can act on (the embedded instance is theirs and ends with the
+    job); Ray's other warnings, such as auth being *disabled* on a joined cluster, still show.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def _hide_token_notice() -> None:
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _HideTokenNotice) for f in log.filters):
+        log.addFilter(_HideTokenNotice())
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> None:
+    """Start an embedded local Ray (``address`` None or ``local``) or join a cluster (``auto``, host:port).
+
+    Args:
+        address: None/``local``: a new instance owned by this process; ``auto``: the cluster
+            ``ray start`` runs on this machine; ``host:port``: that cluster.
+        num_cpus: CPUs of an embedded instance (None: all); ignored when joining, as Ray requires.
+        kwargs: passed to ``ray.init`` (the dashboard is off unless given).
+    """
+    import ray
+
+    _hide_token_notice()
+    kwargs.setdefault("include_dashboard", False)
+    if joins_cluster(address):
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(address=LOCAL, num_cpus=num_cpus, **kwargs)
