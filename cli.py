@@ -140,11 +140,15 @@ def _with_input(fn):  # noqa: ANN001, ANN202 - click decorator plumbing
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--force", is_flag=True, help="Start even when the store's disk has less free space than the "
                                              "job's estimate.")
+@click.option("--no-verify", is_flag=True,
+              help="Do not reread the committed parts' checksums before planning (at 96 TB that read takes "
+                   "hours); damaged parts are then left to readers, which refuse them, and `pipeline repair`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job's full summary as JSON (also in STORE/summary.json).")
 def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | None, encoders: str | None,
                  preset: str | None, config: Path | None, address: str | None, num_cpus: int | None,
                  device: str | None, gpus_per_actor: float | None, pools: str | None, shared_actors: int | None,
-                 no_progress: bool, force: bool, as_json: bool) -> None:
+                 no_progress: bool, force: bool, no_verify: bool,
+                 as_json: bool) -> None:
     """Compute every missing feature of MANIFEST (or --shards) into the store; resumable.
 
     Prints a short summary (clips stored and rejected, audio hours, bytes, time); the full one is
@@ -155,13 +159,13 @@ def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | N
     from pipeline.configs import ConfigError
     from pipeline.job import run_pipeline
     from pipeline.manifest import ManifestError
-    from pipeline.report import summary_lines
     from pipeline.plan import NotEnoughSpace
+    from pipeline.report import summary_lines
 
     cfg = _pipeline_config(manifest, shards, store, config, need_store=True, encoders=encoders, preset=preset,
                            address=address, num_cpus=num_cpus, device=device, gpus_per_actor=gpus_per_actor,
                            pools=pools, shared_actors=shared_actors, progress=False if no_progress else None,
-                           force=force or None)
+                           force=force or None, verify_checksums=False if no_verify else None)
     try:
         summary = run_pipeline(cfg)
     except (ConfigError, ManifestError, FileNotFoundError, NotEnoughSpace) as err:
