@@ -48,7 +48,7 @@ def test_manifest_check_reports_rejects(tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(main, ["manifest", "check", str(manifest)])
     assert result.exit_code == 0, result.output
-    assert "1 instances, 1 clips, 2 rejected" in result.output
+    assert "1 manifest rows · 1 audio files · 1 sources (audio+cut); 2 rejected rows" in result.output
     assert (tmp_path / "m.rejects.jsonl").is_file()
     missing = CliRunner().invoke(main, ["manifest", "check", str(tmp_path / "none.jsonl")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
