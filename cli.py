@@ -746,7 +746,7 @@ def demo_corpus(out: Path, seed: int, no_speech: bool) -> None:
 
     manifest = write_demo_corpus(out, DemoCorpusConfig(seed=seed, speech=0 if no_speech else 6))
     info = json.loads((manifest.parent / "corpus.json").read_text())
-    click.echo(f"{info['clips']} clips, {info['instances']} instances ({info['speech']})")
+    click.echo(f"{info['counts_line']} (speech: {info['speech']})")
     click.echo(f"manifest: {manifest}")
 
 

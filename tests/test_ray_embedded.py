@@ -201,6 +201,9 @@ def test_encoder_facts_cache_follows_the_checkpoint_files(tiny_whisper_dir, tmp_
     cfg = EncoderConfig(name="whisper", checkpoint=str(checkpoint))
     assert cached_facts(cfg) is None
     save_facts(cfg, {"spec": {"weights_sha256": "abc"}, "layers": 4, "dim": 32})
+    assert cached_facts(cfg) is None  # an entry missing a fact (written by older code) is learnt again
+    save_facts(cfg, {"spec": {"weights_sha256": "abc"}, "layers": 4, "dim": 32, "frame_rate": 50.0,
+                     "sample_rate": 16000, "min_samples": 320})
     assert cached_facts(cfg)["spec"] == {"weights_sha256": "abc"}
     assert cached_facts(EncoderConfig(name="whisper", checkpoint=str(checkpoint), layers=(1,))) is None
     weights = next(checkpoint.glob("*.safetensors"))
