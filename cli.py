@@ -52,13 +52,13 @@ def manifest() -> None:
               help="Where to write rejected rows (default: PATH.rejects.jsonl).")
 def manifest_check(path: Path, rejects: Path | None) -> None:
     """Validate every row of a manifest; write rejected rows with line and reason."""
-    from pipeline.manifest import ManifestError, read_manifest
+    from alarm.pipeline.manifest import ManifestError, read_manifest
 
     try:
         result = read_manifest(path, rejects_path=rejects)
     except ManifestError as err:
         fail(str(err))
-    from pipeline.counts import input_counts
+    from alarm.pipeline.counts import input_counts
 
     counts = result.summary()
     click.echo(f"{input_counts(result.instances).line()}; {counts['rejected']} rejected rows")
@@ -84,8 +84,8 @@ def _pipeline_config(manifest: Path | None, shards: tuple[str, ...], store: Path
     """
     import yaml
 
-    from pipeline.configs import ConfigError, from_dict
-    from pipeline.job import PipelineConfig
+    from alarm.pipeline.configs import ConfigError, from_dict
+    from alarm.pipeline.job import PipelineConfig
 
     data: dict = {}
     if config is not None:
@@ -156,11 +156,11 @@ def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | N
     """
     import json
 
-    from pipeline.configs import ConfigError
-    from pipeline.job import run_pipeline
-    from pipeline.manifest import ManifestError
-    from pipeline.plan import NotEnoughSpace
-    from pipeline.report import summary_lines
+    from alarm.pipeline.configs import ConfigError
+    from alarm.pipeline.job import run_pipeline
+    from alarm.pipeline.manifest import ManifestError
+    from alarm.pipeline.plan import NotEnoughSpace
+    from alarm.pipeline.report import summary_lines
 
     cfg = _pipeline_config(manifest, shards, store, config, need_store=True, encoders=encoders, preset=preset,
                            address=address, num_cpus=num_cpus, device=device, gpus_per_actor=gpus_per_actor,
@@ -182,8 +182,8 @@ def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | N
 @click.option("--store", type=click.Path(path_type=Path), required=True, help="Store folder.")
 def pipeline_status(store: Path) -> None:
     """Done / pending / rejected clips per encoder group of a store."""
-    from pipeline.counts import store_counts
-    from pipeline.verify import store_status
+    from alarm.pipeline.counts import store_counts
+    from alarm.pipeline.verify import store_status
 
     if not store.is_dir():
         fail(f"store {store} does not exist")
@@ -201,7 +201,7 @@ def pipeline_status(store: Path) -> None:
 @click.option("--quick", is_flag=True, help="Skip recomputing file checksums.")
 def pipeline_verify(store: Path, quick: bool) -> None:
     """Check every part (completeness, index agreement, checksums); exit 1 naming what is wrong."""
-    from pipeline.verify import verify_store
+    from alarm.pipeline.verify import verify_store
 
     report = verify_store(store, checksums=not quick)
     for label, g in sorted(report.groups.items()):
@@ -232,10 +232,10 @@ def pipeline_repair(manifest: Path | None, shards: tuple[str, ...], store: Path,
     Give the input and config of the job that wrote the store: the damaged parts are planned again
     from the same clips, so the store ends byte-identical to an undamaged run.
     """
-    from pipeline.configs import ConfigError
-    from pipeline.job import run_pipeline
-    from pipeline.manifest import ManifestError
-    from pipeline.verify import verify_store
+    from alarm.pipeline.configs import ConfigError
+    from alarm.pipeline.job import run_pipeline
+    from alarm.pipeline.manifest import ManifestError
+    from alarm.pipeline.verify import verify_store
 
     if not store.is_dir():
         fail(f"store {store} does not exist")
@@ -272,8 +272,8 @@ def pipeline_repair(manifest: Path | None, shards: tuple[str, ...], store: Path,
 def pipeline_plan(manifest: Path | None, shards: tuple[str, ...], encoders: str | None, config: Path | None,
                   dtype: str | None, gpu_tflops: float, mfu: float) -> None:
     """Clips, hours, predicted store bytes per encoder and GPU time, from file headers only."""
-    from pipeline.manifest import ManifestError
-    from pipeline.plan import plan_job
+    from alarm.pipeline.manifest import ManifestError
+    from alarm.pipeline.plan import plan_job
 
     cfg = _pipeline_config(manifest, shards, None, config, encoders=encoders)
     if dtype is not None:
@@ -299,8 +299,8 @@ def rephrase() -> None:
 
 def _rephrase_config(config: Path | None, overrides: dict):
     """The rephrase job config: YAML file (or defaults), then command-line overrides."""
-    from pipeline.configs import ConfigError, from_dict, load_config, to_dict
-    from rephrase.run import RephraseConfig
+    from alarm.pipeline.configs import ConfigError, from_dict, load_config, to_dict
+    from alarm.rephrase.run import RephraseConfig
 
     try:
         cfg = load_config(RephraseConfig, config) if config else RephraseConfig()
@@ -331,8 +331,8 @@ def rephrase_run(manifest: Path, out_dir: Path, config: Path | None, engine: str
     """Answer (pass 1), rephrase (pass 2) and validate into targets; cached and resumable."""
     import json
 
-    from pipeline.manifest import ManifestError
-    from rephrase.run import run_rephrase
+    from alarm.pipeline.manifest import ManifestError
+    from alarm.rephrase.run import run_rephrase
 
     cfg = _rephrase_config(config, {"name": engine, "model": model, "workers": workers})
     try:
@@ -348,7 +348,7 @@ def rephrase_status(out_dir: Path) -> None:
     """Counts per pass and state (ok, incomplete, error, pending), tokens and throughput."""
     import json
 
-    from rephrase.show import run_status
+    from alarm.rephrase.show import run_status
 
     try:
         click.echo(json.dumps(run_status(out_dir), indent=2))
@@ -364,8 +364,8 @@ def rephrase_validate(out_dir: Path, config: Path | None) -> None:
     """Re-filter cached generations into targets (never generates, unless the judge is on)."""
     import json
 
-    from pipeline.configs import ConfigError, load_config
-    from rephrase.validate import ValidateConfig, validate_run
+    from alarm.pipeline.configs import ConfigError, load_config
+    from alarm.rephrase.validate import ValidateConfig, validate_run
 
     try:
         cfg = load_config(ValidateConfig, config) if config else None
@@ -380,7 +380,7 @@ def rephrase_validate(out_dir: Path, config: Path | None) -> None:
 @click.option("--seed", type=int, default=None, help="Seed of the random choice.")
 def rephrase_show(out_dir: Path, count: int, seed: int | None) -> None:
     """N random targets: description, prompt, answer, and the target with the edits highlighted."""
-    from rephrase.show import highlight_changes, sample_targets
+    from alarm.rephrase.show import highlight_changes, sample_targets
 
     try:
         rows = sample_targets(out_dir, count, seed)
@@ -404,7 +404,7 @@ def rephrase_retry_failed(out_dir: Path) -> None:
     """Regenerate only the requests whose cached result is an error, then validate again."""
     import json
 
-    from rephrase.run import retry_failed
+    from alarm.rephrase.run import retry_failed
 
     try:
         click.echo(json.dumps(retry_failed(out_dir), indent=2))
@@ -436,8 +436,8 @@ def train_convert(src: Path, dst: Path, direction: str, encoder: str | None) -> 
     DST is a safetensors file. Tensors are renamed, never changed. From a checkpoint folder
     with config.json, the matching front-end config is written beside DST.
     """
-    from pipeline.configs import ConfigError
-    from trainer.convert import ConvertError, convert_file
+    from alarm.pipeline.configs import ConfigError
+    from alarm.trainer.convert import ConvertError, convert_file
 
     try:
         summary = convert_file(src, dst, direction, encoder=encoder)
@@ -472,13 +472,13 @@ def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tu
     For several GPUs or nodes launch the same config with torchrun (same flags):
 
     \b
-    torchrun --nproc_per_node N -m trainer.train C.yaml [--fresh] [--allow-changed-data]
+    torchrun --nproc_per_node N -m alarm.trainer.train C.yaml [--fresh] [--allow-changed-data]
     """
-    from pipeline.configs import ConfigError, from_dict, load_config, to_dict
-    from trainer.config import TrainConfig
-    from trainer.data import DataError
-    from trainer.train import DataChangedError
-    from trainer.train import train as run_training
+    from alarm.pipeline.configs import ConfigError, from_dict, load_config, to_dict
+    from alarm.trainer.config import TrainConfig
+    from alarm.trainer.data import DataError
+    from alarm.trainer.train import DataChangedError
+    from alarm.trainer.train import train as run_training
 
     try:
         cfg = load_config(TrainConfig, config_path)
@@ -505,9 +505,9 @@ def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tu
               help="Stored value type of the adapter outputs.")
 def train_cache_adapters(config_path: Path, out: Path | None, dtype: str) -> None:
     """Run the frozen adapters once over every clip of the targets (the second-level cache)."""
-    from pipeline.configs import ConfigError, load_config
-    from trainer.cache_adapters import cache_adapter_outputs
-    from trainer.config import TrainConfig
+    from alarm.pipeline.configs import ConfigError, load_config
+    from alarm.trainer.cache_adapters import cache_adapter_outputs
+    from alarm.trainer.config import TrainConfig
 
     try:
         cfg = load_config(TrainConfig, config_path)
@@ -530,7 +530,7 @@ def train_export(source: Path, out: Path) -> None:
     The folder holds every front-end weight, the encoders' store specs, the LLM id and the
     prompt layout.
     """
-    from trainer.export import export_model
+    from alarm.trainer.export import export_model
 
     try:
         folder = export_model(source, out)
@@ -556,8 +556,8 @@ def models_build_tiny(out: Path | None) -> None:
 
     if out is not None:
         os.environ["ALARM_CACHE"] = str(out)
-    from pipeline.tiny_encoders import build_tiny_w2vbert, build_tiny_whisper
-    from rephrase.qwen3 import build_tiny_qwen3
+    from alarm.pipeline.tiny_encoders import build_tiny_w2vbert, build_tiny_whisper
+    from alarm.rephrase.qwen3 import build_tiny_qwen3
 
     for name, build in (("qwen3", build_tiny_qwen3), ("whisper", build_tiny_whisper),
                         ("w2vbert", build_tiny_w2vbert)):
@@ -599,8 +599,8 @@ def infer(audio: tuple[str, ...], prompt: str, checkpoint: Path, store: Path | N
     import json
     from dataclasses import asdict
 
-    from pipeline.configs import ConfigError
-    from trainer.infer import InferConfig, infer_files
+    from alarm.pipeline.configs import ConfigError
+    from alarm.trainer.infer import InferConfig, infer_files
 
     try:
         cfg = InferConfig(checkpoint=str(checkpoint), store=str(store) if store else None, llm=llm,
@@ -655,8 +655,8 @@ def eval_command(manifest: Path, checkpoint: Path, out: Path, store: Path | None
     MANIFEST is JSONL with id, audio, question, options, answer and category (see
     manifests/README.md). Unparseable answers count as wrong and are counted separately.
     """
-    from pipeline.manifest import ManifestError
-    from trainer.evaluate import EvalConfig, evaluate, markdown_tables
+    from alarm.pipeline.manifest import ManifestError
+    from alarm.trainer.evaluate import EvalConfig, evaluate, markdown_tables
 
     try:
         cfg = EvalConfig(manifest=str(manifest), checkpoint=str(checkpoint), out=str(out),
@@ -689,8 +689,8 @@ def stats_command(manifest: Path, as_json: bool, out: Path | None, workers: int)
     not fatal. Domain: instruction (kind), else speech (a transcript), else music (music labels or
     a music dataset name), else sound.
     """
-    from pipeline.manifest import ManifestError
-    from pipeline.stats import format_stats, manifest_stats, stats_json, write_stats_report
+    from alarm.pipeline.manifest import ManifestError
+    from alarm.pipeline.stats import format_stats, manifest_stats, stats_json, write_stats_report
 
     try:
         result = manifest_stats(manifest, workers=workers)
@@ -711,7 +711,7 @@ def report_command(folder: Path) -> None:
     or a statistics folder (`alarm stats --out`); any other folder (a demo output, say) gets a
     report in each subfolder of those kinds. Nothing is computed again but the statistics.
     """
-    from pipeline.report import write_any_report
+    from alarm.pipeline.report import write_any_report
 
     if not folder.is_dir():
         fail(f"{folder} is not a folder")
@@ -742,7 +742,7 @@ def demo_corpus(out: Path, seed: int, no_speech: bool) -> None:
     """Write the demo corpus (generated sounds, music, espeak-ng speech) and its manifest to OUT."""
     import json
 
-    from pipeline.demo_corpus import DemoCorpusConfig, write_demo_corpus
+    from alarm.pipeline.demo_corpus import DemoCorpusConfig, write_demo_corpus
 
     manifest = write_demo_corpus(out, DemoCorpusConfig(seed=seed, speech=0 if no_speech else 6))
     info = json.loads((manifest.parent / "corpus.json").read_text())
@@ -761,8 +761,8 @@ def demo_targets(manifest: Path, store: Path, out: Path) -> None:
     They are true by construction, so the trainer has something to learn where a tiny random LLM
     keeps no rephrased target; with a real LLM, train on the rephrase run's targets.parquet.
     """
-    from pipeline.demo import write_reference_targets
-    from pipeline.manifest import ManifestError
+    from alarm.pipeline.demo import write_reference_targets
+    from alarm.pipeline.manifest import ManifestError
 
     if not (store / "instances.parquet").is_file():
         fail(f"{store} is not a feature store (no instances.parquet); run `alarm pipeline run` first")
@@ -785,7 +785,7 @@ def demo_run(out: Path, train_steps: int) -> None:
 
     A second run reuses every cache and finishes in a fraction of the time.
     """
-    from pipeline.demo import DemoConfig, run_demo
+    from alarm.pipeline.demo import DemoConfig, run_demo
 
     run_demo(out, DemoConfig(train_steps=train_steps))
 

@@ -77,7 +77,7 @@ def naive(manifest: Path, encoders: list[str], out: Path) -> tuple[float, float]
     import soundfile as sf
     import soxr
 
-    from pipeline.encoders import EncoderConfig, build_encoder
+    from alarm.pipeline.encoders import EncoderConfig, build_encoder
 
     started, cpu = time.perf_counter(), time.process_time()
     models = {e: build_encoder(EncoderConfig(e, preset="tiny")) for e in encoders}
@@ -99,7 +99,7 @@ def folder_bytes(folder: Path) -> int:
 
 def store_overhead(store: Path, encoders: list[str]) -> dict[str, float]:
     """Bytes on disk per audio-second and their ratio to the raw payload, over all groups."""
-    from pipeline.store import open_features
+    from alarm.pipeline.store import open_features
 
     disk = payload = seconds = 0
     for e in encoders:
@@ -120,7 +120,7 @@ def compression(clips: dict[str, np.ndarray], workdir: Path, reads: int = 300) -
     """
     import zarr
 
-    from pipeline.store import PartWriter, StoreConfig, group_spec, init_group, open_features, write_index
+    from alarm.pipeline.store import PartWriter, StoreConfig, group_spec, init_group, open_features, write_index
 
     layers, dim = next(iter(clips.values())).shape[1:]
     readers = {}
@@ -164,7 +164,7 @@ def real_dim_clips(count: int = 60, seed: int = 0) -> dict[str, np.ndarray]:
 
 JOB_SCRIPT = """
 import json, sys, time
-from pipeline.job import PipelineConfig, run_pipeline
+from alarm.pipeline.job import PipelineConfig, run_pipeline
 cfg = PipelineConfig(store=sys.argv[1], manifest=sys.argv[2], encoders=sys.argv[3].split(","), preset="tiny",
                      num_cpus=2, progress=False, pools=sys.argv[4])
 started = time.perf_counter()
@@ -255,7 +255,7 @@ def main() -> None:
                        f"{tag}_stage_seconds": job["stage_seconds"]})
     result.update(store_overhead(store, encoders))
     if not args.no_compression:
-        from pipeline.store import open_features
+        from alarm.pipeline.store import open_features
 
         tiny = open_features(store, "whisper")
         result.update({f"tiny_whisper_{k}": v for k, v in

@@ -80,7 +80,7 @@ def bench_encoder(name: str, args: argparse.Namespace, seconds: list[float]) -> 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.encoders import ENCODERS, EncoderConfig, build_encoder
+    from alarm.pipeline.encoders import ENCODERS, EncoderConfig, build_encoder
 
     cfg = EncoderConfig(name, preset=args.preset, device=args.device, dtype=args.dtype,
                         batch_size=args.batch_size)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 
 def _rows(n: int) -> list:
-    from rephrase.inputs import InputRow
+    from alarm.rephrase.inputs import InputRow
 
     sounds = ["dog barking", "rain on a tin roof", "a church bell", "a car horn", "birds at dawn", "a kettle"]
     rows = []
@@ -72,15 +72,15 @@ def main() -> None:
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from rephrase.cache import PassCache
-    from rephrase.engine_vllm import sampling_params
-    from rephrase.engines import EngineConfig, load_engine, weights_fingerprint
-    from rephrase.passes import ANSWER, answer_request
-    from rephrase.pool import EnginePool
-    from rephrase.run import LazyPool, RephraseConfig, execute_pass, load_tokenizer, pass_specs, plain_chunk
+    from alarm.rephrase.cache import PassCache
+    from alarm.rephrase.engine_vllm import sampling_params
+    from alarm.rephrase.engines import EngineConfig, load_engine, weights_fingerprint
+    from alarm.rephrase.passes import ANSWER, answer_request
+    from alarm.rephrase.pool import EnginePool
+    from alarm.rephrase.run import LazyPool, RephraseConfig, execute_pass, load_tokenizer, pass_specs, plain_chunk
 
     if args.model is None:
-        from rephrase.qwen3 import build_tiny_qwen3
+        from alarm.rephrase.qwen3 import build_tiny_qwen3
 
         args.model = str(build_tiny_qwen3())
         args.dtype = "float32"

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 def write_store(root: Path, frames: dict[str, int], layers: int, dim: int, seed: int = 0,
                 features: dict[str, np.ndarray] | None = None) -> object:
     """A one-group whisper store of random (or given) features; returns its reader."""
-    from pipeline.store import PartWriter, StoreConfig, group_spec, init_group, open_features, write_index
+    from alarm.pipeline.store import PartWriter, StoreConfig, group_spec, init_group, open_features, write_index
 
     cfg = StoreConfig()
     spec = group_spec({"name": "whisper", "preset": "bench-random", "layers": layers, "dim": dim}, cfg)
@@ -92,7 +92,7 @@ def bench_loader(tmp: Path, clips: int, workers: list[int]) -> dict:
     """
     import torch
 
-    from trainer.data import Example, FeatureDataset, TokenBudgetSampler, make_loader
+    from alarm.trainer.data import Example, FeatureDataset, TokenBudgetSampler, make_loader
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(1)
@@ -138,7 +138,7 @@ def bench_loader(tmp: Path, clips: int, workers: list[int]) -> dict:
 
 def build_encoder_for(device: str) -> object:
     """The whisper encoder the step runs: tiny preset on CPU, full-size-random (bf16) on GPU."""
-    from pipeline.encoders import EncoderConfig, build_encoder
+    from alarm.pipeline.encoders import EncoderConfig, build_encoder
 
     if device == "cuda":
         return build_encoder(EncoderConfig("whisper", preset="full-size-random", device="cuda", dtype="bfloat16"))
@@ -150,7 +150,7 @@ def build_llm(device: str) -> tuple:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rephrase.qwen3 import build_tiny_qwen3, qwen3_tokenizer_dir
+    from alarm.rephrase.qwen3 import build_tiny_qwen3, qwen3_tokenizer_dir
 
     if device == "cuda":
         from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -195,11 +195,11 @@ def bench_step(mode: str, steps: int, batch_clips: int, device: str, workdir: Pa
     """
     import torch
 
-    from pipeline.store import open_features
-    from trainer.data import Example, FeatureDataset, collate
-    from trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
-    from trainer.sequence import PromptLayout
-    from trainer.train import Model
+    from alarm.pipeline.store import open_features
+    from alarm.trainer.data import Example, FeatureDataset, collate
+    from alarm.trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
+    from alarm.trainer.sequence import PromptLayout
+    from alarm.trainer.train import Model
 
     torch.manual_seed(0)
     if device == "cpu":  # one thread: on a shared 2-core machine, spinning OpenMP threads make timings bimodal

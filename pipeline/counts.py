@@ -83,7 +83,7 @@ def store_counts(root: str | Path) -> ClipCounts:
     """
     import pyarrow.parquet as pq
 
-    from pipeline.manifest import reason_kind
+    from alarm.pipeline.manifest import reason_kind
 
     root = Path(root)
     counts = ClipCounts()

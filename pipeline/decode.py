@@ -72,10 +72,10 @@ def resample(mono: np.ndarray, source_rate: int, rate: int, quality: str = "HQ")
 
 def audio_bytes(audio: str) -> bytes:
     """Raw bytes of a plain file or of a ``/abs/shard.tar#member`` WebDataset member."""
-    from pipeline.manifest import TAR_SEPARATOR
+    from alarm.pipeline.manifest import TAR_SEPARATOR
 
     if TAR_SEPARATOR in audio:
-        from pipeline.webdataset_input import member_bytes
+        from alarm.pipeline.webdataset_input import member_bytes
 
         return member_bytes(audio)
     path = Path(audio)

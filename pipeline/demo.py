@@ -30,7 +30,7 @@ from typing import Any
 
 import click
 
-from pipeline.demo_corpus import DemoCorpusConfig
+from alarm.pipeline.demo_corpus import DemoCorpusConfig
 
 ALL_ENCODERS = ["whisper", "w2vbert", "muq", "sslam"]
 # Small enough for a 2-core CPU; the ALARM defaults are in each stage's config.
@@ -100,8 +100,8 @@ def write_reference_targets(manifest: Path, store: Path, out: Path) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.manifest import read_manifest
-    from rephrase.validate import split_for
+    from alarm.pipeline.manifest import read_manifest
+    from alarm.rephrase.validate import split_for
 
     keys = {r["id"]: r["key"] for r in pq.read_table(store / "instances.parquet").to_pylist()}
     rows = []
@@ -133,11 +133,11 @@ class DemoRun:
         self.outputs: dict[str, Path] = {}
 
     def corpus(self) -> str:
-        from pipeline.counts import input_counts
-        from pipeline.demo_corpus import write_demo_corpus
-        from pipeline.demo_eval import write_demo_eval
-        from pipeline.manifest import read_manifest
-        from trainer.mcqa import read_eval_manifest
+        from alarm.pipeline.counts import input_counts
+        from alarm.pipeline.demo_corpus import write_demo_corpus
+        from alarm.pipeline.demo_eval import write_demo_eval
+        from alarm.pipeline.manifest import read_manifest
+        from alarm.trainer.mcqa import read_eval_manifest
 
         if not (self.corpus_dir / "corpus.json").is_file():
             write_demo_corpus(self.corpus_dir, self.cfg.corpus)
@@ -156,14 +156,14 @@ class DemoRun:
                 f"speech: {info['speech']}")
 
     def models(self) -> str:
-        from rephrase.qwen3 import build_tiny_qwen3
+        from alarm.rephrase.qwen3 import build_tiny_qwen3
 
         self.llm = build_tiny_qwen3()
         return f"tiny Qwen3 (random weights, the real Qwen3 tokenizer) in {self.llm}"
 
     def features(self) -> str:
-        from pipeline.counts import store_counts
-        from pipeline.job import PipelineConfig, run_pipeline
+        from alarm.pipeline.counts import store_counts
+        from alarm.pipeline.job import PipelineConfig, run_pipeline
 
         summary = run_pipeline(PipelineConfig(store=str(self.store), manifest=str(self.manifest),
                                               preset="tiny", encoders=list(self.cfg.encoders)))
@@ -178,8 +178,8 @@ class DemoRun:
                 f"encoders; {encoded} encoder-clips computed now; {rejected} manifest rows rejected with a reason")
 
     def rephrase(self) -> str:
-        from rephrase.engines import EngineConfig
-        from rephrase.run import RephraseConfig, run_rephrase
+        from alarm.rephrase.engines import EngineConfig
+        from alarm.rephrase.run import RephraseConfig, run_rephrase
 
         engine = "vllm" if _vllm_available() else "transformers"
         tokens = self.cfg.rephrase_max_tokens
@@ -197,8 +197,8 @@ class DemoRun:
         return f"engine {engine}, {generated} generations now; {validation.get('accounting', '')}"
 
     def train(self) -> str:
-        from trainer.config import TrainConfig
-        from trainer.train import train
+        from alarm.trainer.config import TrainConfig
+        from alarm.trainer.train import train
 
         targets = self.out / "reference_targets.parquet"
         n = write_reference_targets(self.manifest, self.store, targets)
@@ -223,7 +223,7 @@ class DemoRun:
         return f"{n} reference targets, ALARM-CA, step {result.step} ({now}), {trend}"
 
     def evaluate(self) -> str:
-        from trainer.evaluate import EvalConfig, evaluate
+        from alarm.trainer.evaluate import EvalConfig, evaluate
 
         report = evaluate(EvalConfig(manifest=str(self.eval_manifest), checkpoint=str(self.checkpoint),
                                      store=str(self.store), llm=str(self.llm), out=str(self.eval_dir),
@@ -239,8 +239,8 @@ class DemoRun:
                 f"asked now {data.get('asked', '?')}")
 
     def infer(self) -> str:
-        from pipeline.report import truncate
-        from trainer.infer import InferConfig, infer_files
+        from alarm.pipeline.report import truncate
+        from alarm.trainer.infer import InferConfig, infer_files
 
         clip = json.loads(self.manifest.read_text().splitlines()[0])
         audio = str((self.manifest.parent / clip["audio"]).resolve())
@@ -306,13 +306,13 @@ def what_you_see(facts: dict[str, Any]) -> list[str]:
 
 def _losses(logs: Path) -> list[float]:
     """Training losses in step order from a run's logs (a resumed step: its last record wins)."""
-    from trainer.report import by_step, read_logs
+    from alarm.trainer.report import by_step, read_logs
 
     return [float(r["loss"]) for r in by_step(read_logs(logs)[0], "loss")] if logs.is_file() else []
 
 
 def _write_demo_report(run: DemoRun, stages: list[dict[str, Any]], wall: float) -> Path:
-    from pipeline.report import Section, truncate, write_report
+    from alarm.pipeline.report import Section, truncate, write_report
 
     out = run.out
     rel = {k: (os.path.relpath(v, out) if v is not None else None) for k, v in run.outputs.items()}

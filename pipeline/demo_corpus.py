@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.counts import input_counts
-from pipeline.manifest import read_manifest, write_manifest
+from alarm.pipeline.counts import input_counts
+from alarm.pipeline.manifest import read_manifest, write_manifest
 
 NOTE_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 SENTENCES = [

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.demo_corpus import NOTE_NAMES, SENTENCES
-from pipeline.manifest import write_manifest
+from alarm.pipeline.demo_corpus import NOTE_NAMES, SENTENCES
+from alarm.pipeline.manifest import write_manifest
 
 CATEGORIES = {"demo-sounds": "sound", "demo-music": "music", "demo-speech": "speech"}
 KIND_OPTIONS = {"sound": "a sound effect", "music": "music", "speech": "speech"}
@@ -75,7 +75,7 @@ def _label_questions(meta: dict[str, Any], transcripts: list[str]) -> list[tuple
 
 def _clips(corpus: Path) -> list[dict[str, Any]]:
     """One row per usable clip of the corpus: whole files only, readable, shorter than 60 s."""
-    from pipeline.probe import AudioUnreadable, probe_duration
+    from alarm.pipeline.probe import AudioUnreadable, probe_duration
 
     info = json.loads((corpus / "corpus.json").read_text()) if (corpus / "corpus.json").exists() else {}
     broken = set(info.get("broken_files", []))

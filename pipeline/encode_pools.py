@@ -13,11 +13,11 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.configs import ConfigError, to_dict
-from pipeline.extract_stages import EncodeStage, SharedEncodeStage, decode_unit
+from alarm.pipeline.configs import ConfigError, to_dict
+from alarm.pipeline.extract_stages import EncodeStage, SharedEncodeStage, decode_unit
 
 if TYPE_CHECKING:
-    from pipeline.job import PipelineConfig
+    from alarm.pipeline.job import PipelineConfig
 
 
 def quiet_ray_data() -> Any:

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from pipeline.configs import ConfigError
+from alarm.pipeline.configs import ConfigError
 
 # Bump when a code change alters any encoder's output for the same weights: it is part of every spec,
 # so a store written by older code is refused instead of silently mixed.
@@ -446,7 +446,7 @@ def build_whisper(cfg: EncoderConfig, info: EncoderInfo) -> Encoder:
         extractor = WhisperFeatureExtractor(feature_size=128)
     else:
         if cfg.preset == "tiny" and cfg.checkpoint is None:
-            from pipeline.tiny_encoders import build_tiny_whisper
+            from alarm.pipeline.tiny_encoders import build_tiny_whisper
 
             path = Path(build_tiny_whisper())
         else:
@@ -498,7 +498,7 @@ class W2VBertWindows:
         """Encode a batch; padding is masked, so results equal one-window-at-a-time calls."""
         import torch
 
-        from pipeline.features import seamless_fbank
+        from alarm.pipeline.features import seamless_fbank
 
         # Our torch port of the SeamlessM4T extractor (tests/test_features.py checks it against transformers'):
         # same features, computed on the model's device.
@@ -533,7 +533,7 @@ def build_w2vbert(cfg: EncoderConfig, info: EncoderInfo) -> Encoder:
         extractor = SeamlessM4TFeatureExtractor()
     else:
         if cfg.preset == "tiny" and cfg.checkpoint is None:
-            from pipeline.tiny_encoders import build_tiny_w2vbert
+            from alarm.pipeline.tiny_encoders import build_tiny_w2vbert
 
             path = Path(build_tiny_w2vbert())
         else:
@@ -559,13 +559,13 @@ def _build_w2vbert(cfg: EncoderConfig) -> Encoder:
 
 
 def _build_muq(cfg: EncoderConfig) -> Encoder:
-    from pipeline.muq import build_muq_encoder
+    from alarm.pipeline.muq import build_muq_encoder
 
     return build_muq_encoder(cfg, ENCODERS["muq"])
 
 
 def _build_sslam(cfg: EncoderConfig) -> Encoder:
-    from pipeline.sslam import build_sslam_encoder
+    from alarm.pipeline.sslam import build_sslam_encoder
 
     return build_sslam_encoder(cfg, ENCODERS["sslam"])
 
@@ -606,24 +606,24 @@ TINY_FOLDERS = {"whisper": "tiny-whisper-v1", "w2vbert": "tiny-w2vbert-v1", "muq
 
 def _tiny_checkpoint(name: str) -> Path:
     """The cached tiny checkpoint folder of ``name`` (built on first use)."""
-    from pipeline.cache import alarm_cache_dir, fingerprint
+    from alarm.pipeline.cache import alarm_cache_dir, fingerprint
 
     folder = alarm_cache_dir() / "models" / f"{TINY_FOLDERS[name]}-{fingerprint({'kind': TINY_FOLDERS[name]})}"
     if (folder / ".done").is_file():
         return folder
     if name == "whisper":
-        from pipeline.tiny_encoders import build_tiny_whisper
+        from alarm.pipeline.tiny_encoders import build_tiny_whisper
 
         return build_tiny_whisper()
     if name == "w2vbert":
-        from pipeline.tiny_encoders import build_tiny_w2vbert
+        from alarm.pipeline.tiny_encoders import build_tiny_w2vbert
 
         return build_tiny_w2vbert()
     if name == "muq":
-        from pipeline.muq import build_tiny_muq
+        from alarm.pipeline.muq import build_tiny_muq
 
         return build_tiny_muq()
-    from pipeline.sslam import build_tiny_sslam
+    from alarm.pipeline.sslam import build_tiny_sslam
 
     return build_tiny_sslam()
 
@@ -657,7 +657,7 @@ def _facts_path(cfg: EncoderConfig) -> Path | None:
     """The cache file of ``cfg``'s facts, keyed by everything they depend on; None if not cacheable."""
     from importlib.metadata import version
 
-    from pipeline.cache import alarm_cache_dir, fingerprint
+    from alarm.pipeline.cache import alarm_cache_dir, fingerprint
 
     identity = checkpoint_identity(cfg)
     if identity is None:

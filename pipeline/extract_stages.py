@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.decode import DecodeConfig, DecodeError, decode_clip
-from pipeline.store import StoreConfig, group_spec, spec_id
+from alarm.pipeline.decode import DecodeConfig, DecodeError, decode_clip
+from alarm.pipeline.store import StoreConfig, group_spec, spec_id
 
 
 def release_memory() -> None:
@@ -100,7 +100,7 @@ def write_part(encoder: Any, group: Path, storage: StoreConfig, unit: dict[str, 
 
     Returns (encode seconds, bytes written, write seconds); all zero when an earlier run committed it.
     """
-    from pipeline.store import DONE, PartWriter
+    from alarm.pipeline.store import DONE, PartWriter
 
     if (group / "parts" / unit["part"] / DONE).is_file():
         return 0.0, 0, 0.0
@@ -140,7 +140,7 @@ class EncodeStage:
     def __init__(self, encoder: dict[str, Any], group: str, storage: dict[str, Any], threads: int) -> None:
         import torch
 
-        from pipeline.encoders import EncoderConfig, build_encoder
+        from alarm.pipeline.encoders import EncoderConfig, build_encoder
 
         if threads > 0:
             torch.set_num_threads(threads)
@@ -186,7 +186,7 @@ class SharedEncodeStage:
                  quality: str) -> None:
         import torch
 
-        from pipeline.encoders import EncoderConfig, build_encoder
+        from alarm.pipeline.encoders import EncoderConfig, build_encoder
 
         if threads > 0:
             torch.set_num_threads(threads)
@@ -215,7 +215,7 @@ class SharedEncodeStage:
         Returns the unit's part id, ``decode_s`` and per encoder (encode seconds, bytes, write seconds)
         as ``write_part`` returns them.
         """
-        from pipeline.store import DONE
+        from alarm.pipeline.store import DONE
 
         if self.error is not None:
             raise self.error
@@ -250,7 +250,7 @@ def encoder_facts(encoder: dict[str, Any]) -> dict[str, Any]:
     """Build an encoder once on the driver for its spec and shape, then free it."""
     import gc
 
-    from pipeline.encoders import EncoderConfig, build_encoder
+    from alarm.pipeline.encoders import EncoderConfig, build_encoder
 
     enc = build_encoder(EncoderConfig(**encoder))
     facts = facts_of(enc)

@@ -40,17 +40,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.configs import ConfigError, from_dict, to_dict
-from pipeline.decode import DecodeConfig
-from pipeline.encode_pools import SharedPool, cpu_budget, encode_units, quiet_ray_data
-from pipeline.extract_stages import (
+from alarm.pipeline.configs import ConfigError, from_dict, to_dict
+from alarm.pipeline.decode import DecodeConfig
+from alarm.pipeline.encode_pools import SharedPool, cpu_budget, encode_units, quiet_ray_data
+from alarm.pipeline.extract_stages import (
     encoder_facts,
     key_batch,
     key_source,
 )
-from pipeline.manifest import reason_kind
-from pipeline.plan import bytes_to_write, check_free_space
-from pipeline.store import StoreConfig, group_spec, spec_id
+from alarm.pipeline.manifest import reason_kind
+from alarm.pipeline.plan import bytes_to_write, check_free_space
+from alarm.pipeline.store import StoreConfig, group_spec, spec_id
 
 ALL_ENCODERS = ("whisper", "w2vbert", "muq", "sslam")
 POOLS = ("auto", "shared", "per-encoder")
@@ -125,8 +125,8 @@ class PipelineConfig:
     force: bool = False
 
     def __post_init__(self) -> None:
-        from pipeline.cluster import joins_cluster
-        from pipeline.encoders import ENCODERS
+        from alarm.pipeline.cluster import joins_cluster
+        from alarm.pipeline.encoders import ENCODERS
 
         if not joins_cluster(self.address):
             self.address = None  # "local" is the default: an embedded Ray
@@ -253,15 +253,15 @@ def source_order(src: tuple) -> tuple:
 def read_input(cfg: PipelineConfig) -> tuple[list[Any], list[Any]]:
     """Instances and input-level rejects of the manifest or the shards."""
     if cfg.manifest is not None:
-        from pipeline.manifest import read_manifest
+        from alarm.pipeline.manifest import read_manifest
 
         result = read_manifest(cfg.manifest)
         return result.instances, result.rejects
-    from pipeline.webdataset_input import read_webdataset
+    from alarm.pipeline.webdataset_input import read_webdataset
 
     instances, rejects = read_webdataset(cfg.shards or [])
     if not instances:
-        from pipeline.manifest import ManifestError
+        from alarm.pipeline.manifest import ManifestError
 
         raise ManifestError(f"no usable sample in shards {cfg.shards} ({len(rejects)} rejected)")
     return instances, rejects
@@ -301,7 +301,7 @@ def key_sources(root: Path, sources: list[tuple[str, float | None, float | None]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.store import write_parquet_atomic
+    from alarm.pipeline.store import write_parquet_atomic
 
     cache_path = root / "sources.parquet"
     cached: dict[tuple, dict[str, Any]] = {}
@@ -363,7 +363,7 @@ def _key_todo(todo: list[tuple], cfg: PipelineConfig) -> list[tuple[str, float, 
 
 def shortest_clip(facts: dict[str, dict[str, Any]]) -> float:
     """Seconds below which a clip gives some encoder of ``facts`` no frame (see ``shortest_clip_seconds``)."""
-    from pipeline.encoders import shortest_clip_seconds
+    from alarm.pipeline.encoders import shortest_clip_seconds
 
     return shortest_clip_seconds((f["min_samples"], f["sample_rate"]) for f in facts.values())
 
@@ -381,8 +381,8 @@ def write_instance_tables(root: Path, instances: list[Any], input_rejects: list[
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.encoders import too_short_reason
-    from pipeline.store import write_parquet_atomic
+    from alarm.pipeline.encoders import too_short_reason
+    from alarm.pipeline.store import write_parquet_atomic
 
     clips: dict[str, dict[str, Any]] = {}
     accepted, rejected = [], []
@@ -442,7 +442,7 @@ class JobWorkers:
         """Start or join Ray unless this process is already connected."""
         import ray
 
-        from pipeline.cluster import init_ray
+        from alarm.pipeline.cluster import init_ray
 
         if not ray.is_initialized():
             init_ray(self.cfg.address, self.cfg.num_cpus, log_to_driver=False, configure_logging=False)
@@ -468,7 +468,7 @@ class JobWorkers:
 
 def cached_encoder_facts(cfg: PipelineConfig) -> dict[str, dict[str, Any]] | None:
     """Every encoder's facts from the cache of ``pipeline.encoders``, or None if one is missing."""
-    from pipeline.encoders import EncoderConfig, cached_facts
+    from alarm.pipeline.encoders import EncoderConfig, cached_facts
 
     facts = {e: cached_facts(EncoderConfig(**cfg.encoder_config(e))) for e in cfg.encoders}
     return None if any(f is None for f in facts.values()) else facts
@@ -483,8 +483,8 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineSummary:
         NotEnoughSpace: the store's disk is fuller than the job's estimate (unless ``force``), or
             filled up during the job (the finished parts are kept: rerun once there is room).
     """
-    from pipeline.cluster import joins_cluster
-    from pipeline.plan import NotEnoughSpace, is_disk_full
+    from alarm.pipeline.cluster import joins_cluster
+    from alarm.pipeline.plan import NotEnoughSpace, is_disk_full
 
     started = time.perf_counter()
     root = Path(cfg.store)
@@ -514,8 +514,8 @@ def _run_locked(cfg: PipelineConfig, root: Path, instances: list[Any], input_rej
 def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_rejects: list[Any],
                   started: float, workers: JobWorkers,
                   facts: dict[str, dict[str, Any]] | None) -> PipelineSummary:
-    from pipeline.store import clear_tmp, current_fence, init_group, load_index, write_index
-    from pipeline.verify import drop_damaged_parts
+    from alarm.pipeline.store import clear_tmp, current_fence, init_group, load_index, write_index
+    from alarm.pipeline.verify import drop_damaged_parts
 
     stage_s: dict[str, float] = {}
     # Key every source (dedupe by audio and cut first).
@@ -527,7 +527,7 @@ def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_r
 
     # The encoders' facts give the shortest usable clip, so they come before the instance tables.
     if facts is None:
-        from pipeline.encoders import EncoderConfig, save_facts
+        from alarm.pipeline.encoders import EncoderConfig, save_facts
 
         if workers.pool is not None:
             facts = workers.pool.facts()
@@ -583,8 +583,8 @@ def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_r
         stage_seconds=stage_s, throughput=throughput, wall_seconds=wall,
         spec_ids={e: spec_id(group_spec(facts[e]["spec"], cfg.storage)) for e in cfg.encoders},
         repaired={e: parts for e, parts in repaired.items() if parts})
-    from pipeline.report import write_pipeline_report
-    from pipeline.store import write_atomic
+    from alarm.pipeline.report import write_pipeline_report
+    from alarm.pipeline.store import write_atomic
 
     write_atomic(root / "summary.json", (json.dumps(summary.to_dict(), indent=2) + "\n").encode())
 

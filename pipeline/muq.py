@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.configs import ConfigError
-from pipeline.features import htk_mel_banks, mel_db
+from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.features import htk_mel_banks, mel_db
 
 SAMPLE_RATE = 24000
 N_FFT = 2048
@@ -419,7 +419,7 @@ def load_muq(path_or_hf_id: str | Path) -> MuQ:
         FileNotFoundError: Not available offline, or no config/weights in the folder.
         RuntimeError: The weights do not match the architecture (missing/unexpected keys or shapes).
     """
-    from pipeline.encoders import read_checkpoint
+    from alarm.pipeline.encoders import read_checkpoint
 
     config, weights = read_checkpoint(path_or_hf_id)
     module = MuQ(MuQConfig.from_json(config))
@@ -450,7 +450,7 @@ TINY_CONFIG = MuQConfig(codebook_size=32, conv_dim=8, encoder_dim=32, encoder_de
 
 def build_tiny_muq() -> Path:
     """A cached folder with a seeded random tiny MuQ (4 Conformer layers, width 32), loadable by ``load_muq``."""
-    from pipeline.tiny_encoders import _build_once
+    from alarm.pipeline.tiny_encoders import _build_once
 
     def write(path: Path) -> None:
         torch.manual_seed(0)
@@ -517,7 +517,7 @@ class MuQWindows:
 
 def build_muq_encoder(cfg: Any, info: Any) -> Any:
     """Build the ``muq`` registry entry (see ``pipeline.encoders``)."""
-    from pipeline.encoders import WindowedEncoder, default_layers, torch_dtype, window_samples
+    from alarm.pipeline.encoders import WindowedEncoder, default_layers, torch_dtype, window_samples
 
     if cfg.preset == "full-size-random":
         torch.manual_seed(cfg.seed)

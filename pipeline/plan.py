@@ -15,8 +15,8 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.counts import ClipCounts, input_counts
-from pipeline.store import bytes_per_value
+from alarm.pipeline.counts import ClipCounts, input_counts
+from alarm.pipeline.store import bytes_per_value
 
 # Forward FLOPs (estimates from parameter counts and token rates; see the module docstring).
 FLOPS_PER_WINDOW = {"whisper": 2.27e12, "sslam": 1.0e11}  # 30 s / 1500 tokens; 10.24 s / 512 tokens
@@ -51,7 +51,7 @@ class PlanReport:
                 f"({self.unreadable} unreadable, {self.too_long} too long)")
 
     def to_dict(self) -> dict[str, Any]:
-        from pipeline.configs import to_dict
+        from alarm.pipeline.configs import to_dict
 
         return to_dict(self)
 
@@ -68,7 +68,7 @@ def stored_bytes(encoder: str, durations: list[float], layers: int, dim: int, dt
     ``layers`` and ``dim`` are the model's (a tiny model's are small); frame rate and window are the
     registry's.
     """
-    from pipeline.encoders import ENCODERS
+    from alarm.pipeline.encoders import ENCODERS
 
     info = ENCODERS[encoder]
     frames = sum(clip_frames(encoder, d, info.frame_rate, info.window_seconds) for d in durations)
@@ -83,9 +83,9 @@ def plan_job(cfg: Any, gpu_peak_tflops: float = 989.0, mfu: float = 0.35) -> Pla
         gpu_peak_tflops: dense bf16 peak of the GPU (H100 SXM: 989).
         mfu: the fraction of peak the encoders sustain.
     """
-    from pipeline.encoders import ENCODERS
-    from pipeline.job import read_input, source_order
-    from pipeline.probe import AudioUnreadable, probe_duration
+    from alarm.pipeline.encoders import ENCODERS
+    from alarm.pipeline.job import read_input, source_order
+    from alarm.pipeline.probe import AudioUnreadable, probe_duration
 
     instances, _ = read_input(cfg)
     sources = sorted({(i.audio, i.start, i.end) for i in instances}, key=source_order)
@@ -136,14 +136,14 @@ class NotEnoughSpace(RuntimeError):
 
     @classmethod
     def before_job(cls, root: Any, free: float, needed: float) -> NotEnoughSpace:
-        from pipeline.report import human_bytes
+        from alarm.pipeline.report import human_bytes
 
         return cls(f"store {root}: {human_bytes(free)} free on its disk, the job needs about "
                    f"{human_bytes(needed)}; free some space or choose another --store (--force starts anyway)")
 
     @classmethod
     def during_job(cls, root: Any, needed: float | None) -> NotEnoughSpace:
-        from pipeline.report import human_bytes
+        from alarm.pipeline.report import human_bytes
 
         need = f", the job needed about {human_bytes(needed)} when it started" if needed else ""
         return cls(f"store {root}: no space left on device ({human_bytes(free_bytes(root))} free{need}); "

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from pipeline.manifest import TAR_SEPARATOR
+from alarm.pipeline.manifest import TAR_SEPARATOR
 
 
 class AudioUnreadable(ValueError):
@@ -24,8 +24,8 @@ def open_audio_bytes(audio: str) -> bytes:
     if TAR_SEPARATOR in audio:
         # The shard's member table is built once and cached, so probing every member of a big
         # shard stays linear (tarfile.getmember rescans the whole shard per call).
-        from pipeline.decode import DecodeError
-        from pipeline.webdataset_input import member_bytes
+        from alarm.pipeline.decode import DecodeError
+        from alarm.pipeline.webdataset_input import member_bytes
 
         try:
             return member_bytes(audio)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.manifest import reason_kind
+from alarm.pipeline.manifest import reason_kind
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -154,7 +154,7 @@ def write_report(folder: str | Path, title: str, data: dict[str, Any], sections:
     Returns:
         The paths of report.json and report.md.
     """
-    from pipeline.store import write_atomic  # temporary file and rename: a reader never sees half a report
+    from alarm.pipeline.store import write_atomic  # temporary file and rename: a reader never sees half a report
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +245,7 @@ def _figure(width: float = 7.0, height: float = 4.0) -> Any:
 def _save(fig: Any, path: Path) -> Path:
     import io
 
-    from pipeline.store import write_atomic
+    from alarm.pipeline.store import write_atomic
 
     png = io.BytesIO()
     fig.savefig(png, format="png")
@@ -347,7 +347,7 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def _groups(root: Path) -> dict[str, dict[str, Any]]:
-    from pipeline.verify import store_status
+    from alarm.pipeline.verify import store_status
 
     groups = store_status(root)["groups"]
     for label, g in groups.items():
@@ -443,7 +443,7 @@ def write_pipeline_report(store: str | Path) -> tuple[Path, Path]:
         "encoders": encoders, "stages": stages, "wall_seconds": summary.get("wall_seconds"),
         "summary": summary, "figures": figures,
     }
-    from pipeline.counts import COUNTS_HELP, ClipCounts, store_counts
+    from alarm.pipeline.counts import COUNTS_HELP, ClipCounts, store_counts
 
     counts = attempt("clip counts", lambda: store_counts(root), missing, ClipCounts()) or ClipCounts()
     data["counts"] = counts.to_dict()
@@ -509,7 +509,7 @@ def write_stats_report_again(folder: Path) -> tuple[Path, Path]:
     Raises:
         FileNotFoundError: that manifest is gone.
     """
-    from pipeline.stats import manifest_stats, write_stats_report
+    from alarm.pipeline.stats import manifest_stats, write_stats_report
 
     manifest = read_json(folder / REPORT_JSON)["data"]["manifest"]
     if not Path(manifest).is_file():
@@ -528,9 +528,9 @@ def write_any_report(folder: str | Path, depth: int = 3) -> list[tuple[str, Path
     Returns:
         (kind, report.md path) per report written; empty when nothing was recognised.
     """
-    from rephrase.report import write_rephrase_report
-    from trainer.evaluate import rewrite_eval_report
-    from trainer.report import write_train_report
+    from alarm.rephrase.report import write_rephrase_report
+    from alarm.trainer.evaluate import rewrite_eval_report
+    from alarm.trainer.report import write_train_report
 
     def write_eval_report(path: Path) -> tuple[Path, Path]:
         report = rewrite_eval_report(path)

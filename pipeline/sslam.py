@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.configs import ConfigError
+from alarm.pipeline.configs import ConfigError
 
 NORM_MEAN = -4.268
 NORM_STD = 4.569
@@ -209,7 +209,7 @@ def load_sslam(path_or_hf_id: str | Path) -> SSLAM:
         FileNotFoundError: Not available offline, or no config/weights in the folder.
         RuntimeError: The weights do not match the architecture (missing/unexpected keys or shapes).
     """
-    from pipeline.encoders import read_checkpoint
+    from alarm.pipeline.encoders import read_checkpoint
 
     config, state = read_checkpoint(path_or_hf_id)
     module = SSLAM(SSLAMConfig.from_json(config))
@@ -232,7 +232,7 @@ TINY_CONFIG = SSLAMConfig(embed_dim=32, depth=4, num_heads=2, max_length=64, num
 
 def build_tiny_sslam() -> Path:
     """A cached folder with a seeded random tiny SSLAM (4 blocks, width 32), loadable by ``load_sslam``."""
-    from pipeline.tiny_encoders import _build_once
+    from alarm.pipeline.tiny_encoders import _build_once
 
     def write(path: Path) -> None:
         torch.manual_seed(0)
@@ -246,7 +246,7 @@ def build_tiny_sslam() -> Path:
 
 def sslam_image(wave: torch.Tensor, window_frames: int) -> torch.Tensor:
     """SSLAM's normalised ``(1, window_frames, 128)`` fbank image of one window (see the module docstring)."""
-    from pipeline.features import kaldi_fbank
+    from alarm.pipeline.features import kaldi_fbank
 
     fbank = kaldi_fbank((wave - wave.mean()).reshape(1, -1), num_mel_bins=128, window="hanning")[0]
     # Zero-padding happens before normalisation, as in the reference feature extraction.
@@ -271,7 +271,7 @@ class SSLAMWindows:
 
     def window_frames(self, num_samples: int) -> int:
         """Tokens kept: half the window's fbank frames."""
-        from pipeline.features import kaldi_num_frames
+        from alarm.pipeline.features import kaldi_num_frames
 
         return kaldi_num_frames(num_samples) // 2
 
@@ -292,7 +292,7 @@ class SSLAMWindows:
 
 def build_sslam_encoder(cfg: Any, info: Any) -> Any:
     """Build the ``sslam`` registry entry (see ``pipeline.encoders``)."""
-    from pipeline.encoders import WindowedEncoder, default_layers, torch_dtype
+    from alarm.pipeline.encoders import WindowedEncoder, default_layers, torch_dtype
 
     frames = WINDOW_FRAMES
     if cfg.window_seconds is not None:

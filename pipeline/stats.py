@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.counts import COUNTS_HELP, ClipCounts, input_counts
+from alarm.pipeline.counts import COUNTS_HELP, ClipCounts, input_counts
 
 DOMAINS = ("speech", "sound", "music", "instruction")
 # Metadata key prefixes that only music labels carry ("tempo_bpm", "chord_quality", "instruments"), and
@@ -105,7 +105,7 @@ def probe_all(audio: Iterable[str], workers: int = 8, progress: bool = True) -> 
     from tqdm import tqdm
 
     # probe_duration reads tar members through a per-shard member table, so a shard is indexed once.
-    from pipeline.probe import probe_duration
+    from alarm.pipeline.probe import probe_duration
 
     def one(path: str) -> float | str:
         try:
@@ -131,7 +131,7 @@ def manifest_stats(manifest: str | Path, workers: int = 8, progress: bool = True
     Raises:
         ManifestError: the manifest is missing, empty or has no valid row.
     """
-    from pipeline.manifest import read_manifest
+    from alarm.pipeline.manifest import read_manifest
 
     result = read_manifest(manifest)
     probed = probe_all((i.audio for i in result.instances), workers, progress)
@@ -182,7 +182,7 @@ STATS_HEADERS = ["dataset", "domain", "hours", "readable sources", "manifest row
 
 def format_stats(stats: ManifestStats) -> str:
     """A plain-text table for the terminal (numbers right-aligned)."""
-    from pipeline.report import format_number
+    from alarm.pipeline.report import format_number
 
     cells = [STATS_HEADERS] + [[format_number(round(v, 3)) if isinstance(v, float) else format_number(v)
                                 for v in row] for row in stats_rows(stats)]
@@ -204,7 +204,7 @@ def format_stats(stats: ManifestStats) -> str:
 
 def write_stats_report(stats: ManifestStats, out_dir: str | Path) -> tuple[Path, Path]:
     """``report.json``, ``report.md`` and ``durations.png`` of a manifest's statistics in ``out_dir``."""
-    from pipeline.report import Section, histogram_figure, human_duration, write_report
+    from alarm.pipeline.report import Section, histogram_figure, human_duration, write_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.shard_io import DamagedChunk, RawShardedArray
+from alarm.pipeline.shard_io import DamagedChunk, RawShardedArray
 
 STORE_FORMAT = 1
 DTYPES = ("float16", "bfloat16", "float32", "int8")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.cache import build_once
+from alarm.pipeline.cache import build_once
 
 # Part of the folder name, so a change of the tiny configs below builds a new folder.
 TINY_VERSION = "1"

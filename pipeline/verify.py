@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.manifest import reason_kind
-from pipeline.store import (
+from alarm.pipeline.manifest import reason_kind
+from alarm.pipeline.store import (
     DONE,
     committed_parts,
     file_checksum,

@@ -14,7 +14,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from pipeline.manifest import Instance, Reject, parse_row
+from alarm.pipeline.manifest import Instance, Reject, parse_row
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 
@@ -46,7 +46,7 @@ def member_bytes(audio: str) -> bytes:
     Raises:
         DecodeError: the shard or the member is missing or unreadable (reason ``missing: ...``).
     """
-    from pipeline.decode import DecodeError
+    from alarm.pipeline.decode import DecodeError
 
     shard, member = audio.split("#", 1)
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from rephrase.engines import (
+from alarm.rephrase.engines import (
     FINISH_LENGTH,
     FINISH_STOP,
     EngineConfig,

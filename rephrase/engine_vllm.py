@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from rephrase.engines import (
+from alarm.rephrase.engines import (
     FINISH_ERROR,
     FINISH_LENGTH,
     FINISH_STOP,
@@ -145,7 +145,7 @@ class EmbedsEngine:
         try:
             from vllm import LLM
         except ImportError as err:
-            from pipeline.configs import ConfigError
+            from alarm.pipeline.configs import ConfigError
 
             raise ConfigError("engine vllm: vllm is not installed here; use engine transformers") from err
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

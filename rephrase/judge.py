@@ -29,10 +29,10 @@ def judge_candidates(candidates: list[Any], out: Path, run_cfg: Any, tokenizer: 
     A judge output without a verdict keeps the target (the judge is advisory) and is counted under
     ``judge_no_verdict`` in the candidate's extras.
     """
-    from rephrase.cache import PassCache
-    from rephrase.engines import weights_fingerprint
-    from rephrase.passes import JUDGE, judge_request
-    from rephrase.run import LazyPool, execute_pass, pass_specs, plain_chunk
+    from alarm.rephrase.cache import PassCache
+    from alarm.rephrase.engines import weights_fingerprint
+    from alarm.rephrase.passes import JUDGE, judge_request
+    from alarm.rephrase.run import LazyPool, execute_pass, pass_specs, plain_chunk
 
     spec = pass_specs(run_cfg, weights_fingerprint(run_cfg.engine.model))[JUDGE]
     cache = PassCache(Path(run_cfg.cache_dir) if run_cfg.cache_dir else out / "cache", JUDGE)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rephrase.prompts import NEUTRAL_CLOSE, NEUTRAL_OPEN, THINK_CLOSE, THINK_OPEN
+from alarm.rephrase.prompts import NEUTRAL_CLOSE, NEUTRAL_OPEN, THINK_CLOSE, THINK_OPEN
 
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rephrase import prompts
-from rephrase.cache import request_key, seed_from_key
-from rephrase.engines import GenRequest, Sampling
-from rephrase.inputs import InputRow
-from rephrase.parse import PreparedResponse, prepare_for_rephrase
+from alarm.rephrase import prompts
+from alarm.rephrase.cache import request_key, seed_from_key
+from alarm.rephrase.engines import GenRequest, Sampling
+from alarm.rephrase.inputs import InputRow
+from alarm.rephrase.parse import PreparedResponse, prepare_for_rephrase
 
 ANSWER, REPHRASE, JUDGE = "answer", "rephrase", "judge"
 PASSES = (ANSWER, REPHRASE, JUDGE)

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from rephrase.engines import Engine, EngineConfig, load_engine
+from alarm.rephrase.engines import Engine, EngineConfig, load_engine
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,7 +47,7 @@ class EnginePool:
             return
         import ray
 
-        from pipeline.cluster import init_ray
+        from alarm.pipeline.cluster import init_ray
 
         if not ray.is_initialized():
             init_ray(cfg.address)  # our own local Ray unless cfg.address names a cluster

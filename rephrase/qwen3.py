@@ -14,7 +14,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from pipeline.cache import build_once
+from alarm.pipeline.cache import build_once
 
 # Qwen2/Qwen3 pre-tokenisation: the same split pattern the BPE ranks were trained with.
 SPLIT_PATTERN = (

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.report import (
+from alarm.pipeline.report import (
     EXAMPLE_IDS,
     REPORT_JSON,
     Section,
@@ -25,7 +25,7 @@ from pipeline.report import (
 
 def _cache_counts(root: Path, name: str) -> dict[str, int]:
     """ok / error / budget-forced / token counts of one pass's cache (its best row per key)."""
-    from rephrase.cache import PassCache
+    from alarm.rephrase.cache import PassCache
 
     rows = PassCache(root, name).read().values()
     return {"rows": len(rows), "ok": sum(r.ok for r in rows), "errors": sum(not r.ok for r in rows),
@@ -34,7 +34,7 @@ def _cache_counts(root: Path, name: str) -> dict[str, int]:
 
 def _run_states(out: Path) -> dict[str, Any]:
     """Per-pass request states of the run folder, as ``alarm rephrase status`` prints them."""
-    from rephrase.show import run_status
+    from alarm.rephrase.show import run_status
 
     return run_status(out)
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rephrase import prompts
-from rephrase.cache import CachedGeneration, PassCache
-from rephrase.engines import (
+from alarm.rephrase import prompts
+from alarm.rephrase.cache import CachedGeneration, PassCache
+from alarm.rephrase.engines import (
     FINISH_LENGTH,
     Engine,
     EngineConfig,
@@ -28,8 +28,8 @@ from rephrase.engines import (
     model_sampling,
     weights_fingerprint,
 )
-from rephrase.passes import ANSWER, JUDGE, REPHRASE, PassSpec, answer_request, rephrase_request
-from rephrase.validate import ValidateConfig
+from alarm.rephrase.passes import ANSWER, JUDGE, REPHRASE, PassSpec, answer_request, rephrase_request
+from alarm.rephrase.validate import ValidateConfig
 
 log = logging.getLogger(__name__)
 
@@ -187,14 +187,14 @@ class LazyPool:
         self.cfg = cfg
         self.pool = None
         if engine is not None:
-            from rephrase.pool import EnginePool
+            from alarm.rephrase.pool import EnginePool
 
             self.pool = EnginePool.wrap(engine)
         self.owned = engine is None
 
     def get(self):
         if self.pool is None:
-            from rephrase.pool import EnginePool
+            from alarm.rephrase.pool import EnginePool
 
             self.pool = EnginePool(self.cfg)
         return self.pool
@@ -248,7 +248,7 @@ def execute_pass(spec: PassSpec, requests: list[GenRequest], cache: PassCache, p
 def _write_table(rows: list[Any], path: Path) -> None:
     import pyarrow.parquet as pq
 
-    from rephrase.inputs import rows_to_table
+    from alarm.rephrase.inputs import rows_to_table
 
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(rows_to_table(rows), tmp)
@@ -282,9 +282,9 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
     Returns:
         Per-pass statistics and the validation report.
     """
-    from pipeline.configs import local_llm, save_config
-    from rephrase.inputs import collect_inputs
-    from rephrase.validate import validate_run
+    from alarm.pipeline.configs import local_llm, save_config
+    from alarm.rephrase.inputs import collect_inputs
+    from alarm.rephrase.validate import validate_run
 
     cfg = cfg or RephraseConfig()
     # A model that is not on disk fails here, in one line, before any work (a hub id in the local cache
@@ -331,7 +331,7 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
     finally:
         pool.close()
     (out / "run_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    from rephrase.report import write_rephrase_report
+    from alarm.rephrase.report import write_rephrase_report
 
     write_rephrase_report(out)  # report.json, report.md and target_lengths.png, for people
     return report
@@ -339,7 +339,7 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
 
 def load_run(out_dir: str | Path) -> tuple[RephraseConfig, dict[str, Any]]:
     """The config and run record saved in a run folder."""
-    from pipeline.configs import load_config
+    from alarm.pipeline.configs import load_config
 
     out = Path(out_dir)
     if not (out / CONFIG_FILE).is_file():

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from rephrase.parse import is_incomplete
+from alarm.rephrase.parse import is_incomplete
 
 
 def run_status(out_dir: str | Path) -> dict[str, Any]:
@@ -28,12 +28,12 @@ def run_status(out_dir: str | Path) -> dict[str, Any]:
     """
     import pyarrow.parquet as pq
 
-    from rephrase.cache import PassCache
-    from rephrase.engines import weights_fingerprint
-    from rephrase.inputs import InputRow
-    from rephrase.passes import ANSWER, REPHRASE, answer_request, rephrase_request
-    from rephrase.run import INPUTS_FILE, load_run, load_tokenizer, pass_specs
-    from rephrase.targets import STATS_FILE, _cache_root
+    from alarm.rephrase.cache import PassCache
+    from alarm.rephrase.engines import weights_fingerprint
+    from alarm.rephrase.inputs import InputRow
+    from alarm.rephrase.passes import ANSWER, REPHRASE, answer_request, rephrase_request
+    from alarm.rephrase.run import INPUTS_FILE, load_run, load_tokenizer, pass_specs
+    from alarm.rephrase.targets import STATS_FILE, _cache_root
 
     out = Path(out_dir)
     cfg, _ = load_run(out)
@@ -83,7 +83,7 @@ def sample_targets(out_dir: str | Path, n: int = 3, seed: int | None = None) -> 
     """``n`` random kept targets with their description, prompt, pass-1 answer and target."""
     import pyarrow.parquet as pq
 
-    from rephrase.targets import TARGETS_FILE
+    from alarm.rephrase.targets import TARGETS_FILE
 
     path = Path(out_dir) / TARGETS_FILE
     if not path.is_file():

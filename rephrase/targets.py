@@ -11,11 +11,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rephrase.cache import PassCache
-from rephrase.engines import weights_fingerprint
-from rephrase.inputs import InputRow
-from rephrase.parse import answer_target, extract_last_answer, is_incomplete, restore_tags
-from rephrase.passes import ANSWER, REPHRASE, answer_request, rephrase_request, template_opens_thinking
+from alarm.rephrase.cache import PassCache
+from alarm.rephrase.engines import weights_fingerprint
+from alarm.rephrase.inputs import InputRow
+from alarm.rephrase.parse import answer_target, extract_last_answer, is_incomplete, restore_tags
+from alarm.rephrase.passes import ANSWER, REPHRASE, answer_request, rephrase_request, template_opens_thinking
 
 TARGETS_FILE = "targets.parquet"
 REJECTS_FILE = "rejects.parquet"
@@ -30,8 +30,8 @@ def collect_candidates(out: Path, run_cfg: Any, tokenizer: Any) -> tuple[list[An
     """One ``Candidate`` per input whose generations are all done; ids still pending separately."""
     import pyarrow.parquet as pq
 
-    from rephrase.run import INPUTS_FILE, pass_specs
-    from rephrase.validate import Candidate
+    from alarm.rephrase.run import INPUTS_FILE, pass_specs
+    from alarm.rephrase.validate import Candidate
 
     specs = pass_specs(run_cfg, weights_fingerprint(run_cfg.engine.model))
     root = _cache_root(out, run_cfg)
@@ -109,7 +109,7 @@ def _clip_key_note(out: Path, n_inputs: int) -> str:
     """Where the targets' clip keys come from, and how many generation inputs got one."""
     import pyarrow.parquet as pq
 
-    from rephrase.run import INPUTS_FILE, RUN_FILE
+    from alarm.rephrase.run import INPUTS_FILE, RUN_FILE
 
     record = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).is_file() else {}
     if not record.get("instances"):
@@ -122,8 +122,8 @@ def _clip_key_note(out: Path, n_inputs: int) -> str:
 def write_outputs(out: Path, run_cfg: Any, cfg: Any, candidates: list[Any], pending: list[str],
                   input_rejects: list[dict[str, Any]], hits: Counter, n_inputs: int) -> dict[str, Any]:
     """Write targets, rejects and statistics; return the statistics."""
-    from rephrase.run import pass_specs
-    from rephrase.validate import split_for
+    from alarm.rephrase.run import pass_specs
+    from alarm.rephrase.validate import split_for
 
     fingerprint = weights_fingerprint(run_cfg.engine.model)
     specs = pass_specs(run_cfg, fingerprint)

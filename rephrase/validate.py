@@ -140,8 +140,8 @@ def validate_run(out_dir: str | Path, cfg: ValidateConfig | None = None, tokeniz
     """
     import pyarrow.parquet as pq
 
-    from rephrase import targets as target_io
-    from rephrase.run import INPUT_REJECTS_FILE, INPUTS_FILE, load_run, load_tokenizer
+    from alarm.rephrase import targets as target_io
+    from alarm.rephrase.run import INPUT_REJECTS_FILE, INPUTS_FILE, load_run, load_tokenizer
 
     out = Path(out_dir)
     run_cfg, _ = load_run(out)
@@ -168,7 +168,7 @@ def validate_run(out_dir: str | Path, cfg: ValidateConfig | None = None, tokeniz
         elif found:
             cand.reason = found[0]
     if cfg.judge:
-        from rephrase.judge import judge_candidates
+        from alarm.rephrase.judge import judge_candidates
 
         judge_candidates([c for c in candidates if c.reason is None], out, run_cfg, tokenizer, pool, progress)
     input_rejects = pq.read_table(out / INPUT_REJECTS_FILE).to_pylist() if (

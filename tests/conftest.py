@@ -19,28 +19,28 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 @pytest.fixture(scope="session")
 def tiny_qwen3_dir() -> Path:
-    from rephrase.qwen3 import build_tiny_qwen3
+    from alarm.rephrase.qwen3 import build_tiny_qwen3
 
     return build_tiny_qwen3()
 
 
 @pytest.fixture(scope="session")
 def qwen3_tokenizer():
-    from rephrase.qwen3 import build_qwen3_tokenizer
+    from alarm.rephrase.qwen3 import build_qwen3_tokenizer
 
     return build_qwen3_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def tiny_whisper_dir() -> Path:
-    from pipeline.tiny_encoders import build_tiny_whisper
+    from alarm.pipeline.tiny_encoders import build_tiny_whisper
 
     return build_tiny_whisper()
 
 
 @pytest.fixture(scope="session")
 def tiny_w2vbert_dir() -> Path:
-    from pipeline.tiny_encoders import build_tiny_w2vbert
+    from alarm.pipeline.tiny_encoders import build_tiny_w2vbert
 
     return build_tiny_w2vbert()
 

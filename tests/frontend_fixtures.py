@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.frontend import AudioFrontEnd, EncoderShape, FrontEndConfig, build_frontend
+from alarm.trainer.frontend import AudioFrontEnd, EncoderShape, FrontEndConfig, build_frontend
 
 # Tiny shapes with the real structure (conv_hidden_dim = 2 x adapter_dim as in the release): whisper's dim differs from adapter_dim (Linear in), w2vbert's
 # equals it (identity), sslam is narrower, muq gets the MLP.

@@ -19,9 +19,9 @@ def build_trained_run(root: Path, llm: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
     from train_fixtures import write_targets
 
-    from pipeline.job import PipelineConfig, run_pipeline
-    from trainer.config import TrainConfig
-    from trainer.train import train
+    from alarm.pipeline.job import PipelineConfig, run_pipeline
+    from alarm.trainer.config import TrainConfig
+    from alarm.trainer.train import train
 
     rows = []
     for i, (seconds, rate) in enumerate([(1.2, 16000), (0.8, 22050), (1.6, 24000), (1.0, 44100)]):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rephrase.engines import (
+from alarm.rephrase.engines import (
     ENGINES,
     FINISH_ERROR,
     FINISH_LENGTH,

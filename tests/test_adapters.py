@@ -6,8 +6,8 @@ import pytest
 import torch
 from frontend_fixtures import TINY_LENGTHS, row, tiny_batch, tiny_config, tiny_frontend
 
-from pipeline.configs import ConfigError, from_dict
-from trainer.adapters import (
+from alarm.pipeline.configs import ConfigError, from_dict
+from alarm.trainer.adapters import (
     ConvAdapter,
     LayerAverage,
     MaskedBatchNorm1d,
@@ -15,7 +15,7 @@ from trainer.adapters import (
     adapter_output_length,
     build_adapter,
 )
-from trainer.frontend import DEFAULT_ENCODERS, EncoderShape, FrontEndConfig
+from alarm.trainer.frontend import DEFAULT_ENCODERS, EncoderShape, FrontEndConfig
 
 
 def n_params(module: torch.nn.Module) -> int:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from cli import main
+from alarm.cli import main
 
 
 def test_help_lists_every_group_and_is_fast() -> None:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "alarm.cli", "--help"], capture_output=True, text=True,
                           cwd=Path(__file__).parents[1])
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.configs import ConfigError, from_dict, load_config, save_config
+from alarm.pipeline.configs import ConfigError, from_dict, load_config, save_config
 
 
 @dataclass
@@ -49,7 +49,7 @@ def test_unknown_and_invalid_keys_fail_loudly(tmp_path: Path) -> None:
 
 
 def test_train_config_freezes_one_adapter_by_name() -> None:
-    from trainer.config import TrainConfig
+    from alarm.trainer.config import TrainConfig
 
     four = ["whisper", "w2vbert", "muq", "sslam"]
     # The ALARM-P recipe freezes only whisper's adapter.

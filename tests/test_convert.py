@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from frontend_fixtures import TINY_ENCODERS, tiny_batch, tiny_frontend
 from safetensors.torch import load_file, save_file
 
-from cli import main
-from trainer.convert import (
+from alarm.cli import main
+from alarm.trainer.convert import (
     ConvertError,
     convert_file,
     convert_original_to_ours,
@@ -206,7 +206,7 @@ def release_config(fusion: str) -> dict:
 
 @pytest.mark.parametrize("fusion", ["ca", "perceiver"])
 def test_release_config_gives_our_full_size_defaults(fusion):
-    from trainer.frontend import ALARM_ORDER, FrontEndConfig, default_encoders
+    from alarm.trainer.frontend import ALARM_ORDER, FrontEndConfig, default_encoders
 
     cfg, layers = original_frontend_config(release_config(fusion))
     assert cfg == FrontEndConfig(encoders=default_encoders(ALARM_ORDER), fusion=fusion)
@@ -227,8 +227,8 @@ def test_unsupported_release_variants_raise():
 def test_release_folder_writes_a_loadable_config(tmp_path):
     import json
 
-    from pipeline.configs import load_config
-    from trainer.frontend import FrontEndConfig, build_frontend
+    from alarm.pipeline.configs import load_config
+    from alarm.trainer.frontend import FrontEndConfig, build_frontend
 
     frontend = tiny_frontend("ca")
     folder = tmp_path / "ALARM-CA"

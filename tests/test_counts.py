@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from pipeline.demo_corpus import DemoCorpusConfig, write_demo_corpus  # noqa: E402
+from alarm.pipeline.demo_corpus import DemoCorpusConfig, write_demo_corpus  # noqa: E402
 
 SMALL = DemoCorpusConfig(sound_events=3, music=2, speech=0, long_clips=1, broken=True)
 NAMES = {"manifest rows": "manifest_rows", "audio files": "audio_files", "sources (audio+cut)": "sources",
@@ -54,7 +54,7 @@ def local_ray(tmp_path_factory):
 
 
 def test_the_same_named_count_everywhere(local_ray, tmp_path):
-    from cli import main
+    from alarm.cli import main
 
     manifest = write_demo_corpus(tmp_path / "corpus", SMALL)
     corpus = json.loads((tmp_path / "corpus" / "corpus.json").read_text())
@@ -104,10 +104,10 @@ def test_rephrase_rows_add_up_and_status_agrees_with_report(tmp_path, tiny_qwen3
     import pyarrow as pa
     import rephrase_fixtures as rf
 
-    from cli import main
-    from rephrase.engines import EngineConfig
-    from rephrase.run import RephraseConfig, run_rephrase
-    from rephrase.validate import ValidateConfig
+    from alarm.cli import main
+    from alarm.rephrase.engines import EngineConfig
+    from alarm.rephrase.run import RephraseConfig, run_rephrase
+    from alarm.rephrase.validate import ValidateConfig
 
     # 4 audio rows and an instruction; the store rejected a1, and a3 asks for a failure.
     manifest = rf.write_manifest(tmp_path, n_audio=4, n_instruction=1)

@@ -10,7 +10,7 @@ import soundfile as sf
 import soxr
 from store_fixtures import hostile_corpus, tone, write_shard, write_wav
 
-from pipeline.decode import DecodeConfig, DecodeError, clip_key, decode_clip, resample
+from alarm.pipeline.decode import DecodeConfig, DecodeError, clip_key, decode_clip, resample
 
 CFG = DecodeConfig()
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.demo import DemoConfig, run_demo
-from pipeline.demo_corpus import DemoCorpusConfig
+from alarm.pipeline.demo import DemoConfig, run_demo
+from alarm.pipeline.demo_corpus import DemoCorpusConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from pipeline.manifest import read_manifest
+from alarm.pipeline.demo_corpus import DemoCorpusConfig, write_demo_corpus
+from alarm.pipeline.manifest import read_manifest
 
 SMALL = DemoCorpusConfig(sound_events=6, music=3, speech=2, long_clips=1)
 

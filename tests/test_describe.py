@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.describe import build_description, instance_description, timestamp
-from pipeline.manifest import Instance
+from alarm.pipeline.describe import build_description, instance_description, timestamp
+from alarm.pipeline.manifest import Instance
 
 
 def test_speech_with_attributes() -> None:

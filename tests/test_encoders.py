@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.configs import ConfigError
-from pipeline.encoders import ENCODERS, Encoder, EncoderConfig, build_encoder, split_windows
+from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.encoders import ENCODERS, Encoder, EncoderConfig, build_encoder, split_windows
 
 # Short windows where the encoder allows them, so windowing is exercised on short (fast) clips.
 FAST_WINDOW = {"whisper": None, "w2vbert": 1.0, "muq": 1.0, "sslam": 1.28}

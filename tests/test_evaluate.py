@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from pipeline.manifest import ManifestError
-from trainer.evaluate import EvalConfig, evaluate
-from trainer.infer import InferResult
-from trainer.mcqa import INSTRUCTION, Question, build_prompt, parse_choice, read_eval_manifest
+from alarm.cli import main
+from alarm.pipeline.manifest import ManifestError
+from alarm.trainer.evaluate import EvalConfig, evaluate
+from alarm.trainer.infer import InferResult
+from alarm.trainer.mcqa import INSTRUCTION, Question, build_prompt, parse_choice, read_eval_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -247,7 +247,7 @@ def test_retry_errors_and_limit(scored_manifest: Path, tmp_path: Path) -> None:
 
 def test_run_folder_predictions_follow_its_latest_checkpoint(tmp_path: Path) -> None:
     """A run folder keeps training: its answers must not be reused once a later step exists."""
-    from trainer.checkpoint import META_FILE
+    from alarm.trainer.checkpoint import META_FILE
 
     def save_step(step: int) -> None:
         folder = tmp_path / "run" / "checkpoints" / f"step_{step:08d}"
@@ -282,8 +282,8 @@ def test_cli_reports_bad_manifest_cleanly(tmp_path: Path) -> None:
 
 
 def test_demo_eval_is_deterministic_and_true(tmp_path: Path) -> None:
-    from pipeline.demo_corpus import DemoCorpusConfig, write_demo_corpus
-    from pipeline.demo_eval import write_demo_eval
+    from alarm.pipeline.demo_corpus import DemoCorpusConfig, write_demo_corpus
+    from alarm.pipeline.demo_eval import write_demo_eval
 
     corpus = tmp_path / "corpus"
     write_demo_corpus(corpus, DemoCorpusConfig(sound_events=6, music=3, speech=2, long_clips=1))

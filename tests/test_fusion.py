@@ -6,8 +6,8 @@ import pytest
 import torch
 from frontend_fixtures import row, tiny_batch, tiny_frontend
 
-from trainer.adapters import adapter_output_length
-from trainer.frontend import ALARM_ORDER, FrontEndConfig, build_frontend, default_encoders
+from alarm.trainer.adapters import adapter_output_length
+from alarm.trainer.frontend import ALARM_ORDER, FrontEndConfig, build_frontend, default_encoders
 
 
 def n_params(module: torch.nn.Module) -> int:

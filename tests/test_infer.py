@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from trainer.infer import (
+from alarm.trainer.infer import (
     FORCED_CLOSER,
     THINK_CLOSE,
     InferConfig,
@@ -21,8 +21,8 @@ from trainer.infer import (
     next_step,
     split_thinking,
 )
-from trainer.infer_engines import Generation
-from trainer.trained import SpecMismatchError, build_encoders, check_encoder_spec
+from alarm.trainer.infer_engines import Generation
+from alarm.trainer.trained import SpecMismatchError, build_encoders, check_encoder_spec
 
 PROMPT = "What do you hear?"
 
@@ -40,7 +40,7 @@ def listener(run) -> Listener:
 
 def trainer_embeddings(listener: Listener, feats: dict[str, np.ndarray]) -> torch.Tensor:
     """The training path: collate stored features into a batch of one and run Model.audio."""
-    from trainer.train import Model
+    from alarm.trainer.train import Model
 
     batch = {"feats": {k: torch.from_numpy(v[None]) for k, v in feats.items()},
              "lengths": {k: torch.tensor([len(v)]) for k, v in feats.items()}}
@@ -55,7 +55,7 @@ def trainer_embeddings(listener: Listener, feats: dict[str, np.ndarray]) -> torc
 
 def test_on_the_fly_embeddings_equal_the_cached_ones(run, listener):
     """Issue 6: encoders on the fly + store rounding give the features and embeddings training saw."""
-    from pipeline.store import open_features
+    from alarm.pipeline.store import open_features
 
     readers = {name: open_features(run["store"], name) for name in ("whisper", "muq")}
     for row in run["rows"]:
@@ -78,7 +78,7 @@ def test_on_the_fly_embeddings_equal_the_cached_ones(run, listener):
 
 
 def test_export_folder_gives_the_same_embeddings_without_a_store(run, listener, tmp_path):
-    from trainer.export import export_model
+    from alarm.trainer.export import export_model
 
     folder = export_model(run["run"], tmp_path / "export")
     exported = Listener.load(InferConfig(checkpoint=str(folder), think_budget=6, max_new_tokens=40))
@@ -197,7 +197,7 @@ def test_checkpoint_trained_on_another_spec_is_refused(run, tmp_path):
 
 
 def test_encoder_with_other_weights_is_refused(run):
-    from pipeline.store import open_features
+    from alarm.pipeline.store import open_features
 
     spec = open_features(run["store"], "whisper").spec
     other = {**spec, "encoder": {**spec["encoder"], "weights_sha256": "0" * 64}}
@@ -214,15 +214,15 @@ def test_encoder_with_other_weights_is_refused(run):
 ])
 def test_every_encoder_is_rebuilt_from_its_spec(name, settings):
     """The spec alone (as the store records it) rebuilds the same encoder: same window, layers, weights."""
-    from pipeline.encoders import EncoderConfig, build_encoder
-    from trainer.trained import encoder_config_from_spec
+    from alarm.pipeline.encoders import EncoderConfig, build_encoder
+    from alarm.trainer.trained import encoder_config_from_spec
 
     spec = build_encoder(EncoderConfig(name, preset="tiny", **settings)).spec()
     check_encoder_spec(name, build_encoder(encoder_config_from_spec(spec, "cpu")).spec(), spec)
 
 
 def test_missing_store_is_a_clear_error(run, tmp_path):
-    from pipeline.configs import ConfigError
+    from alarm.pipeline.configs import ConfigError
 
     with pytest.raises(ConfigError, match="--store"):
         Listener.load(InferConfig(checkpoint=str(run["checkpoint"]), store=str(tmp_path / "gone")))
@@ -247,7 +247,7 @@ def test_next_step_decides_forcing():
 
 
 def test_config_checks():
-    from pipeline.configs import ConfigError
+    from alarm.pipeline.configs import ConfigError
 
     for bad in ({"checkpoint": ""}, {"engine": "tgi"}, {"device": "tpu"}, {"think_budget": 0},
                 {"temperature": -1.0}, {"batch_size": -1}):
@@ -261,7 +261,7 @@ def test_config_checks():
 
 
 def test_cli_prints_thinking_and_answer(run, tmp_path):
-    from cli import main
+    from alarm.cli import main
 
     audio = [run["rows"][0]["audio"], str(tmp_path / "missing.wav")]
     base = ["infer", *audio, "--prompt", PROMPT, "--checkpoint", str(run["run"]), "--think-budget", "4",

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.manifest import ManifestError, read_manifest, write_manifest
+from alarm.pipeline.manifest import ManifestError, read_manifest, write_manifest
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -127,7 +127,7 @@ def test_gzip_and_parquet_round_trip(tmp_path: Path) -> None:
 
 
 def test_schema_documents_every_field() -> None:
-    from pipeline.manifest import KNOWN
+    from alarm.pipeline.manifest import KNOWN
 
     schema = json.loads((Path(__file__).parents[1] / "manifests" / "schema.json").read_text())
     assert set(schema["properties"]) == KNOWN

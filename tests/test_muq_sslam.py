@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline import muq, sslam
+from alarm.pipeline import muq, sslam
 
 
 def _meta_state(module_cls, cfg) -> dict[str, tuple[int, ...]]:
@@ -206,7 +206,7 @@ def test_muq_tiny_round_trip_legacy_names_and_derived_buffer(tmp_path) -> None:
 
 
 def test_muq_config_refuses_unsupported_variants() -> None:
-    from pipeline.configs import ConfigError
+    from alarm.pipeline.configs import ConfigError
 
     with pytest.raises(ConfigError, match="EnCodec"):
         muq.MuQConfig(use_encodec_target=True)

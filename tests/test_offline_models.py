@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rephrase.qwen3 import SPECIAL_IDS
+from alarm.rephrase.qwen3 import SPECIAL_IDS
 
 
 def test_special_tokens_have_qwen3_ids(qwen3_tokenizer) -> None:
@@ -68,7 +68,7 @@ def test_tiny_qwen3_loads_and_generates(tiny_qwen3_dir) -> None:
     out = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 5
     # Same folder, same weights: the build is deterministic and cached.
-    from rephrase.qwen3 import build_tiny_qwen3
+    from alarm.rephrase.qwen3 import build_tiny_qwen3
 
     assert build_tiny_qwen3() == tiny_qwen3_dir
     again = AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir)

@@ -19,11 +19,11 @@ import pytest
 from click.testing import CliRunner
 from store_fixtures import good_corpus, hostile_corpus, tone, write_manifest_rows, write_shard, write_wav
 
-from pipeline.configs import ConfigError
-from pipeline.decode import DecodeConfig, decode_clip
-from pipeline.job import PipelineConfig, plan_parts, run_pipeline
-from pipeline.store import StoreConfig, StoreSpecError, open_features
-from pipeline.verify import store_status, verify_store
+from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.decode import DecodeConfig, decode_clip
+from alarm.pipeline.job import PipelineConfig, plan_parts, run_pipeline
+from alarm.pipeline.store import StoreConfig, StoreSpecError, open_features
+from alarm.pipeline.verify import store_status, verify_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def ray_session():
 def encoders(tiny_whisper_dir: Path, tiny_w2vbert_dir: Path) -> dict:
     import torch
 
-    from pipeline.encoders import EncoderConfig, build_encoder
+    from alarm.pipeline.encoders import EncoderConfig, build_encoder
 
     torch.set_num_threads(1)  # the actors run one thread each on 2 cores: same kernels, same bytes
     job = PipelineConfig(store="unused", manifest="unused", preset="tiny")  # the job's batch size too
@@ -195,7 +195,7 @@ def test_webdataset_input_reuses_content_keys(ray_session, encoders, corpus, tmp
 
 KILL_SCRIPT = """
 import sys
-from pipeline.job import PipelineConfig, run_pipeline
+from alarm.pipeline.job import PipelineConfig, run_pipeline
 run_pipeline(PipelineConfig(store=sys.argv[1], manifest=sys.argv[2], encoders=["whisper", "w2vbert"],
              preset="tiny", num_cpus=2, progress=False, storage={"part_seconds": 1.0}))
 """
@@ -272,7 +272,7 @@ def test_sigkill_then_rerun_gives_the_same_store(ray_session, encoders, tmp_path
 
 
 def test_plan_predicts_alarm_bytes_per_audio_second(tmp_path: Path) -> None:
-    from pipeline.plan import plan_job
+    from alarm.pipeline.plan import plan_job
 
     rows = []
     for i, seconds in enumerate((20.0, 40.0)):
@@ -291,7 +291,7 @@ def test_plan_predicts_alarm_bytes_per_audio_second(tmp_path: Path) -> None:
 
 
 def test_cli_plan_status_verify(ray_session, corpus, tmp_path: Path) -> None:
-    from cli import main
+    from alarm.cli import main
 
     manifest, _, _ = corpus
     runner = CliRunner()

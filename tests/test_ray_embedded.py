@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from store_fixtures import good_corpus, write_manifest_rows
 
-from pipeline.job import PipelineConfig, run_pipeline
+from alarm.pipeline.job import PipelineConfig, run_pipeline
 
 # Asks a cluster's GCS which jobs (by driver pid) and actors it has seen; the asking driver is a job too.
 _PROBE = """
@@ -159,8 +159,8 @@ def test_address_auto_joins_the_running_cluster(foreign, manifest, tmp_path, mon
 def test_engine_pool_starts_its_own_ray_beside_a_running_cluster(foreign, tiny_qwen3_dir, monkeypatch):
     import ray
 
-    from rephrase.engines import EngineConfig
-    from rephrase.pool import EnginePool
+    from alarm.rephrase.engines import EngineConfig
+    from alarm.rephrase.pool import EnginePool
 
     gcs = _record_gcs_at_shutdown(monkeypatch)
     pool = EnginePool(EngineConfig(name="transformers", model=str(tiny_qwen3_dir), workers=1,
@@ -173,8 +173,8 @@ def test_engine_pool_starts_its_own_ray_beside_a_running_cluster(foreign, tiny_q
 def test_rerun_with_nothing_to_do_starts_no_ray_and_loads_no_model(manifest, tmp_path, monkeypatch):
     import ray
 
-    import pipeline.cluster
-    import pipeline.encoders
+    import alarm.pipeline.cluster
+    import alarm.pipeline.encoders
 
     store = tmp_path / "store"
     first = run_pipeline(_config(store, manifest))
@@ -183,8 +183,8 @@ def test_rerun_with_nothing_to_do_starts_no_ray_and_loads_no_model(manifest, tmp
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("a rerun with nothing to compute must not start Ray or build an encoder")
 
-    monkeypatch.setattr(pipeline.cluster, "init_ray", forbidden)
-    monkeypatch.setattr(pipeline.encoders, "build_encoder", forbidden)
+    monkeypatch.setattr(alarm.pipeline.cluster, "init_ray", forbidden)
+    monkeypatch.setattr(alarm.pipeline.encoders, "build_encoder", forbidden)
     again = run_pipeline(_config(store, manifest))
     assert not ray.is_initialized()
     timing = ("stage_seconds", "throughput", "wall_seconds")
@@ -194,7 +194,7 @@ def test_rerun_with_nothing_to_do_starts_no_ray_and_loads_no_model(manifest, tmp
 
 
 def test_encoder_facts_cache_follows_the_checkpoint_files(tiny_whisper_dir, tmp_path, monkeypatch):
-    from pipeline.encoders import TINY_FOLDERS, EncoderConfig, _tiny_checkpoint, cached_facts, save_facts
+    from alarm.pipeline.encoders import TINY_FOLDERS, EncoderConfig, _tiny_checkpoint, cached_facts, save_facts
 
     monkeypatch.setenv("ALARM_CACHE", str(tmp_path / "cache"))
     checkpoint = shutil.copytree(tiny_whisper_dir, tmp_path / "whisper-checkpoint")
@@ -215,9 +215,9 @@ def test_encoder_facts_cache_follows_the_checkpoint_files(tiny_whisper_dir, tmp_
     assert cached_facts(random) is None
     # The tiny folders are found without importing the builders (torch): same folders as the builders'.
     monkeypatch.undo()
-    from pipeline.muq import build_tiny_muq
-    from pipeline.sslam import build_tiny_sslam
-    from pipeline.tiny_encoders import build_tiny_w2vbert, build_tiny_whisper
+    from alarm.pipeline.muq import build_tiny_muq
+    from alarm.pipeline.sslam import build_tiny_sslam
+    from alarm.pipeline.tiny_encoders import build_tiny_w2vbert, build_tiny_whisper
 
     builders = {"whisper": build_tiny_whisper, "w2vbert": build_tiny_w2vbert, "muq": build_tiny_muq,
                 "sslam": build_tiny_sslam}

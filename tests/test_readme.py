@@ -28,9 +28,9 @@ import pytest
 from click.testing import CliRunner
 from store_fixtures import good_corpus, hostile_corpus, write_manifest_rows
 
-from cli import main
-from pipeline.configs import ConfigError
-from trainer.config import ALLOW_DOWNLOAD, local_llm
+from alarm.cli import main
+from alarm.pipeline.configs import ConfigError
+from alarm.trainer.config import ALLOW_DOWNLOAD, local_llm
 
 REPO = Path(__file__).resolve().parents[1]
 ALARM = Path(sys.executable).parent / "alarm"
@@ -266,8 +266,8 @@ def test_rephrase_run_refuses_an_llm_not_on_disk_before_any_work(tmp_path: Path,
 
 def scripted_eval(manifest: Path, out: Path) -> dict:
     """An evaluation folder written by the real ``evaluate`` (answers scripted for determinism)."""
-    from trainer.evaluate import EvalConfig, evaluate
-    from trainer.infer import InferResult
+    from alarm.trainer.evaluate import EvalConfig, evaluate
+    from alarm.trainer.infer import InferResult
 
     def answer(requests: list) -> list:
         return [InferResult(thinking="Hm.", answer=f"<answer>{1 + i % 2}</answer>", text="", thinking_tokens=1,

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import rephrase_fixtures as rf  # noqa: E402
 
-from rephrase.engines import EngineConfig, GenRequest, Sampling  # noqa: E402
+from alarm.rephrase.engines import EngineConfig, GenRequest, Sampling  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,13 +28,13 @@ def _engine_cfg(model: Path, **kw) -> EngineConfig:
 
 @pytest.fixture(scope="module")
 def hf_engine(tiny_qwen3_dir):
-    from rephrase.engines import load_engine
+    from alarm.rephrase.engines import load_engine
 
     return load_engine(_engine_cfg(tiny_qwen3_dir, batch_size=4))
 
 
 def _prompts(tokenizer, n: int) -> list[str]:
-    from rephrase.passes import chat_prompt
+    from alarm.rephrase.passes import chat_prompt
 
     # different lengths, so a batch needs left padding
     return [chat_prompt(tokenizer, "You listen.", "Say something " + "about this " * i) for i in range(n)]
@@ -71,8 +71,8 @@ def test_overlong_prompt_is_an_error_row_and_the_batch_goes_on(hf_engine):
 def test_ray_actor_replica_gives_the_same_results_as_in_process(tiny_qwen3_dir, hf_engine):
     import ray
 
-    from rephrase.pool import EnginePool
-    from rephrase.run import plain_chunk
+    from alarm.rephrase.pool import EnginePool
+    from alarm.rephrase.run import plain_chunk
 
     requests = [GenRequest(f"r{i}", p, 8, seed=i) for i, p in enumerate(_prompts(hf_engine.tokenizer, 4))]
     chunks = [requests[:2], requests[2:]]
@@ -89,8 +89,8 @@ def test_ray_actor_replica_gives_the_same_results_as_in_process(tiny_qwen3_dir, 
 
 _JOB = textwrap.dedent("""
     import sys
-    from rephrase.engines import EngineConfig
-    from rephrase.run import RephraseConfig, run_rephrase
+    from alarm.rephrase.engines import EngineConfig
+    from alarm.rephrase.run import RephraseConfig, run_rephrase
 
     if __name__ == "__main__":
         manifest, out, model = sys.argv[1:4]
@@ -107,7 +107,7 @@ def _cache_rows(out: Path, name: str) -> list[dict]:
 
 @pytest.mark.slow  # a subprocess and three short runs of the real engine: ~30-60 s on two busy cores
 def test_killed_job_resumes_without_regenerating_losing_or_duplicating(tmp_path, tiny_qwen3_dir):
-    from rephrase.run import RephraseConfig, run_rephrase
+    from alarm.rephrase.run import RephraseConfig, run_rephrase
 
     manifest = rf.write_manifest(tmp_path, n_audio=4, n_instruction=1)
     out = tmp_path / "killed"

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from rephrase import prompts
-from rephrase.judge import parse_verdict
-from rephrase.parse import (
+from alarm.rephrase import prompts
+from alarm.rephrase.judge import parse_verdict
+from alarm.rephrase.parse import (
     answer_target,
     extract_last_answer,
     is_incomplete,
     prepare_for_rephrase,
     restore_tags,
 )
-from rephrase.show import highlight_changes
-from rephrase.validate import LEAK_RULES, REFUSAL_RULES, ValidateConfig, rule_hits, split_for
+from alarm.rephrase.show import highlight_changes
+from alarm.rephrase.validate import LEAK_RULES, REFUSAL_RULES, ValidateConfig, rule_hits, split_for
 
 
 def test_prepare_adds_opener_and_renames_tags():

@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import rephrase_fixtures as rf  # noqa: E402
 
-from rephrase.engines import EngineConfig  # noqa: E402
-from rephrase.run import RephraseConfig, retry_failed, run_rephrase  # noqa: E402
-from rephrase.show import run_status  # noqa: E402
-from rephrase.validate import ValidateConfig, validate_run  # noqa: E402
+from alarm.rephrase.engines import EngineConfig  # noqa: E402
+from alarm.rephrase.run import RephraseConfig, retry_failed, run_rephrase  # noqa: E402
+from alarm.rephrase.show import run_status  # noqa: E402
+from alarm.rephrase.validate import ValidateConfig, validate_run  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +147,7 @@ def test_errors_become_rows_the_job_goes_on_and_retry_failed_retries_only_them(t
 
 
 def test_budget_forcing_closes_long_thinking_and_the_target_is_parsed(tmp_path, tiny_qwen3_dir):
-    from rephrase.prompts import BUDGET_FORCING_CLOSER
+    from alarm.rephrase.prompts import BUDGET_FORCING_CLOSER
 
     extra = [{"id": "ponder", "audio": "audio/clip0.wav", "dataset": "sounds",
               "metadata": {"caption": "LONGTHINK bells"}, "prompt": "What is it?"}]
@@ -216,7 +216,7 @@ def test_cli_run_status_validate_show_retry(tmp_path, tiny_qwen3_dir):
     import yaml
     from click.testing import CliRunner
 
-    from cli import main
+    from alarm.cli import main
 
     manifest = rf.write_manifest(tmp_path, n_audio=3, n_instruction=1)
     config = tmp_path / "cfg.yaml"

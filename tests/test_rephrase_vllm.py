@@ -13,7 +13,7 @@ pytestmark = pytest.mark.vllm
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from rephrase.engines import EngineConfig, GenRequest, Sampling  # noqa: E402
+from alarm.rephrase.engines import EngineConfig, GenRequest, Sampling  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -27,7 +27,7 @@ def _cfg(model: Path, name: str) -> EngineConfig:
 
 @pytest.fixture(scope="module")
 def vllm_engine(tiny_qwen3_dir):
-    from rephrase.engines import load_engine
+    from alarm.rephrase.engines import load_engine
 
     engine = load_engine(_cfg(tiny_qwen3_dir, "vllm"))
     yield engine
@@ -36,13 +36,13 @@ def vllm_engine(tiny_qwen3_dir):
 
 @pytest.fixture(scope="module")
 def hf_engine(tiny_qwen3_dir):
-    from rephrase.engines import load_engine
+    from alarm.rephrase.engines import load_engine
 
     return load_engine(_cfg(tiny_qwen3_dir, "transformers"))
 
 
 def _prompts(tokenizer, n: int) -> list[str]:
-    from rephrase.passes import chat_prompt
+    from alarm.rephrase.passes import chat_prompt
 
     return [chat_prompt(tokenizer, "You listen to audio.", f"Question number {i}: what is heard?")
             for i in range(n)]
@@ -84,8 +84,8 @@ def test_overlong_prompt_is_an_error_row_and_others_finish(vllm_engine):
 def test_many_long_seeded_prompts_in_one_call(vllm_engine, hf_engine):
     # more prompt tokens than one engine step holds: on CPU a chunked prefill of a seeded request
     # used to kill vLLM's engine core; every request must come back
-    from rephrase import prompts
-    from rephrase.passes import chat_prompt
+    from alarm.rephrase import prompts
+    from alarm.rephrase.passes import chat_prompt
 
     long_prompts = [chat_prompt(hf_engine.tokenizer, prompts.REPHRASE_SYSTEM_PROMPT, f"<text_llm_reasoning>{i}")
                     for i in range(12)]
@@ -98,7 +98,7 @@ def test_full_run_on_vllm_then_rerun_generates_nothing(tmp_path, vllm_engine, ti
     import pyarrow.parquet as pq
     import rephrase_fixtures as rf
 
-    from rephrase.run import RephraseConfig, run_rephrase
+    from alarm.rephrase.run import RephraseConfig, run_rephrase
 
     manifest = rf.write_manifest(tmp_path, n_audio=3, n_instruction=1)
     cfg = RephraseConfig(engine=_cfg(tiny_qwen3_dir, "vllm"), answer_max_tokens=24, think_budget=16,
@@ -120,8 +120,8 @@ def test_vllm_replica_in_a_ray_actor_matches_in_process(tiny_qwen3_dir, vllm_eng
 
     import ray
 
-    from rephrase.pool import EnginePool
-    from rephrase.run import plain_chunk
+    from alarm.rephrase.pool import EnginePool
+    from alarm.rephrase.run import plain_chunk
 
     requests = [GenRequest(f"r{i}", p, 8, seed=i) for i, p in enumerate(_prompts(hf_engine.tokenizer, 4))]
     cfg = dataclasses.replace(_cfg(tiny_qwen3_dir, "vllm"), workers=1, cpus_per_worker=1.0)

@@ -21,11 +21,11 @@ from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from pipeline import report as rp  # noqa: E402
-from pipeline.manifest import Instance, Reject  # noqa: E402
-from pipeline.stats import domain_of, manifest_stats  # noqa: E402
-from rephrase.report import write_rephrase_report  # noqa: E402
-from trainer.report import write_train_report  # noqa: E402
+from alarm.pipeline import report as rp  # noqa: E402
+from alarm.pipeline.manifest import Instance, Reject  # noqa: E402
+from alarm.pipeline.stats import domain_of, manifest_stats  # noqa: E402
+from alarm.rephrase.report import write_rephrase_report  # noqa: E402
+from alarm.trainer.report import write_train_report  # noqa: E402
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -64,7 +64,7 @@ def _write_store(root: Path) -> dict:
     """What a job leaves beside a store, written by the job's own writers, plus one real encoder group."""
     from train_fixtures import write_feature_store
 
-    from pipeline.job import PipelineSummary, write_instance_tables
+    from alarm.pipeline.job import PipelineSummary, write_instance_tables
 
     root.mkdir(parents=True)
     durations = {"k1": 2.0, "k2": 4.0, "k3": 10.0}
@@ -180,9 +180,9 @@ def test_smoothing_follows_the_trend_and_starts_unbiased():
 def test_rephrase_report_of_a_real_run(tmp_path, tiny_qwen3_dir):
     import rephrase_fixtures as rf
 
-    from rephrase.engines import EngineConfig
-    from rephrase.run import RephraseConfig, run_rephrase
-    from rephrase.validate import ValidateConfig
+    from alarm.rephrase.engines import EngineConfig
+    from alarm.rephrase.run import RephraseConfig, run_rephrase
+    from alarm.rephrase.validate import ValidateConfig
 
     rf.ScriptedEngine.fail_marker = "FAILME"
     extra = [
@@ -251,7 +251,7 @@ def test_empty_and_partial_folders_write_what_exists_and_say_what_is_missing(tmp
 
 
 def _cli():
-    from cli import main
+    from alarm.cli import main
 
     return main
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.sequence import (
+from alarm.trainer.sequence import (
     IGNORE_INDEX,
     LayoutError,
     PromptLayout,

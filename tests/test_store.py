@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.store import (
+from alarm.pipeline.store import (
     DONE,
     DTYPES,
     PartWriter,
@@ -27,7 +27,7 @@ from pipeline.store import (
     spec_id,
     write_index,
 )
-from pipeline.verify import store_status, verify_store
+from alarm.pipeline.verify import store_status, verify_store
 
 LAYERS, DIM = 3, 16
 ENC_SPEC = {"encoder": "toy", "weights_sha256": "abc", "layers": [1, 2, 3]}

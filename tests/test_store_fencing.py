@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from store_fixtures import tone
 
-from pipeline.configs import ConfigError
-from pipeline.job import store_lock
-from pipeline.store import (
+from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.job import store_lock
+from alarm.pipeline.store import (
     FencingError,
     PartWriter,
     StoreConfig,
@@ -64,8 +64,8 @@ def test_a_job_refused_the_lock_leaves_the_holders_token(tmp_path: Path) -> None
 
 
 def test_encoder_stage_carries_the_jobs_token_to_the_commit(tmp_path: Path, tiny_whisper_dir: Path) -> None:
-    from pipeline.encoders import EncoderConfig, build_encoder
-    from pipeline.extract_stages import write_part
+    from alarm.pipeline.encoders import EncoderConfig, build_encoder
+    from alarm.pipeline.extract_stages import write_part
 
     encoder = build_encoder(EncoderConfig(name="whisper", preset="tiny", batch_size=4))
     root = tmp_path / "store"

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from store_fixtures import good_corpus, write_manifest_rows
 
-from pipeline.shard_io import RawShardedArray
-from pipeline.store import (
+from alarm.pipeline.shard_io import RawShardedArray
+from alarm.pipeline.store import (
     DONE,
     DamagedPartError,
     PartWriter,
@@ -25,7 +25,7 @@ from pipeline.store import (
     open_features,
     write_index,
 )
-from pipeline.verify import verify_store
+from alarm.pipeline.verify import verify_store
 
 LAYERS, DIM = 3, 16
 ENC_SPEC = {"encoder": "toy", "weights_sha256": "abc", "layers": [1, 2, 3]}
@@ -126,7 +126,7 @@ def test_compressed_parts_are_checked_whole_on_first_access(tmp_path: Path) -> N
 
 
 def test_dataset_skips_clips_of_a_damaged_part_and_logs_them_once(tmp_path: Path) -> None:
-    from trainer.data import Example, FeatureDataset, SkipLog, collate
+    from alarm.trainer.data import Example, FeatureDataset, SkipLog, collate
 
     cfg = StoreConfig(chunk_frames=8, shard_frames=32)
     group, _ = toy_store(tmp_path / "store", cfg)
@@ -172,8 +172,8 @@ def test_rerun_and_repair_recompute_exactly_the_damaged_parts(ray_session, tiny_
                                                                tmp_path: Path) -> None:
     import torch
 
-    from cli import main
-    from pipeline.job import PipelineConfig, run_pipeline
+    from alarm.cli import main
+    from alarm.pipeline.job import PipelineConfig, run_pipeline
 
     torch.set_num_threads(1)
     rows = good_corpus(tmp_path / "audio", count=6, seconds=(0.3, 0.9))

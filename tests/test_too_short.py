@@ -22,8 +22,8 @@ import pytest
 from click.testing import CliRunner
 from store_fixtures import tone, write_wav
 
-from pipeline.job import PipelineConfig, run_pipeline
-from pipeline.store import open_features
+from alarm.pipeline.job import PipelineConfig, run_pipeline
+from alarm.pipeline.store import open_features
 
 MIN_SAMPLES = {"whisper": 320, "w2vbert": 240, "sslam": 560, "muq": 1920}
 X_ALL = 0.08  # muq's 1920 samples at 24 kHz: the largest of the four
@@ -60,7 +60,7 @@ def reasons(store: Path) -> dict[str, str]:
 def test_min_samples_come_from_each_encoders_frame_rule():
     import torch
 
-    from pipeline.encoders import ENCODERS, EncoderConfig, build_encoder, shortest_clip_seconds
+    from alarm.pipeline.encoders import ENCODERS, EncoderConfig, build_encoder, shortest_clip_seconds
 
     torch.set_num_threads(1)
     built = {name: build_encoder(EncoderConfig(name=name, preset="tiny")) for name in ENCODERS}
@@ -77,7 +77,7 @@ def test_min_samples_come_from_each_encoders_frame_rule():
 
 def test_muq_window_tail_of_one_step_gives_no_frame_instead_of_crashing():
     """A clip 30 s + 1000 samples long left MuQ a last window of one 960-sample step: the STFT crashed."""
-    from pipeline.encoders import EncoderConfig, build_encoder
+    from alarm.pipeline.encoders import EncoderConfig, build_encoder
 
     muq = build_encoder(EncoderConfig(name="muq", preset="tiny"))
     window = muq.model.window_samples
@@ -132,8 +132,8 @@ def test_feature_job_rejects_clips_too_short_for_any_encoder(local_ray, tmp_path
 def test_join_drops_rows_whose_clip_has_zero_frames(tmp_path, qwen3_tokenizer):
     from train_fixtures import write_feature_store
 
-    from trainer.data import join_targets
-    from trainer.sequence import PromptLayout
+    from alarm.trainer.data import join_targets
+    from alarm.trainer.sequence import PromptLayout
 
     readers = {"whisper": write_feature_store(tmp_path, {"ok": 20, "blip": 0, "half": 0}, encoder="whisper"),
                "muq": write_feature_store(tmp_path, {"ok": 10, "blip": 0, "half": 3}, encoder="muq")}
@@ -160,9 +160,9 @@ def old_run(local_ray, tmp_path_factory, tiny_qwen3_dir):
     from infer_fixtures import ENCODERS, TINY_FRONTEND
     from train_fixtures import write_targets
 
-    import pipeline.job
-    from trainer.config import TrainConfig
-    from trainer.train import train
+    import alarm.pipeline.job
+    from alarm.trainer.config import TrainConfig
+    from alarm.trainer.train import train
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("old-store")
@@ -175,7 +175,7 @@ def old_run(local_ray, tmp_path_factory, tiny_qwen3_dir):
     job = PipelineConfig(store=str(store), manifest=str(manifest), encoders=list(ENCODERS), preset="tiny",
                          progress=False)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline.job, "shortest_clip", lambda facts: 0.0)  # no lower bound: the old behaviour
+        patch.setattr(alarm.pipeline.job, "shortest_clip", lambda facts: 0.0)  # no lower bound: the old behaviour
         run_pipeline(job)
     keys = {r["id"]: r["key"] for r in pq.read_table(store / "instances.parquet").to_pylist()}
     targets = [{"instance_id": r["id"], "clip_key": keys[r["id"]], "dataset": "toy", "prompt": PROMPT,
@@ -201,7 +201,7 @@ def test_training_on_an_old_store_drops_its_zero_frame_clip(old_run):
 
 
 def test_infer_answers_a_too_short_clip_with_an_error_row(old_run):
-    from trainer.infer import InferConfig, InferRequest, Listener
+    from alarm.trainer.infer import InferConfig, InferRequest, Listener
 
     listener = Listener.load(InferConfig(checkpoint=str(old_run["run"]), think_budget=2, max_new_tokens=6))
     assert listener.shortest == X_ALL
@@ -214,7 +214,7 @@ def test_infer_answers_a_too_short_clip_with_an_error_row(old_run):
 
 
 def test_cli_infer_and_eval_give_one_clear_line(old_run, tmp_path):
-    from cli import main
+    from alarm.cli import main
 
     blip, good = old_run["blip"], old_run["rows"][0]["audio"]
     out = CliRunner().invoke(main, ["infer", blip, "--prompt", PROMPT, "--checkpoint", str(old_run["run"]),

@@ -15,9 +15,9 @@ import yaml
 from safetensors.torch import load_file
 from train_fixtures import target_rows, tiny_clips, write_feature_store, write_targets
 
-from pipeline.configs import save_config
-from trainer.config import TrainConfig
-from trainer.train import DataChangedError, train
+from alarm.pipeline.configs import save_config
+from alarm.trainer.config import TrainConfig
+from alarm.trainer.train import DataChangedError, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FRONTEND = {"adapter_dim": 16, "conv_hidden_dim": 32, "ca_dim": 16, "ca_heads": 2, "ca_ffn_dim": 32}
@@ -68,12 +68,12 @@ def read_logs(run: Path) -> list[dict]:
 def test_loss_falls_llm_untouched_encoders_never_built(data, learnable_llm, tmp_path, monkeypatch):
     import transformers
 
-    import pipeline.encoders
+    import alarm.pipeline.encoders
 
     def no_encoders(*args, **kwargs):
         raise AssertionError("the trainer must not construct an encoder")
 
-    monkeypatch.setattr(pipeline.encoders, "build_encoder", no_encoders)
+    monkeypatch.setattr(alarm.pipeline.encoders, "build_encoder", no_encoders)
     loaded = []
     real_from_pretrained = transformers.AutoModelForCausalLM.from_pretrained
 
@@ -114,7 +114,7 @@ def test_loss_falls_llm_untouched_encoders_never_built(data, learnable_llm, tmp_
 def test_kill_and_resume_is_bitwise_identical(data, tiny_qwen3_dir, tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from alarm.cli import main
 
     common = dict(grad_accum=2, batch_tokens=250, seed=5, lr=1e-2)
     straight = train(make_cfg(data, tmp_path / "straight", tiny_qwen3_dir, max_steps=6, **common))
@@ -174,7 +174,7 @@ def test_two_gloo_processes_match_one_process(data, tiny_qwen3_dir, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(port), "-m", "trainer.train", str(cfg_path)],
+                           "--master_port", str(port), "-m", "alarm.trainer.train", str(cfg_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = [r["loss"] for r in read_logs(tmp_path / "two") if "loss" in r]
@@ -188,7 +188,7 @@ def test_two_gloo_processes_match_one_process(data, tiny_qwen3_dir, tmp_path):
 
 
 def test_bad_configs_fail_at_once():
-    from pipeline.configs import ConfigError
+    from alarm.pipeline.configs import ConfigError
 
     with pytest.raises(ConfigError, match="fusion 'none' trains one encoder"):
         TrainConfig(encoders=["whisper", "w2vbert"])
@@ -206,9 +206,9 @@ def test_fusion_stage_with_frozen_adapters_cache_and_export(data, tiny_qwen3_dir
     from click.testing import CliRunner
     from safetensors.torch import save_file
 
-    from cli import main
-    from trainer.export import load_export
-    from trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
+    from alarm.cli import main
+    from alarm.trainer.export import load_export
+    from alarm.trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
 
     # Stage 1: a whisper adapter run (a checkpoint folder) and a w2vbert adapter as a bare .safetensors.
     stage1 = {"whisper": train(make_cfg(data, tmp_path / "stage1-whisper", tiny_qwen3_dir, max_steps=1,

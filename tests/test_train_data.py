@@ -10,7 +10,7 @@ import pytest
 import torch
 from train_fixtures import target_rows, tiny_clips, write_feature_store
 
-from trainer.data import (
+from alarm.trainer.data import (
     DataError,
     FeatureDataset,
     TokenBudgetSampler,
@@ -18,7 +18,7 @@ from trainer.data import (
     make_loader,
     targets_fingerprint,
 )
-from trainer.sequence import PromptLayout
+from alarm.trainer.sequence import PromptLayout
 
 
 def count_audio(frames):
@@ -154,8 +154,8 @@ def test_loader_workers_open_the_store_lazily(store, layout, qwen3_tokenizer):
 
 
 def test_a_store_without_the_pinned_spec_is_refused(store, tmp_path):
-    from trainer.config import TrainConfig
-    from trainer.train import open_readers
+    from alarm.trainer.config import TrainConfig
+    from alarm.trainer.train import open_readers
 
     _, reader = store
     cfg = TrainConfig(targets="t.parquet", store=str(reader.root), output_dir=str(tmp_path))
@@ -171,8 +171,8 @@ def test_a_store_without_the_pinned_spec_is_refused(store, tmp_path):
 @pytest.mark.parametrize("fusion", ["none", "ca", "perceiver"])
 def test_token_budget_count_matches_the_front_end(tmp_path, fusion):
     """The audio count the join budgets with is what the front end really emits, per fusion."""
-    from trainer.data import collate
-    from trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
+    from alarm.trainer.data import collate
+    from alarm.trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
 
     clips = tiny_clips(5, lo=7, hi=50, seed=3)
     readers = {"whisper": write_feature_store(tmp_path, clips, "whisper", layers=2, dim=8)}
@@ -192,6 +192,6 @@ def test_token_budget_count_matches_the_front_end(tmp_path, fusion):
 
 
 def _example(key: str, frames: int):
-    from trainer.data import Example
+    from alarm.trainer.data import Example
 
     return Example(key, key, "d", np.zeros(1, np.int32), np.zeros(1, np.int32), {"whisper": frames}, 0)

@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 from test_counts import local_ray  # noqa: F401  (a fixture: an embedded Ray of this module's own)
 
-from pipeline.demo import accuracy_words, what_you_see
-from trainer.infer import THINK_CLOSE, InferResult
+from alarm.pipeline.demo import accuracy_words, what_you_see
+from alarm.trainer.infer import THINK_CLOSE, InferResult
 
 PROMPT = "What do you hear?"
 
@@ -57,7 +57,7 @@ def run(local_ray, trained_run: dict) -> dict:  # noqa: F811
 
 def test_cli_explains_an_answer_the_tiny_llm_never_reached(run):
     """A budget as large as the cap: no forcing, and the random LLM never closes its thinking."""
-    from cli import main
+    from alarm.cli import main
 
     out = CliRunner().invoke(main, ["infer", run["rows"][0]["audio"], "--prompt", PROMPT, "--checkpoint",
                                     str(run["run"]), "--think-budget", "12", "--max-new-tokens", "12"])

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from trainer.frontend import EncoderShape, FrontEndConfig
+    from alarm.trainer.frontend import EncoderShape, FrontEndConfig
 
 
 class AdapterOutput(NamedTuple):
@@ -184,7 +184,7 @@ class AverageAdapter(nn.Module):
 
 def build_adapter(shape: EncoderShape, cfg: FrontEndConfig, kind: str | None = None) -> nn.Module:
     """The adapter for one encoder: ``kind`` is ``conv``, ``mlp`` or ``average`` (default: by name)."""
-    from trainer.frontend import ADAPTER_KINDS, CONV_NORMS
+    from alarm.trainer.frontend import ADAPTER_KINDS, CONV_NORMS
 
     kind = kind or ADAPTER_KINDS[shape.name]
     if kind == "conv":

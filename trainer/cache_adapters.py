@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.configs import ConfigError
-from trainer.config import TrainConfig, local_llm
+from alarm.pipeline.configs import ConfigError
+from alarm.trainer.config import TrainConfig, local_llm
 
 CACHE_KIND = "alarm-adapter-output"
 CACHE_VERSION = 1
@@ -36,7 +36,7 @@ def adapter_fingerprint(frontend: Any, name: str) -> str:
 
 def cache_spec(frontend: Any, name: str, source: Any, dtype: str) -> dict[str, Any]:
     """The group spec of one encoder's cached adapter outputs."""
-    from pipeline.store import StoreConfig, group_spec
+    from alarm.pipeline.store import StoreConfig, group_spec
 
     encoder = {"kind": CACHE_KIND, "version": CACHE_VERSION, "encoder": name, "source_spec_id": source.spec_id,
                "adapter": adapter_fingerprint(frontend, name)}
@@ -62,9 +62,9 @@ def cache_adapter_outputs(cfg: TrainConfig, out: str | Path, batch_clips: int = 
     import torch
     from transformers import AutoConfig
 
-    from pipeline.store import PartWriter, StoreConfig, committed_parts, init_group, write_index
-    from trainer.data import read_targets
-    from trainer.train import make_frontend, open_readers
+    from alarm.pipeline.store import PartWriter, StoreConfig, committed_parts, init_group, write_index
+    from alarm.trainer.data import read_targets
+    from alarm.trainer.train import make_frontend, open_readers
 
     if "adapters" not in cfg.freeze:
         raise ConfigError("cache-adapters caches frozen adapters: the config must freeze 'adapters'")
@@ -124,7 +124,7 @@ def open_adapter_cache(root: str | Path, frontend: Any, readers: dict[str, Any])
     Raises:
         ConfigError: The cache lacks an encoder, or was made from other adapter weights/features.
     """
-    from pipeline.store import StoreSpecError, list_groups, open_features
+    from alarm.pipeline.store import StoreSpecError, list_groups, open_features
 
     out = {}
     for name, reader in readers.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.configs import ALLOW_DOWNLOAD, ConfigError, local_llm  # noqa: F401 - re-exported
+from alarm.pipeline.configs import ALLOW_DOWNLOAD, ConfigError, local_llm  # noqa: F401 - re-exported
 
 FUSIONS = ("none", "ca", "perceiver")
 FREEZABLE = ("adapters", "fusion", "delimiters")

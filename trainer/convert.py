@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from trainer.frontend import FrontEndConfig
+    from alarm.trainer.frontend import FrontEndConfig
 
 ORIGINAL_PREFIX = "model."
 _A = "audio_adapter.adapters.{e}."
@@ -193,7 +193,7 @@ def original_frontend_config(config: dict[str, Any]) -> tuple[FrontEndConfig, di
         ConvertError: for release variants our front end does not implement (conformer adapters,
             per-layer adapters, explicit audio tokens, several CA layers per encoder, skip connection).
     """
-    from trainer.frontend import FrontEndConfig
+    from alarm.trainer.frontend import FrontEndConfig
 
     def need(ok: bool, what: str) -> None:
         if not ok:
@@ -288,7 +288,7 @@ def convert_file(src: str | Path, dst: str | Path, direction: str, encoder: str 
     """
     from safetensors.torch import save_file
 
-    from pipeline.configs import save_config
+    from alarm.pipeline.configs import save_config
 
     src, dst = Path(src), Path(dst)
     config_path, layers = None, None

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.store import DamagedPartError
-from trainer.sequence import PromptLayout, SequenceTooLong, fit_target
+from alarm.pipeline.store import DamagedPartError
+from alarm.trainer.sequence import PromptLayout, SequenceTooLong, fit_target
 
 SPLITS = ("train", "validation")
 TARGET_COLUMNS = ("instance_id", "clip_key", "dataset", "prompt", "target", "split")

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.infer import InferConfig
-from trainer.mcqa import Question, build_prompt, parse_choice, read_eval_manifest
+from alarm.trainer.infer import InferConfig
+from alarm.trainer.mcqa import Question, build_prompt, parse_choice, read_eval_manifest
 
 PREDICTIONS = "predictions.jsonl"
 
@@ -80,8 +80,8 @@ def checkpoint_identity(checkpoint: str) -> str:
     resolved to that step's folder; the folder's metadata file (step, config, data fingerprints) is
     hashed in, so a checkpoint rewritten in place is not mistaken for the old one.
     """
-    from trainer.checkpoint import META_FILE, latest_checkpoint
-    from trainer.export import INFO_FILE
+    from alarm.trainer.checkpoint import META_FILE, latest_checkpoint
+    from alarm.trainer.export import INFO_FILE
 
     path = Path(checkpoint)
     if not path.is_dir():
@@ -158,7 +158,7 @@ def score_rows(groups: dict[str, Score], overall: Score) -> list[list[Any]]:
 
 def markdown_tables(report: EvalReport) -> str:
     """The per-category table (and the per-dataset one when there are several datasets)."""
-    from pipeline.report import markdown_table
+    from alarm.pipeline.report import markdown_table
 
     text = markdown_table(["category", *SCORE_HEADERS], score_rows(report.per_category, report.overall))
     if len(report.per_dataset) > 1:
@@ -168,7 +168,7 @@ def markdown_tables(report: EvalReport) -> str:
 
 def _write_reports(report: EvalReport) -> None:
     """report.json and report.md through the shared report writer (atomic writes)."""
-    from pipeline.report import Section, write_report
+    from alarm.pipeline.report import Section, write_report
 
     rule = ("An unparseable answer (no `<answer>i</answer>` naming an option) counts as wrong, and so does "
             "a generation error; both are also counted on their own.")
@@ -253,13 +253,13 @@ def prediction_row(key: str, run_id: str, question: Question, prompt: str, resul
 
 def load_listener(cfg: EvalConfig) -> Any:
     """The ``trainer.infer.Listener`` for this run's checkpoint and generation settings."""
-    from trainer.infer import Listener
+    from alarm.trainer.infer import Listener
 
     return Listener.load(cfg)  # an EvalConfig is an InferConfig; batch_size doubles as the listener's chunk
 
 
 def _request(question: Question, prompt: str, with_key: bool) -> Any:
-    from trainer.infer import InferRequest
+    from alarm.trainer.infer import InferRequest
 
     return InferRequest(audio=question.audio, prompt=prompt, start=question.start, end=question.end,
                         clip_key=_clip_key(question) if with_key else None)
@@ -267,7 +267,7 @@ def _request(question: Question, prompt: str, with_key: bool) -> Any:
 
 def _clip_key(question: Question) -> str | None:
     """The store's content key of a question's clip (a decode, no encoder), None when undecodable."""
-    from pipeline.decode import DecodeConfig, DecodeError, decode_clip
+    from alarm.pipeline.decode import DecodeConfig, DecodeError, decode_clip
 
     try:
         return decode_clip(question.audio, question.start, question.end, DecodeConfig()).key

@@ -36,11 +36,11 @@ def export_model(source: str | Path, out: str | Path) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoTokenizer
 
-    from pipeline.configs import from_dict, to_dict
-    from trainer.checkpoint import META_FILE, latest_checkpoint, load_checkpoint
-    from trainer.config import TrainConfig, local_llm
-    from trainer.sequence import PromptLayout
-    from trainer.train import make_frontend, open_readers
+    from alarm.pipeline.configs import from_dict, to_dict
+    from alarm.trainer.checkpoint import META_FILE, latest_checkpoint, load_checkpoint
+    from alarm.trainer.config import TrainConfig, local_llm
+    from alarm.trainer.sequence import PromptLayout
+    from alarm.trainer.train import make_frontend, open_readers
 
     source = Path(source)
     ckpt_dir = source if (source / META_FILE).is_file() else latest_checkpoint(source)
@@ -85,8 +85,8 @@ def load_export(folder: str | Path) -> tuple[Any, dict[str, Any]]:
     """Rebuild the front end of an export folder (eval mode) and return it with ``export.json``."""
     from safetensors.torch import load_file
 
-    from pipeline.configs import from_dict
-    from trainer.frontend import FrontEndConfig, build_frontend
+    from alarm.pipeline.configs import from_dict
+    from alarm.trainer.frontend import FrontEndConfig, build_frontend
 
     folder = Path(folder)
     info = json.loads((folder / INFO_FILE).read_text())

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from pipeline.configs import ConfigError
-from trainer.adapters import AdapterOutput, adapter_output_length, build_adapter
-from trainer.fusion import CrossAttentionFusion, PerceiverFusion
+from alarm.pipeline.configs import ConfigError
+from alarm.trainer.adapters import AdapterOutput, adapter_output_length, build_adapter
+from alarm.trainer.fusion import CrossAttentionFusion, PerceiverFusion
 
 FUSIONS = ("none", "ca", "perceiver")
 

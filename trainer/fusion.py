@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.adapters import AdapterOutput, frame_mask
+from alarm.trainer.adapters import AdapterOutput, frame_mask
 
 
 class CrossAttentionFusion(nn.Module):

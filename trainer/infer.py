@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.configs import ConfigError
-from trainer.infer_engines import Generation, build_backend
-from trainer.trained import TrainedFrontEnd, build_encoders, load_trained
+from alarm.pipeline.configs import ConfigError
+from alarm.trainer.infer_engines import Generation, build_backend
+from alarm.trainer.trained import TrainedFrontEnd, build_encoders, load_trained
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class Listener:
                  autocast_dtype: Any) -> None:
         import torch
 
-        from pipeline.encoders import shortest_clip_seconds
+        from alarm.pipeline.encoders import shortest_clip_seconds
 
         self.cfg, self.trained, self.encoders, self.readers = cfg, trained, encoders, readers
         # Shorter clips give some encoder no frame; the feature job rejects them with the same bound.
@@ -207,7 +207,7 @@ class Listener:
         import torch
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-        from trainer.sequence import PromptLayout
+        from alarm.trainer.sequence import PromptLayout
 
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device cuda: no GPU is visible here; use device auto or cpu")
@@ -263,8 +263,8 @@ class Listener:
 
     def _waves(self, audio: str, start: float | None, end: float | None) -> dict[str, np.ndarray]:
         """Decode a clip and resample it for each encoder, as the feature job does."""
-        from pipeline.decode import DecodeConfig, DecodeError, decode_clip
-        from pipeline.encoders import too_short_reason
+        from alarm.pipeline.decode import DecodeConfig, DecodeError, decode_clip
+        from alarm.pipeline.encoders import too_short_reason
 
         decode = DecodeConfig()
         clip = decode_clip(audio, start, end, decode)
@@ -280,7 +280,7 @@ class Listener:
 
     def _encode(self, clips: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Encode several clips' waves (windows batched by each encoder), then round as the store does."""
-        from pipeline.store import dequantize, quantize
+        from alarm.pipeline.store import dequantize, quantize
 
         feats: list[dict[str, np.ndarray]] = [{} for _ in clips]
         for name, encoder in self.encoders.items():
@@ -348,7 +348,7 @@ class Listener:
         """
         import torch
 
-        from trainer.sequence import prompt_embeds
+        from alarm.trainer.sequence import prompt_embeds
 
         if feats is None and request.clip_key:
             feats = self.store_features(request.clip_key)
@@ -434,7 +434,7 @@ class Listener:
 
 
 def _reason(err: Exception) -> str:
-    from pipeline.decode import DecodeError
+    from alarm.pipeline.decode import DecodeError
 
     return str(err) if isinstance(err, DecodeError) else f"{type(err).__name__}: {err}"
 

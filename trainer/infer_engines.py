@@ -77,7 +77,7 @@ class VllmBackend:
 
     def __init__(self, llm_path: str, device: Any, dtype: Any, eos_ids: list[int], sampling: dict[str, Any],
                  seed: int, max_model_len: int) -> None:
-        from rephrase.engine_vllm import EmbedsEngine
+        from alarm.rephrase.engine_vllm import EmbedsEngine
 
         self.engine = EmbedsEngine(llm_path, str(dtype).removeprefix("torch."), seed, max_model_len, device.type)
         self.embed = load_input_embeddings(llm_path, dtype).to(device)
@@ -107,7 +107,7 @@ def load_input_embeddings(llm_path: str, dtype: Any) -> Any:
     import torch
     from safetensors import safe_open
 
-    from pipeline.encoders import resolve_checkpoint_dir
+    from alarm.pipeline.encoders import resolve_checkpoint_dir
 
     folder = resolve_checkpoint_dir(llm_path)
     for shard in sorted(folder.glob("*.safetensors")):

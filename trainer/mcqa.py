@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.manifest import (
+from alarm.pipeline.manifest import (
     Reject,
     optional_seconds,
     parse_rows,

@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.report import (
+from alarm.pipeline.report import (
     HISTORY_ROWS,
     Section,
     attempt,
@@ -57,7 +57,7 @@ def write_train_report(run_dir: str | Path) -> tuple[Path, Path]:
     Returns:
         The paths of report.json and report.md.
     """
-    from trainer.checkpoint import latest_checkpoint
+    from alarm.trainer.checkpoint import latest_checkpoint
 
     root = Path(run_dir)
     missing: list[str] = []

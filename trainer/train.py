@@ -4,7 +4,7 @@ Sections: setup (distributed, device, seeds) -> data (targets joined with the fe
 model (frozen LLM, front end, --init weights, --freeze parts) -> optimiser -> resume -> loop
 (accumulate, clip, step, log) -> eval (loss per dataset + a few greedy samples) -> checkpoint.
 
-Scale-out is torchrun (``torch.distributed``): ``torchrun --nproc_per_node 8 -m trainer.train C.yaml``
+Scale-out is torchrun (``torch.distributed``): ``torchrun --nproc_per_node 8 -m alarm.trainer.train C.yaml``
 runs this same function on every process (NCCL on GPUs, gloo on CPUs). We chose it over Ray Train
 because the trainable part is small (adapters/fusion, <100M parameters) next to a frozen LLM, so
 all that is needed is one gradient all-reduce per optimiser step; torchrun adds no runtime beyond
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.configs import ConfigError, save_config, to_dict
-from trainer.config import TrainConfig, local_llm
+from alarm.pipeline.configs import ConfigError, save_config, to_dict
+from alarm.trainer.config import TrainConfig, local_llm
 
 
 @dataclass
@@ -134,7 +134,7 @@ class Model:
 
     def audio(self, batch: dict[str, Any]) -> tuple[Any, Any]:
         """Front-end output for a collated batch (raw features, or second-level cache rows)."""
-        from trainer.adapters import AdapterOutput
+        from alarm.trainer.adapters import AdapterOutput
 
         feats = {k: v.to(self.device, non_blocking=True).float() for k, v in batch["feats"].items()}
         lengths = {k: v.to(self.device) for k, v in batch["lengths"].items()}
@@ -145,7 +145,7 @@ class Model:
 
     def loss(self, batch: dict[str, Any]) -> tuple[Any, Any]:
         """Per-row target loss sums and token counts for a collated batch."""
-        from trainer.sequence import assemble_batch
+        from alarm.trainer.sequence import assemble_batch
 
         with self.autocast():
             audio, audio_lengths = self.audio(batch)
@@ -157,7 +157,7 @@ class Model:
         """Greedy answers for each row of a batch (evaluation samples)."""
         import torch
 
-        from trainer.sequence import prompt_embeds
+        from alarm.trainer.sequence import prompt_embeds
 
         texts = []
         with self.autocast():
@@ -179,8 +179,8 @@ def open_readers(cfg: TrainConfig) -> dict[str, Any]:
     Raises:
         DataError: An encoder has no features in the store, or none under the pinned spec.
     """
-    from pipeline.store import StoreSpecError, open_features
-    from trainer.data import DataError
+    from alarm.pipeline.store import StoreSpecError, open_features
+    from alarm.trainer.data import DataError
 
     readers = {}
     for name in cfg.encoders:
@@ -197,8 +197,8 @@ def make_frontend(cfg: TrainConfig, readers: dict[str, Any], llm_dim: int) -> An
     Raises:
         ConfigError: An init file holds weights this front end does not have.
     """
-    from trainer.checkpoint import load_weights
-    from trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
+    from alarm.trainer.checkpoint import load_weights
+    from alarm.trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
 
     shapes = [EncoderShape(name, r.layers, r.dim) for name, r in readers.items()]
     frontend = build_frontend(FrontEndConfig(encoders=shapes, fusion=cfg.fusion, llm_dim=llm_dim, **cfg.frontend))
@@ -242,9 +242,9 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer import checkpoint as ck
-    from trainer.cache_adapters import open_adapter_cache
-    from trainer.data import (
+    from alarm.trainer import checkpoint as ck
+    from alarm.trainer.cache_adapters import open_adapter_cache
+    from alarm.trainer.data import (
         FeatureDataset,
         SkipLog,
         TokenBudgetSampler,
@@ -254,7 +254,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
         targets_fingerprint,
         write_rejects,
     )
-    from trainer.sequence import PromptLayout
+    from alarm.trainer.sequence import PromptLayout
 
     # ---------------------------------------------------------------- setup
     cfg.check_paths()
@@ -393,7 +393,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
             totals = torch.tensor([[sums.get(d, 0.0), counts.get(d, 0.0)] for d in datasets], dtype=torch.float64)
             totals = _all_reduce(totals.to(device), dist).cpu()
             if dist.main and cfg.sample_generations and val_rows:
-                from trainer.data import collate
+                from alarm.trainer.data import collate
 
                 picks = [val_set[i] for i in range(min(cfg.sample_generations, len(val_set)))]
                 picks = [p for p in picks if p["feats"] is not None]
@@ -498,7 +498,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     if writer is not None:
         writer.close()
     if dist.main:
-        from trainer.report import write_train_report
+        from alarm.trainer.report import write_train_report
 
         write_train_report(run_dir)  # report.json, report.md and loss.png beside the run
     return result
@@ -609,10 +609,10 @@ def _flat_scalars(record: dict[str, Any]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m trainer.train C.yaml [--fresh] [--allow-changed-data]`` (what torchrun launches)."""
+    """``python -m alarm.trainer.train C.yaml [--fresh] [--allow-changed-data]`` (what torchrun launches)."""
     import argparse
 
-    from pipeline.configs import load_config
+    from alarm.pipeline.configs import load_config
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("config")

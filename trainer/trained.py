@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.configs import ConfigError
-from trainer.config import local_llm
+from alarm.pipeline.configs import ConfigError
+from alarm.trainer.config import local_llm
 
 
 class SpecMismatchError(ConfigError):
@@ -44,8 +44,8 @@ def load_trained(source: str | Path, store: str | None = None, llm: str | None =
         SpecMismatchError: The store has no group with the spec ids the checkpoint was trained on.
         ConfigError: A run/checkpoint needs its feature store and none is available.
     """
-    from trainer.checkpoint import META_FILE, latest_checkpoint
-    from trainer.export import INFO_FILE, load_export
+    from alarm.trainer.checkpoint import META_FILE, latest_checkpoint
+    from alarm.trainer.export import INFO_FILE, load_export
 
     source = Path(source)
     if (source / INFO_FILE).is_file():
@@ -66,10 +66,10 @@ def load_trained(source: str | Path, store: str | None = None, llm: str | None =
 def _load_checkpoint(ckpt: Path, store: str | None, llm: str | None) -> TrainedFrontEnd:
     from transformers import AutoConfig
 
-    from pipeline.configs import from_dict
-    from trainer.checkpoint import load_checkpoint
-    from trainer.config import TrainConfig
-    from trainer.train import make_frontend
+    from alarm.pipeline.configs import from_dict
+    from alarm.trainer.checkpoint import load_checkpoint
+    from alarm.trainer.config import TrainConfig
+    from alarm.trainer.train import make_frontend
 
     state = load_checkpoint(ckpt)
     cfg = from_dict(TrainConfig, state.meta["config"])
@@ -89,7 +89,7 @@ def _load_checkpoint(ckpt: Path, store: str | None, llm: str | None) -> TrainedF
 
 def open_trained_store(root: str | Path, spec_ids: dict[str, str]) -> dict[str, Any]:
     """Readers of the groups ``spec_ids`` names; a missing group is a spec mismatch."""
-    from pipeline.store import list_groups, open_features
+    from alarm.pipeline.store import list_groups, open_features
 
     readers = {}
     for name, sid in spec_ids.items():
@@ -105,7 +105,7 @@ def open_trained_store(root: str | Path, spec_ids: dict[str, str]) -> dict[str, 
 
 def encoder_config_from_spec(encoder_spec: dict[str, Any], device: str) -> Any:
     """The ``EncoderConfig`` that rebuilds the encoder described by a store's encoder spec."""
-    from pipeline.encoders import EncoderConfig
+    from alarm.pipeline.encoders import EncoderConfig
 
     preset, checkpoint, seed = encoder_spec["preset"], encoder_spec["checkpoint"], 0
     if preset == "full-size-random":
@@ -136,7 +136,7 @@ def check_encoder_spec(name: str, built: dict[str, Any], trained: dict[str, Any]
 
 def build_encoders(specs: dict[str, dict[str, Any]], device: str) -> dict[str, Any]:
     """Rebuild each encoder from its store group spec and check it is the very same encoder."""
-    from pipeline.encoders import build_encoder
+    from alarm.pipeline.encoders import build_encoder
 
     encoders = {}
     for name, spec in specs.items():
