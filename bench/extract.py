@@ -120,7 +120,14 @@ def compression(clips: dict[str, np.ndarray], workdir: Path, reads: int = 300) -
     """
     import zarr
 
-    from alarm.pipeline.store import PartWriter, StoreConfig, group_spec, init_group, open_features, write_index
+    from alarm.pipeline.store import (
+        PartWriter,
+        StoreConfig,
+        group_spec,
+        init_group,
+        open_features,
+        write_index,
+    )
 
     layers, dim = next(iter(clips.values())).shape[1:]
     readers = {}

@@ -77,7 +77,14 @@ def main() -> None:
     from alarm.rephrase.engines import EngineConfig, load_engine, weights_fingerprint
     from alarm.rephrase.passes import ANSWER, answer_request
     from alarm.rephrase.pool import EnginePool
-    from alarm.rephrase.run import LazyPool, RephraseConfig, execute_pass, load_tokenizer, pass_specs, plain_chunk
+    from alarm.rephrase.run import (
+        LazyPool,
+        RephraseConfig,
+        execute_pass,
+        load_tokenizer,
+        pass_specs,
+        plain_chunk,
+    )
 
     if args.model is None:
         from alarm.rephrase.qwen3 import build_tiny_qwen3

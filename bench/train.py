@@ -42,7 +42,14 @@ sys.path.insert(0, str(REPO))
 def write_store(root: Path, frames: dict[str, int], layers: int, dim: int, seed: int = 0,
                 features: dict[str, np.ndarray] | None = None) -> object:
     """A one-group whisper store of random (or given) features; returns its reader."""
-    from alarm.pipeline.store import PartWriter, StoreConfig, group_spec, init_group, open_features, write_index
+    from alarm.pipeline.store import (
+        PartWriter,
+        StoreConfig,
+        group_spec,
+        init_group,
+        open_features,
+        write_index,
+    )
 
     cfg = StoreConfig()
     spec = group_spec({"name": "whisper", "preset": "bench-random", "layers": layers, "dim": dim}, cfg)

@@ -154,7 +154,9 @@ def write_report(folder: str | Path, title: str, data: dict[str, Any], sections:
     Returns:
         The paths of report.json and report.md.
     """
-    from alarm.pipeline.store import write_atomic  # temporary file and rename: a reader never sees half a report
+    from alarm.pipeline.store import (
+        write_atomic,  # temporary file and rename: a reader never sees half a report
+    )
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)

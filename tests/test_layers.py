@@ -127,7 +127,7 @@ def test_no_import_circles() -> None:
 
 def test_stages_are_imported_through_the_alarm_package() -> None:
     bare = []
-    for m, path in source_files().items():
+    for path in source_files().values():
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])

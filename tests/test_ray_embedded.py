@@ -194,7 +194,13 @@ def test_rerun_with_nothing_to_do_starts_no_ray_and_loads_no_model(manifest, tmp
 
 
 def test_encoder_facts_cache_follows_the_checkpoint_files(tiny_whisper_dir, tmp_path, monkeypatch):
-    from alarm.pipeline.encoders import TINY_FOLDERS, EncoderConfig, _tiny_checkpoint, cached_facts, save_facts
+    from alarm.pipeline.encoders import (
+        TINY_FOLDERS,
+        EncoderConfig,
+        _tiny_checkpoint,
+        cached_facts,
+        save_facts,
+    )
 
     monkeypatch.setenv("ALARM_CACHE", str(tmp_path / "cache"))
     checkpoint = shutil.copytree(tiny_whisper_dir, tmp_path / "whisper-checkpoint")
