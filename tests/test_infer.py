@@ -40,7 +40,7 @@ def listener(run) -> Listener:
 
 def trainer_embeddings(listener: Listener, feats: dict[str, np.ndarray]) -> torch.Tensor:
     """The training path: collate stored features into a batch of one and run Model.audio."""
-    from alarm.trainer.train import Model
+    from alarm.trainer.model import Model
 
     batch = {"feats": {k: torch.from_numpy(v[None]) for k, v in feats.items()},
              "lengths": {k: torch.tensor([len(v)]) for k, v in feats.items()}}
