@@ -11,17 +11,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from alarm.trainer.infer import (
-    FORCED_CLOSER,
-    THINK_CLOSE,
-    InferConfig,
-    InferRequest,
-    InferResult,
-    Listener,
-    next_step,
-    split_thinking,
-)
+from alarm.trainer.infer import InferConfig, InferRequest, InferResult, Listener
 from alarm.trainer.infer_engines import Generation
+from alarm.trainer.infer_generate import next_step, split_thinking
+from alarm.trainer.infer_records import FORCED_CLOSER, THINK_CLOSE
 from alarm.trainer.trained import SpecMismatchError, build_encoders, check_encoder_spec
 
 PROMPT = "What do you hear?"
