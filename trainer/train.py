@@ -58,7 +58,7 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     from alarm.trainer.report import write_train_report
 
     run = start_run(cfg, fresh)                                   # setup: processes, device, seeds, folder
-    inputs = open_inputs(cfg, run, fresh, allow_changed_data)    # data in (a resumed run checks it first)
+    inputs = open_inputs(cfg, run, fresh, allow_changed_data)     # data in (a resumed run checks it first)
     parts = build_model(cfg, run, inputs)                         # model: frozen LLM, front end
     data = make_data(cfg, run, inputs, parts)                     # data: join, samplers, datasets
     optimizer, scheduler = make_optimizer(cfg, parts, data)       # optimiser and schedule
