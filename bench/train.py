@@ -205,8 +205,8 @@ def bench_step(mode: str, steps: int, batch_clips: int, device: str, workdir: Pa
     from alarm.pipeline.store import open_features
     from alarm.trainer.data import Example, FeatureDataset, collate
     from alarm.trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
+    from alarm.trainer.model import Model
     from alarm.trainer.sequence import PromptLayout
-    from alarm.trainer.train import Model
 
     torch.manual_seed(0)
     if device == "cpu":  # one thread: on a shared 2-core machine, spinning OpenMP threads make timings bimodal

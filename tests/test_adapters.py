@@ -13,9 +13,8 @@ from alarm.trainer.adapters import (
     MaskedBatchNorm1d,
     MLPAdapter,
     adapter_output_length,
-    build_adapter,
 )
-from alarm.trainer.frontend import DEFAULT_ENCODERS, EncoderShape, FrontEndConfig
+from alarm.trainer.frontend import DEFAULT_ENCODERS, EncoderShape, FrontEndConfig, build_adapter
 
 
 def n_params(module: torch.nn.Module) -> int:

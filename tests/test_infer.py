@@ -11,17 +11,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from alarm.trainer.infer import (
-    FORCED_CLOSER,
-    THINK_CLOSE,
-    InferConfig,
-    InferRequest,
-    InferResult,
-    Listener,
-    next_step,
-    split_thinking,
-)
+from alarm.trainer.infer import InferConfig, InferRequest, InferResult, Listener
 from alarm.trainer.infer_engines import Generation
+from alarm.trainer.infer_generate import next_step, split_thinking
+from alarm.trainer.infer_records import FORCED_CLOSER, THINK_CLOSE
 from alarm.trainer.trained import SpecMismatchError, build_encoders, check_encoder_spec
 
 PROMPT = "What do you hear?"
@@ -40,7 +33,7 @@ def listener(run) -> Listener:
 
 def trainer_embeddings(listener: Listener, feats: dict[str, np.ndarray]) -> torch.Tensor:
     """The training path: collate stored features into a batch of one and run Model.audio."""
-    from alarm.trainer.train import Model
+    from alarm.trainer.model import Model
 
     batch = {"feats": {k: torch.from_numpy(v[None]) for k, v in feats.items()},
              "lengths": {k: torch.tensor([len(v)]) for k, v in feats.items()}}

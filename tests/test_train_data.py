@@ -154,8 +154,8 @@ def test_loader_workers_open_the_store_lazily(store, layout, qwen3_tokenizer):
 
 
 def test_a_store_without_the_pinned_spec_is_refused(store, tmp_path):
+    from alarm.trainer.build import open_readers
     from alarm.trainer.config import TrainConfig
-    from alarm.trainer.train import open_readers
 
     _, reader = store
     cfg = TrainConfig(targets="t.parquet", store=str(reader.root), output_dir=str(tmp_path))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from test_train import data, make_cfg, read_logs  # noqa: F401  (data is a fixture)
 
-from alarm.trainer.train import train, truncate_log
+from alarm.trainer.run_log import truncate_log
+from alarm.trainer.train import train
 
 
 def test_resume_truncates_log_to_checkpoint_step(data, tiny_qwen3_dir, tmp_path):  # noqa: F811

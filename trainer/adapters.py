@@ -17,14 +17,11 @@ valid frames only, for the same reason.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-if TYPE_CHECKING:
-    from alarm.trainer.frontend import EncoderShape, FrontEndConfig
 
 
 class AdapterOutput(NamedTuple):
@@ -180,18 +177,3 @@ class AverageAdapter(nn.Module):
         check_lengths(lengths, feats.shape[1], "average adapter")
         x = self.average(feats)
         return AdapterOutput(x * frame_mask(lengths, x.shape[1])[..., None].to(x.dtype), lengths)
-
-
-def build_adapter(shape: EncoderShape, cfg: FrontEndConfig, kind: str | None = None) -> nn.Module:
-    """The adapter for one encoder: ``kind`` is ``conv``, ``mlp`` or ``average`` (default: by name)."""
-    from alarm.trainer.frontend import ADAPTER_KINDS, CONV_NORMS
-
-    kind = kind or ADAPTER_KINDS[shape.name]
-    if kind == "conv":
-        return ConvAdapter(shape.layers, shape.dim, cfg.adapter_dim, cfg.conv_hidden_dim, cfg.llm_dim,
-                           norm=CONV_NORMS[shape.name])
-    if kind == "mlp":
-        return MLPAdapter(shape.layers, shape.dim, cfg.adapter_dim, cfg.llm_dim)
-    if kind == "average":
-        return AverageAdapter(shape.layers)
-    raise ValueError(f"unknown adapter kind {kind!r}")

@@ -63,8 +63,8 @@ def cache_adapter_outputs(cfg: TrainConfig, out: str | Path, batch_clips: int = 
     from transformers import AutoConfig
 
     from alarm.pipeline.store import PartWriter, StoreConfig, committed_parts, init_group, write_index
+    from alarm.trainer.build import make_frontend, open_readers
     from alarm.trainer.data import read_targets
-    from alarm.trainer.train import make_frontend, open_readers
 
     if "adapters" not in cfg.freeze:
         raise ConfigError("cache-adapters caches frozen adapters: the config must freeze 'adapters'")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alarm.trainer.infer import InferConfig
+from alarm.trainer.infer_records import InferConfig
 from alarm.trainer.mcqa import Question, build_prompt, parse_choice, read_eval_manifest
 
 PREDICTIONS = "predictions.jsonl"

@@ -37,10 +37,10 @@ def export_model(source: str | Path, out: str | Path) -> Path:
     from transformers import AutoConfig, AutoTokenizer
 
     from alarm.pipeline.configs import from_dict, to_dict
+    from alarm.trainer.build import make_frontend, open_readers
     from alarm.trainer.checkpoint import META_FILE, latest_checkpoint, load_checkpoint
     from alarm.trainer.config import TrainConfig, local_llm
     from alarm.trainer.sequence import PromptLayout
-    from alarm.trainer.train import make_frontend, open_readers
 
     source = Path(source)
     ckpt_dir = source if (source / META_FILE).is_file() else latest_checkpoint(source)

@@ -24,7 +24,13 @@ import torch
 from torch import Tensor, nn
 
 from alarm.pipeline.configs import ConfigError
-from alarm.trainer.adapters import AdapterOutput, adapter_output_length, build_adapter
+from alarm.trainer.adapters import (
+    AdapterOutput,
+    AverageAdapter,
+    ConvAdapter,
+    MLPAdapter,
+    adapter_output_length,
+)
 from alarm.trainer.fusion import CrossAttentionFusion, PerceiverFusion
 
 FUSIONS = ("none", "ca", "perceiver")
@@ -139,6 +145,19 @@ class FrontEndConfig:
     def names(self) -> list[str]:
         """Encoder names in config order."""
         return [e.name for e in self.encoders]
+
+
+def build_adapter(shape: EncoderShape, cfg: FrontEndConfig, kind: str | None = None) -> nn.Module:
+    """The adapter for one encoder: ``kind`` is ``conv``, ``mlp`` or ``average`` (default: by name)."""
+    kind = kind or ADAPTER_KINDS[shape.name]
+    if kind == "conv":
+        return ConvAdapter(shape.layers, shape.dim, cfg.adapter_dim, cfg.conv_hidden_dim, cfg.llm_dim,
+                           norm=CONV_NORMS[shape.name])
+    if kind == "mlp":
+        return MLPAdapter(shape.layers, shape.dim, cfg.adapter_dim, cfg.llm_dim)
+    if kind == "average":
+        return AverageAdapter(shape.layers)
+    raise ValueError(f"unknown adapter kind {kind!r}")
 
 
 class AudioFrontEnd(nn.Module):

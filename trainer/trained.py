@@ -67,9 +67,9 @@ def _load_checkpoint(ckpt: Path, store: str | None, llm: str | None) -> TrainedF
     from transformers import AutoConfig
 
     from alarm.pipeline.configs import from_dict
+    from alarm.trainer.build import make_frontend
     from alarm.trainer.checkpoint import load_checkpoint
     from alarm.trainer.config import TrainConfig
-    from alarm.trainer.train import make_frontend
 
     state = load_checkpoint(ckpt)
     cfg = from_dict(TrainConfig, state.meta["config"])

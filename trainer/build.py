@@ -1,0 +1,50 @@
+"""What a training config builds before any step: the feature store's readers and the front end.
+
+Training, the adapter cache, export and loading a trained front end all build them the same way,
+so they live here, below all four.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alarm.pipeline.configs import ConfigError
+from alarm.trainer.config import TrainConfig
+
+
+def open_readers(cfg: TrainConfig) -> dict[str, Any]:
+    """The feature store's reader per configured encoder (a pinned spec id is enforced).
+
+    Raises:
+        DataError: An encoder has no features in the store, or none under the pinned spec.
+    """
+    from alarm.pipeline.store import StoreSpecError, open_features
+    from alarm.trainer.data import DataError
+
+    readers = {}
+    for name in cfg.encoders:
+        try:
+            readers[name] = open_features(cfg.store, name, cfg.store_specs.get(name) or None)
+        except StoreSpecError as err:
+            raise DataError(f"feature store: {err}") from err
+    return readers
+
+
+def make_frontend(cfg: TrainConfig, readers: dict[str, Any], llm_dim: int) -> Any:
+    """Build the front end for the store's shapes, load ``cfg.init`` weights, freeze ``cfg.freeze``.
+
+    Raises:
+        ConfigError: An init file holds weights this front end does not have.
+    """
+    from alarm.trainer.checkpoint import load_weights
+    from alarm.trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
+
+    shapes = [EncoderShape(name, r.layers, r.dim) for name, r in readers.items()]
+    frontend = build_frontend(FrontEndConfig(encoders=shapes, fusion=cfg.fusion, llm_dim=llm_dim, **cfg.frontend))
+    for source in cfg.init:
+        unexpected = frontend.load_state_dict(load_weights(source), strict=False).unexpected_keys
+        if unexpected:
+            raise ConfigError(f"init {source}: weights that this front end does not have: {unexpected[:10]}")
+    if cfg.freeze:
+        frontend.freeze(*cfg.freeze)
+    return frontend
