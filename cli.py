@@ -160,7 +160,7 @@ def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | N
     from alarm.pipeline.job import run_pipeline
     from alarm.pipeline.manifest import ManifestError
     from alarm.pipeline.plan import NotEnoughSpace
-    from alarm.pipeline.report import summary_lines
+    from alarm.pipeline.store_summary import summary_lines
 
     cfg = _pipeline_config(manifest, shards, store, config, need_store=True, encoders=encoders, preset=preset,
                            address=address, num_cpus=num_cpus, device=device, gpus_per_actor=gpus_per_actor,
@@ -711,7 +711,7 @@ def report_command(folder: Path) -> None:
     or a statistics folder (`alarm stats --out`); any other folder (a demo output, say) gets a
     report in each subfolder of those kinds. Nothing is computed again but the statistics.
     """
-    from alarm.pipeline.report import write_any_report
+    from alarm.demo.report import write_any_report
 
     if not folder.is_dir():
         fail(f"{folder} is not a folder")
@@ -761,7 +761,7 @@ def demo_targets(manifest: Path, store: Path, out: Path) -> None:
     They are true by construction, so the trainer has something to learn where a tiny random LLM
     keeps no rephrased target; with a real LLM, train on the rephrase run's targets.parquet.
     """
-    from alarm.pipeline.demo import write_reference_targets
+    from alarm.demo.targets import write_reference_targets
     from alarm.pipeline.manifest import ManifestError
 
     if not (store / "instances.parquet").is_file():
@@ -785,7 +785,7 @@ def demo_run(out: Path, train_steps: int) -> None:
 
     A second run reuses every cache and finishes in a fraction of the time.
     """
-    from alarm.pipeline.demo import DemoConfig, run_demo
+    from alarm.demo.run import DemoConfig, run_demo
 
     run_demo(out, DemoConfig(train_steps=train_steps))
 

@@ -73,18 +73,12 @@ def main() -> None:
     if not on_gpu:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from alarm.rephrase.cache import PassCache
+    from alarm.rephrase.config import RephraseConfig, load_tokenizer, pass_specs
     from alarm.rephrase.engine_vllm import sampling_params
     from alarm.rephrase.engines import EngineConfig, load_engine, weights_fingerprint
+    from alarm.rephrase.execute import LazyPool, execute_pass, plain_chunk
     from alarm.rephrase.passes import ANSWER, answer_request
     from alarm.rephrase.pool import EnginePool
-    from alarm.rephrase.run import (
-        LazyPool,
-        RephraseConfig,
-        execute_pass,
-        load_tokenizer,
-        pass_specs,
-        plain_chunk,
-    )
 
     if args.model is None:
         from alarm.rephrase.qwen3 import build_tiny_qwen3

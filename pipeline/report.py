@@ -1,6 +1,8 @@
 """Run reports: ``report.json`` (machine-readable) and ``report.md`` (tables and figures) per output folder.
 
-Each stage calls one writer at its end, and ``alarm report DIR`` calls the same writer again:
+This module is the report framework every stage shares (sections, the writer, tolerant readers,
+figures) plus the feature store's own report. Each stage calls one writer at its end, and
+``alarm report DIR`` (``demo/report.py``) calls the same writer again:
 
 * ``write_pipeline_report(store)``: clips, audio hours, bytes per encoder, stage throughput, the
   rejection table and a duration histogram per dataset (``durations.png``);
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
 from collections import Counter, defaultdict
@@ -27,81 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alarm.pipeline.counts import COUNTS_HELP, ClipCounts, store_counts
+from alarm.pipeline.formatting import format_number, human_bytes, human_duration, markdown_table, truncate
 from alarm.pipeline.manifest import reason_kind
+from alarm.pipeline.store_summary import store_groups
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 EXAMPLE_IDS = 3  # example ids per reject reason
-SAMPLE_CHARS = 300  # generated text shown per sample
 HISTORY_ROWS = 20  # validation rounds listed in the training report
-
-
-# ------------------------------------------------------------------------------------------ formatting
-
-
-def format_number(value: Any) -> str:
-    """A table cell: thousands separators for big numbers, 4 significant digits for small floats."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if not math.isfinite(value):
-        return str(value)
-    if value == 0:
-        return "0"
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-
-
-def human_bytes(n: float | None) -> str:
-    """``1536`` -> ``1.5 KiB`` (binary units)."""
-    if n is None:
-        return "–"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"  # unreachable; keeps type checkers happy
-
-
-def human_duration(seconds: float | None) -> str:
-    """``0.25`` -> ``250 ms``, ``75`` -> ``1 min 15 s``, ``7500`` -> ``2 h 05 min``."""
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
-    return f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600)} h"
-
-
-def _is_number(value: Any) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-
-
-def _cell(value: Any) -> str:
-    # A pipe or newline inside a cell would break the Markdown table.
-    return format_number(value).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table; columns holding only numbers are right-aligned and formatted."""
-    numeric = [bool(rows) and all(_is_number(r[i]) for r in rows) for i in range(len(headers))]
-    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |",
-             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def truncate(text: str, limit: int = SAMPLE_CHARS) -> str:
-    """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 # ------------------------------------------------------------------------------------------ writer
@@ -337,64 +272,9 @@ def reject_table(rows: list[dict[str, Any]], id_key: str = "id", reason_key: str
     return table
 
 
-def _folder_bytes(folder: Path) -> int:
-    total = 0
-    for base, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(base, name)).st_size
-            except OSError:  # removed while we walk (a concurrent job's temporary file)
-                pass
-    return total
-
-
-def _groups(root: Path) -> dict[str, dict[str, Any]]:
-    from alarm.pipeline.verify import store_status
-
-    groups = store_status(root)["groups"]
-    for label, g in groups.items():
-        g["bytes_on_disk"] = _folder_bytes(root / "features" / label)
-    return groups
-
-
-def summary_lines(summary: dict[str, Any]) -> list[str]:
-    """A feature job's summary (``summary.json``) in four lines for the terminal.
-
-    Example::
-
-        stored: 31 clips, 43.2 s of audio (0.012 h), 34 instances read
-        rejected: 3 instances (too short 1, unreadable 2)
-        encoders: whisper 31, w2vbert 31 clips stored; 62 clip encodings computed now, 0 already stored
-        written: 1.2 MiB in 12.3 s
-    """
-    audio_s = float(summary.get("audio_hours") or 0.0) * 3600
-    rejected = summary.get("rejected") or {}
-    by_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0])))
-    stored = summary.get("stored") or {}
-    encoded = sum((summary.get("encoded") or {}).values())
-    skipped = sum((summary.get("skipped") or {}).values())
-    return [
-        f"stored: {summary.get('clips', 0):,} clips, {human_duration(audio_s)} of audio ({audio_s / 3600:.3g} h), "
-        f"{summary.get('instances', 0):,} instances read",
-        f"rejected: {sum(rejected.values()):,} instances" + (f" ({by_kind})" if by_kind else ""),
-        "encoders: " + ", ".join(f"{e} {n:,}" for e, n in stored.items())
-        + f" clips stored; {encoded:,} clip encodings computed now, {skipped:,} already stored",
-        f"written: {human_bytes(sum((summary.get('bytes_written') or {}).values()))} "
-        f"in {human_duration(summary.get('wall_seconds'))}",
-    ]
-
-
-def write_pipeline_report(store: str | Path) -> tuple[Path, Path]:
-    """Report a feature store from ``summary.json``, ``instances.parquet``, ``rejects.parquet`` and its groups.
-
-    Args:
-        store: the store folder; the report is written into it.
-
-    Returns:
-        The paths of report.json and report.md.
-    """
-    root = Path(store)
-    missing: list[str] = []
+def _read_store(root: Path, missing: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                                         list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The store's summary, instance rows, reject rows and encoder groups; what is unreadable goes to ``missing``."""
     summary = attempt("summary.json", lambda: read_json(root / "summary.json"), missing, {}) or {}
     instances = attempt("instances.parquet", lambda: read_parquet_rows(
         root / "instances.parquet", ["id", "key", "dataset", "duration"]), missing, [])
@@ -402,13 +282,18 @@ def write_pipeline_report(store: str | Path) -> tuple[Path, Path]:
         root / "rejects.parquet", ["id", "audio", "reason"]), missing, [])
     groups: dict[str, dict[str, Any]] = {}
     if (root / "features").is_dir():
-        groups = attempt("feature groups", lambda: _groups(root), missing, {}) or {}
+        groups = attempt("feature groups", lambda: store_groups(root), missing, {}) or {}
     else:
         missing.append("features/: not found (no encoder has written yet)")
     absent = [c for c in ("key", "dataset", "duration") if instances and c not in instances[0]]
     if absent:
         missing.append(f"instances.parquet lacks column(s) {', '.join(absent)}")
+    return summary, instances, rejects, groups
 
+
+def _clips_per_dataset(instances: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]],
+                                                                dict[str, dict[str, Any]]]:
+    """Clip durations by dataset and clip key, and the per-dataset table (instances, clips, hours, durations)."""
     # One duration per distinct clip key and dataset: a clip shared by several prompts counts once.
     clips: dict[str, dict[str, float]] = defaultdict(dict)
     inst_per_ds: Counter[str] = Counter()
@@ -417,12 +302,16 @@ def write_pipeline_report(store: str | Path) -> tuple[Path, Path]:
         inst_per_ds[ds] += 1
         if r.get("key") is not None and r.get("duration") is not None:
             clips[ds][r["key"]] = float(r["duration"])
-    all_clips = {k: d for per in clips.values() for k, d in per.items()}
     per_dataset = {ds: {"instances": inst_per_ds[ds], "clips": len(clips.get(ds, {})),
                         "audio_hours": sum(clips.get(ds, {}).values()) / 3600,
                         "duration_s": summarize(sorted(clips.get(ds, {}).values()))}
                    for ds in sorted(inst_per_ds)}
-    rejected = reject_table(rejects)
+    return clips, per_dataset
+
+
+def _encoders_and_stages(groups: dict[str, dict[str, Any]], summary: dict[str, Any],
+                         ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Each encoder group with what the last job wrote to it, and each stage's time and throughput."""
     encoders = {}
     for label, g in sorted(groups.items()):
         enc = g["encoder"]
@@ -431,30 +320,14 @@ def write_pipeline_report(store: str | Path) -> tuple[Path, Path]:
     stage_s = summary.get("stage_seconds", {}) or {}
     stages = {k: {"seconds": v, "audio_x_realtime": (summary.get("throughput") or {}).get(k)}
               for k, v in stage_s.items()}
-    figures = {}
-    groups_s = {ds: list(per.values()) for ds, per in clips.items() if per}
-    if groups_s:
-        figures["durations"] = histogram_figure(groups_s, root / "durations.png", "clip duration (s)",
-                                                "Clip durations per dataset", ylabel="clips").name
-    else:
-        missing.append("no accepted clip with a duration: no duration histogram")
-    data = {
-        "kind": "pipeline", "store": str(root.resolve()),
-        "instances": len(instances), "clips": len(all_clips), "audio_hours": sum(all_clips.values()) / 3600,
-        "rejected_instances": len(rejects), "per_dataset": per_dataset, "rejected": rejected,
-        "encoders": encoders, "stages": stages, "wall_seconds": summary.get("wall_seconds"),
-        "summary": summary, "figures": figures,
-    }
-    from alarm.pipeline.counts import COUNTS_HELP, ClipCounts, store_counts
+    return encoders, stages
 
-    counts = attempt("clip counts", lambda: store_counts(root), missing, ClipCounts()) or ClipCounts()
-    data["counts"] = counts.to_dict()
-    key = {**{name: n for name, n in counts.labels()},
-           "audio": human_duration(sum(all_clips.values())), "rejected instances": len(rejects),
-           "encoder groups": len(encoders), "features on disk": human_bytes(
-               sum(g.get("bytes_on_disk", 0) for g in encoders.values())),
-           "last job wall time": human_duration(summary.get("wall_seconds"))}
-    sections = [
+
+def _store_sections(per_dataset: dict[str, dict[str, Any]], rejected: list[dict[str, Any]],
+                    encoders: dict[str, dict[str, Any]], stages: dict[str, dict[str, Any]],
+                    figures: dict[str, str]) -> list[Section]:
+    """The store report's Markdown body: datasets, rejects, encoders, stages."""
+    return [
         Section("Datasets", text=COUNTS_HELP,
                 headers=["dataset", "manifest rows", "stored clips", "audio hours", "median s", "max s"],
                 rows=[[ds, v["instances"], v["clips"], v["audio_hours"], v["duration_s"]["median"],
@@ -474,6 +347,46 @@ def write_pipeline_report(store: str | Path) -> tuple[Path, Path]:
                 headers=["stage", "seconds", "× real time"],
                 rows=[[k, v["seconds"], v["audio_x_realtime"]] for k, v in stages.items()]),
     ]
+
+
+def write_pipeline_report(store: str | Path) -> tuple[Path, Path]:
+    """Report a feature store from ``summary.json``, ``instances.parquet``, ``rejects.parquet`` and its groups.
+
+    Args:
+        store: the store folder; the report is written into it.
+
+    Returns:
+        The paths of report.json and report.md.
+    """
+    root = Path(store)
+    missing: list[str] = []
+    summary, instances, rejects, groups = _read_store(root, missing)
+    clips, per_dataset = _clips_per_dataset(instances)
+    all_clips = {k: d for per in clips.values() for k, d in per.items()}
+    rejected = reject_table(rejects)
+    encoders, stages = _encoders_and_stages(groups, summary)
+    figures = {}
+    groups_s = {ds: list(per.values()) for ds, per in clips.items() if per}
+    if groups_s:
+        figures["durations"] = histogram_figure(groups_s, root / "durations.png", "clip duration (s)",
+                                                "Clip durations per dataset", ylabel="clips").name
+    else:
+        missing.append("no accepted clip with a duration: no duration histogram")
+    data = {
+        "kind": "pipeline", "store": str(root.resolve()),
+        "instances": len(instances), "clips": len(all_clips), "audio_hours": sum(all_clips.values()) / 3600,
+        "rejected_instances": len(rejects), "per_dataset": per_dataset, "rejected": rejected,
+        "encoders": encoders, "stages": stages, "wall_seconds": summary.get("wall_seconds"),
+        "summary": summary, "figures": figures,
+    }
+    counts = attempt("clip counts", lambda: store_counts(root), missing, ClipCounts()) or ClipCounts()
+    data["counts"] = counts.to_dict()
+    key = {**{name: n for name, n in counts.labels()},
+           "audio": human_duration(sum(all_clips.values())), "rejected instances": len(rejects),
+           "encoder groups": len(encoders), "features on disk": human_bytes(
+               sum(g.get("bytes_on_disk", 0) for g in encoders.values())),
+           "last job wall time": human_duration(summary.get("wall_seconds"))}
+    sections = _store_sections(per_dataset, rejected, encoders, stages, figures)
     return write_report(root, "Feature store report", data, sections, key, missing)
 
 
@@ -483,71 +396,3 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
     loaded = yaml.safe_load(need(path).read_text())
     return loaded if isinstance(loaded, dict) else {}
-
-
-# ------------------------------------------------------------------------------------------ detection
-
-
-def report_kind(folder: str | Path) -> str | None:
-    """What wrote ``folder``: ``pipeline``, ``rephrase``, ``train``, ``eval``, ``stats``, or None."""
-    root = Path(folder)
-    if (root / "summary.json").is_file() or (root / "instances.parquet").is_file() or (root / "features").is_dir():
-        return "pipeline"
-    if (root / "config.yaml").is_file() and ((root / "run.json").is_file() or (root / "inputs.parquet").is_file()):
-        return "rephrase"
-    if (root / "logs.jsonl").is_file() or (root / "checkpoints").is_dir():
-        return "train"
-    if (root / "predictions.jsonl").is_file():
-        return "eval"
-    if (root / REPORT_JSON).is_file():
-        kind = attempt("report.json", lambda: read_json(root / REPORT_JSON)["data"]["kind"], [])
-        return "stats" if kind == "stats" else None
-    return None
-
-
-def write_stats_report_again(folder: Path) -> tuple[Path, Path]:
-    """The ``alarm stats --out`` report of ``folder`` again, from the manifest its report.json names.
-
-    Raises:
-        FileNotFoundError: that manifest is gone.
-    """
-    from alarm.pipeline.stats import manifest_stats, write_stats_report
-
-    manifest = read_json(folder / REPORT_JSON)["data"]["manifest"]
-    if not Path(manifest).is_file():
-        raise FileNotFoundError(f"{folder}: the manifest its statistics came from, {manifest}, is gone")
-    return write_stats_report(manifest_stats(manifest), folder)
-
-
-def write_any_report(folder: str | Path, depth: int = 3) -> list[tuple[str, Path]]:
-    """(Re)write the report of ``folder`` by its kind; a folder of no known kind: of each output folder below it.
-
-    Args:
-        folder: an output folder (store, rephrase run, training run, evaluation, statistics), or a folder
-            holding some (a demo output; ``runs/`` with one training run per stage).
-        depth: how many levels of unknown folders to look through.
-
-    Returns:
-        (kind, report.md path) per report written; empty when nothing was recognised.
-    """
-    from alarm.rephrase.report import write_rephrase_report
-    from alarm.trainer.evaluate import rewrite_eval_report
-    from alarm.trainer.report import write_train_report
-
-    def write_eval_report(path: Path) -> tuple[Path, Path]:
-        report = rewrite_eval_report(path)
-        return report.report_json, report.report_md
-
-    writers: dict[str, Callable[[Path], tuple[Path, Path]]] = {
-        "pipeline": write_pipeline_report, "rephrase": write_rephrase_report, "train": write_train_report,
-        "eval": write_eval_report, "stats": write_stats_report_again,
-    }
-    root = Path(folder)
-    kind = report_kind(root)
-    if kind is not None:
-        return [(kind, writers[kind](root)[1])]
-    found = []
-    if depth > 0 and root.is_dir():
-        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            found += write_any_report(sub, depth - 1)
-    return found

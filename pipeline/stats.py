@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from alarm.pipeline.counts import COUNTS_HELP, ClipCounts, input_counts
+from alarm.pipeline.formatting import format_number, human_duration
+from alarm.pipeline.report import Section, histogram_figure, write_report
 
 DOMAINS = ("speech", "sound", "music", "instruction")
 # Metadata key prefixes that only music labels carry ("tempo_bpm", "chord_quality", "instruments"), and
@@ -182,8 +184,6 @@ STATS_HEADERS = ["dataset", "domain", "hours", "readable sources", "manifest row
 
 def format_stats(stats: ManifestStats) -> str:
     """A plain-text table for the terminal (numbers right-aligned)."""
-    from alarm.pipeline.report import format_number
-
     cells = [STATS_HEADERS] + [[format_number(round(v, 3)) if isinstance(v, float) else format_number(v)
                                 for v in row] for row in stats_rows(stats)]
     widths = [max(len(r[i]) for r in cells) for i in range(len(STATS_HEADERS))]
@@ -204,8 +204,6 @@ def format_stats(stats: ManifestStats) -> str:
 
 def write_stats_report(stats: ManifestStats, out_dir: str | Path) -> tuple[Path, Path]:
     """``report.json``, ``report.md`` and ``durations.png`` of a manifest's statistics in ``out_dir``."""
-    from alarm.pipeline.report import Section, histogram_figure, human_duration, write_report
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures, missing = {}, []

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from alarm.rephrase.engines import (
+from alarm.rephrase.generation import (
     FINISH_LENGTH,
     FINISH_STOP,
-    EngineConfig,
+    EngineSettings,
     GenRequest,
     GenResult,
     Sampling,
@@ -58,7 +58,7 @@ class _SeededSampler:
 class TransformersEngine:
     """``Engine`` over ``AutoModelForCausalLM.generate``."""
 
-    def __init__(self, cfg: EngineConfig) -> None:
+    def __init__(self, cfg: EngineSettings) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from alarm.rephrase.engines import (
+from alarm.rephrase.generation import (
     FINISH_ERROR,
     FINISH_LENGTH,
     FINISH_STOP,
-    EngineConfig,
+    EngineSettings,
     GenRequest,
     GenResult,
     error_result,
@@ -64,7 +64,7 @@ def _shutdown(llm: Any) -> None:
 class VllmEngine:
     """``Engine`` over ``vllm.LLM.generate``."""
 
-    def __init__(self, cfg: EngineConfig) -> None:
+    def __init__(self, cfg: EngineSettings) -> None:
         from vllm import LLM
 
         self.cfg = cfg

@@ -88,8 +88,8 @@ def collect_inputs(manifest: str | Path, max_audio_seconds: float, instances_pat
         instances_path: optional feature-store ``instances.parquet`` giving each instance's clip key.
         probe_threads: header reads run in threads (they wait on the disk, not the CPU).
     """
-    from alarm.pipeline.describe import instance_description
     from alarm.pipeline.manifest import read_manifest
+    from alarm.rephrase.describe import instance_description
 
     result = read_manifest(manifest)
     rejects = [InputReject(r.id, None, "manifest", r.reason) for r in result.rejects]

@@ -10,6 +10,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from alarm.rephrase.cache import PassCache
+from alarm.rephrase.config import pass_specs
+from alarm.rephrase.engines import weights_fingerprint
+from alarm.rephrase.execute import LazyPool, execute_pass, plain_chunk
+from alarm.rephrase.passes import JUDGE, judge_request
+
 _VERDICT_RE = re.compile(r"<answer>\s*(yes|no)\s*</answer>", re.I)
 
 
@@ -29,11 +35,6 @@ def judge_candidates(candidates: list[Any], out: Path, run_cfg: Any, tokenizer: 
     A judge output without a verdict keeps the target (the judge is advisory) and is counted under
     ``judge_no_verdict`` in the candidate's extras.
     """
-    from alarm.rephrase.cache import PassCache
-    from alarm.rephrase.engines import weights_fingerprint
-    from alarm.rephrase.passes import JUDGE, judge_request
-    from alarm.rephrase.run import LazyPool, execute_pass, pass_specs, plain_chunk
-
     spec = pass_specs(run_cfg, weights_fingerprint(run_cfg.engine.model))[JUDGE]
     cache = PassCache(Path(run_cfg.cache_dir) if run_cfg.cache_dir else out / "cache", JUDGE)
     requests = {id(c): judge_request(spec, tokenizer, c.target) for c in candidates}

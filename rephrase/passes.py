@@ -12,7 +12,7 @@ from typing import Any
 
 from alarm.rephrase import prompts
 from alarm.rephrase.cache import request_key, seed_from_key
-from alarm.rephrase.engines import GenRequest, Sampling
+from alarm.rephrase.generation import GenRequest, Sampling
 from alarm.rephrase.inputs import InputRow
 from alarm.rephrase.parse import PreparedResponse, prepare_for_rephrase
 

@@ -14,7 +14,8 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from alarm.rephrase.engines import Engine, EngineConfig, load_engine
+from alarm.rephrase.engines import EngineConfig, load_engine
+from alarm.rephrase.generation import Engine
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from alarm.pipeline.formatting import truncate
 from alarm.pipeline.report import (
     EXAMPLE_IDS,
     REPORT_JSON,
@@ -18,15 +19,14 @@ from alarm.pipeline.report import (
     read_yaml,
     reject_table,
     summarize,
-    truncate,
     write_report,
 )
+from alarm.rephrase.cache import PassCache
+from alarm.rephrase.show import run_status
 
 
 def _cache_counts(root: Path, name: str) -> dict[str, int]:
     """ok / error / budget-forced / token counts of one pass's cache (its best row per key)."""
-    from alarm.rephrase.cache import PassCache
-
     rows = PassCache(root, name).read().values()
     return {"rows": len(rows), "ok": sum(r.ok for r in rows), "errors": sum(not r.ok for r in rows),
             "forced": sum(bool(r.forced) for r in rows), "tokens": sum(int(r.n_tokens or 0) for r in rows)}
@@ -34,8 +34,6 @@ def _cache_counts(root: Path, name: str) -> dict[str, int]:
 
 def _run_states(out: Path) -> dict[str, Any]:
     """Per-pass request states of the run folder, as ``alarm rephrase status`` prints them."""
-    from alarm.rephrase.show import run_status
-
     return run_status(out)
 
 
@@ -49,6 +47,86 @@ def _run_record(out: Path, missing: list[str]) -> dict[str, Any]:
     return record
 
 
+def _pass_statistics(out: Path, run: dict[str, Any], cache_root: Path,
+                     missing: list[str]) -> dict[str, dict[str, Any]]:
+    """Per pass: this run's statistics, its request states and its cache's counts."""
+    # The states of this run's requests, exactly as `alarm rephrase status` counts them.
+    states = attempt("pass states (as `alarm rephrase status`)", lambda: _run_states(out), missing, {}) or {}
+    passes: dict[str, dict[str, Any]] = {}
+    for name in ("answer", "rephrase", "judge"):
+        in_cache = _cache_counts(cache_root, name) if (cache_root / name).is_dir() else None
+        if run.get(name) or in_cache:
+            passes[name] = {"run": run.get(name), "states": states.get(name), "cache": in_cache}
+    if not passes:
+        missing.append(f"no pass statistics (no run record, no cache under {cache_root})")
+    return passes
+
+
+def _target_lengths(targets: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Target lengths in tokens: of the kept targets, and of those rejected as too short or too long."""
+    import re
+
+    # Lengths: kept targets carry n_tokens; length rejects carry it in their reason ("too_short: 37 < 100").
+    lengths: dict[str, list[float]] = {"kept": [float(r["n_tokens"]) for r in targets if r.get("n_tokens") is not None]}
+    for r in rejects:
+        m = re.match(r"(too_short|too_long): (\d+)", str(r.get("reason") or ""))
+        if m:
+            lengths.setdefault(m.group(1).replace("_", " "), []).append(float(m.group(2)))
+    return {k: v for k, v in lengths.items() if v}
+
+
+def _rejects_by_rule(rejects: list[dict[str, Any]], hits: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reject table by rule, each row with the stages that rejected and the rule's hits."""
+    # The rephrase rejects name their rule already ("leak:source_says" keeps its colon).
+    by_rule = reject_table(rejects, id_key="instance_id", reason_key="rule", audio_key=None, kind=str)
+    stages: dict[str, set[str]] = defaultdict(set)  # one pass over the rejects, not one per rule
+    for r in rejects:
+        if r.get("stage"):
+            stages[str(r.get("rule") or "unknown")].add(r["stage"])
+    for row in by_rule:
+        row["stage"] = ", ".join(sorted(stages[row["reason"]]))
+        row["hits"] = hits.get(row["reason"])
+    return by_rule
+
+
+def _rephrase_sections(data: dict[str, Any], passes: dict[str, dict[str, Any]], targets: list[dict[str, Any]],
+                       lengths: dict[str, list[float]]) -> list[Section]:
+    """The rephrase report's Markdown body: rows, passes, validation, lengths, examples."""
+    inputs, before, after = data["inputs"], data["rejected_before_generation"], data["rejected_after_generation"]
+    pass_rows = []
+    for name, p in passes.items():
+        r, st, c = p["run"] or {}, p["states"] or {}, p["cache"] or {}
+        tok_s = r["tokens"] / r["seconds"] if r.get("seconds") else None
+        pass_rows.append([name, st.get("requests", r.get("requested")), st.get("complete"), st.get("incomplete"),
+                          st.get("error", c.get("errors")), st.get("pending"), r.get("cached"), r.get("generated"),
+                          st.get("budget_forced", c.get("forced")), tok_s])
+    accounting = (f"{data['manifest_rows']} manifest rows = {data['kept']} kept + {after} rejected after generation "
+                  f"+ {before} rejected before generation (too long, no prompt, not in the feature store, ...) "
+                  f"+ {data['pending']} pending; {inputs} rows went to generation."
+                  if inputs is not None else "The run record is missing: no row accounting.")
+    return [
+        Section("Rows", text=accounting),
+        Section("Passes", text="Each request of this run is in one state, as `alarm rephrase status` counts it: "
+                               "*complete*, *incomplete* (stopped by the cap: an answer whose thinking never "
+                               "closed, a rephrasing that hit the total cap), *error*, or *pending*. *Cached* and "
+                               "*generated* are this run's: served from the cache, generated now.",
+                headers=["pass", "requests", "complete", "incomplete", "error", "pending", "cached", "generated",
+                         "budget-forced", "tokens/s"], rows=pass_rows),
+        Section("Validation", text="Each rejected row counts once, under the first rule that hit it; "
+                                   "*hits* counts every rule that matched a generated target.",
+                headers=["rule", "stage", "rejected", "hits", "example ids"],
+                rows=[["kept", "", data["kept"], None, ", ".join(r["instance_id"] for r in targets[:EXAMPLE_IDS])]]
+                + [[r["reason"], r["stage"], r["count"], r["hits"], ", ".join(r["examples"])]
+                   for r in data["rejected_per_rule"]]),
+        Section("Target lengths", headers=["group", "targets", "min", "median", "max"],
+                rows=[[k, len(v), min(v), statistics.median(v), max(v)] for k, v in lengths.items()],
+                figure=data["figures"].get("target_lengths"), caption="target length histogram"),
+        Section("Example targets" if targets else "Example rejected targets",
+                headers=["instance", "dataset", "target"],
+                rows=[[e["instance_id"], e["dataset"], truncate(e["target"] or "")] for e in data["examples"]]),
+    ]
+
+
 def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
     """Report a rephrase run folder: per-pass counts, validation per rule, target lengths, examples.
 
@@ -59,8 +137,6 @@ def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
     Returns:
         The paths of report.json and report.md.
     """
-    import re
-
     out = Path(out_dir)
     missing: list[str] = []
     run = _run_record(out, missing)
@@ -70,24 +146,8 @@ def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
         out / "targets.parquet", ["instance_id", "dataset", "split", "n_tokens", "budget_forced", "target"]),
         missing, [])
     rejects = attempt("rejects.parquet", lambda: read_parquet_rows(out / "rejects.parquet"), missing, [])
-    cache_root = Path(config.get("cache_dir") or out / "cache")
-    # The states of this run's requests, exactly as `alarm rephrase status` counts them.
-    states = attempt("pass states (as `alarm rephrase status`)", lambda: _run_states(out), missing, {}) or {}
-    passes: dict[str, dict[str, Any]] = {}
-    for name in ("answer", "rephrase", "judge"):
-        in_cache = _cache_counts(cache_root, name) if (cache_root / name).is_dir() else None
-        if run.get(name) or in_cache:
-            passes[name] = {"run": run.get(name), "states": states.get(name), "cache": in_cache}
-    if not passes:
-        missing.append(f"no pass statistics (no run record, no cache under {cache_root})")
-
-    # Lengths: kept targets carry n_tokens; length rejects carry it in their reason ("too_short: 37 < 100").
-    lengths: dict[str, list[float]] = {"kept": [float(r["n_tokens"]) for r in targets if r.get("n_tokens") is not None]}
-    for r in rejects:
-        m = re.match(r"(too_short|too_long): (\d+)", str(r.get("reason") or ""))
-        if m:
-            lengths.setdefault(m.group(1).replace("_", " "), []).append(float(m.group(2)))
-    lengths = {k: v for k, v in lengths.items() if v}
+    passes = _pass_statistics(out, run, Path(config.get("cache_dir") or out / "cache"), missing)
+    lengths = _target_lengths(targets, rejects)
     figures = {}
     validate_cfg = config.get("validate") or {}
     if lengths:
@@ -98,15 +158,7 @@ def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
     else:
         missing.append("no target length known: no length histogram")
     hits = stats.get("rule_hits") or {}
-    # The rephrase rejects name their rule already ("leak:source_says" keeps its colon).
-    by_rule = reject_table(rejects, id_key="instance_id", reason_key="rule", audio_key=None, kind=str)
-    stages: dict[str, set[str]] = defaultdict(set)  # one pass over the rejects, not one per rule
-    for r in rejects:
-        if r.get("stage"):
-            stages[str(r.get("rule") or "unknown")].add(r["stage"])
-    for row in by_rule:
-        row["stage"] = ", ".join(sorted(stages[row["reason"]]))
-        row["hits"] = hits.get(row["reason"])
+    by_rule = _rejects_by_rule(rejects, hits)
     examples = [{"instance_id": r["instance_id"], "dataset": r["dataset"], "target": r["target"]}
                 for r in targets[:2]]
     if not examples:  # nothing kept: show what was rejected instead, so the reader sees why
@@ -133,35 +185,4 @@ def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
            "model": (config.get("engine") or {}).get("model")}
     if data["rejected_manifest_lines"]:
         key["manifest lines rejected (not rows)"] = data["rejected_manifest_lines"]
-    pass_rows = []
-    for name, p in passes.items():
-        r, st, c = p["run"] or {}, p["states"] or {}, p["cache"] or {}
-        tok_s = r["tokens"] / r["seconds"] if r.get("seconds") else None
-        pass_rows.append([name, st.get("requests", r.get("requested")), st.get("complete"), st.get("incomplete"),
-                          st.get("error", c.get("errors")), st.get("pending"), r.get("cached"), r.get("generated"),
-                          st.get("budget_forced", c.get("forced")), tok_s])
-    accounting = (f"{data['manifest_rows']} manifest rows = {data['kept']} kept + {after} rejected after generation "
-                  f"+ {before} rejected before generation (too long, no prompt, not in the feature store, ...) "
-                  f"+ {data['pending']} pending; {inputs} rows went to generation."
-                  if inputs is not None else "The run record is missing: no row accounting.")
-    sections = [
-        Section("Rows", text=accounting),
-        Section("Passes", text="Each request of this run is in one state, as `alarm rephrase status` counts it: "
-                               "*complete*, *incomplete* (stopped by the cap: an answer whose thinking never "
-                               "closed, a rephrasing that hit the total cap), *error*, or *pending*. *Cached* and "
-                               "*generated* are this run's: served from the cache, generated now.",
-                headers=["pass", "requests", "complete", "incomplete", "error", "pending", "cached", "generated",
-                         "budget-forced", "tokens/s"], rows=pass_rows),
-        Section("Validation", text="Each rejected row counts once, under the first rule that hit it; "
-                                   "*hits* counts every rule that matched a generated target.",
-                headers=["rule", "stage", "rejected", "hits", "example ids"],
-                rows=[["kept", "", data["kept"], None, ", ".join(r["instance_id"] for r in targets[:EXAMPLE_IDS])]]
-                + [[r["reason"], r["stage"], r["count"], r["hits"], ", ".join(r["examples"])] for r in by_rule]),
-        Section("Target lengths", headers=["group", "targets", "min", "median", "max"],
-                rows=[[k, len(v), min(v), statistics.median(v), max(v)] for k, v in lengths.items()],
-                figure=figures.get("target_lengths"), caption="target length histogram"),
-        Section("Example targets" if targets else "Example rejected targets",
-                headers=["instance", "dataset", "target"],
-                rows=[[e["instance_id"], e["dataset"], truncate(e["target"] or "")] for e in examples]),
-    ]
-    return write_report(out, "Rephrase report", data, sections, key, missing)
+    return write_report(out, "Rephrase report", data, _rephrase_sections(data, passes, targets, lengths), key, missing)

@@ -8,7 +8,13 @@ import random
 from pathlib import Path
 from typing import Any
 
+from alarm.rephrase.cache import PassCache
+from alarm.rephrase.config import INPUTS_FILE, load_run, load_tokenizer, pass_specs
+from alarm.rephrase.engines import weights_fingerprint
+from alarm.rephrase.inputs import InputRow
 from alarm.rephrase.parse import is_incomplete
+from alarm.rephrase.passes import ANSWER, REPHRASE, answer_request, rephrase_request
+from alarm.rephrase.targets import STATS_FILE, TARGETS_FILE, _cache_root
 
 
 def run_status(out_dir: str | Path) -> dict[str, Any]:
@@ -27,13 +33,6 @@ def run_status(out_dir: str | Path) -> dict[str, Any]:
     ``targets`` entry repeats the validation counts of ``stats.json``.
     """
     import pyarrow.parquet as pq
-
-    from alarm.rephrase.cache import PassCache
-    from alarm.rephrase.engines import weights_fingerprint
-    from alarm.rephrase.inputs import InputRow
-    from alarm.rephrase.passes import ANSWER, REPHRASE, answer_request, rephrase_request
-    from alarm.rephrase.run import INPUTS_FILE, load_run, load_tokenizer, pass_specs
-    from alarm.rephrase.targets import STATS_FILE, _cache_root
 
     out = Path(out_dir)
     cfg, _ = load_run(out)
@@ -82,8 +81,6 @@ def highlight_changes(before: str, after: str, mark: Any = None) -> str:
 def sample_targets(out_dir: str | Path, n: int = 3, seed: int | None = None) -> list[dict[str, Any]]:
     """``n`` random kept targets with their description, prompt, pass-1 answer and target."""
     import pyarrow.parquet as pq
-
-    from alarm.rephrase.targets import TARGETS_FILE
 
     path = Path(out_dir) / TARGETS_FILE
     if not path.is_file():

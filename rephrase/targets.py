@@ -8,18 +8,36 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alarm.rephrase.cache import PassCache
+from alarm.rephrase.config import INPUTS_FILE, RUN_FILE, pass_specs
 from alarm.rephrase.engines import weights_fingerprint
 from alarm.rephrase.inputs import InputRow
 from alarm.rephrase.parse import answer_target, extract_last_answer, is_incomplete, restore_tags
 from alarm.rephrase.passes import ANSWER, REPHRASE, answer_request, rephrase_request, template_opens_thinking
+from alarm.rephrase.rules import split_for
 
 TARGETS_FILE = "targets.parquet"
 REJECTS_FILE = "rejects.parquet"
 STATS_FILE = "stats.json"
+
+
+@dataclass
+class Candidate:
+    """A row on its way to becoming a target."""
+
+    row: Any
+    answer: str
+    target: str | None = None
+    incomplete: bool = False
+    forced: bool = False
+    answer_key: str = ""
+    rephrase_key: str | None = None
+    reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _cache_root(out: Path, run_cfg: Any) -> Path:
@@ -29,9 +47,6 @@ def _cache_root(out: Path, run_cfg: Any) -> Path:
 def collect_candidates(out: Path, run_cfg: Any, tokenizer: Any) -> tuple[list[Any], list[str]]:
     """One ``Candidate`` per input whose generations are all done; ids still pending separately."""
     import pyarrow.parquet as pq
-
-    from alarm.rephrase.run import INPUTS_FILE, pass_specs
-    from alarm.rephrase.validate import Candidate
 
     specs = pass_specs(run_cfg, weights_fingerprint(run_cfg.engine.model))
     root = _cache_root(out, run_cfg)
@@ -109,8 +124,6 @@ def _clip_key_note(out: Path, n_inputs: int) -> str:
     """Where the targets' clip keys come from, and how many generation inputs got one."""
     import pyarrow.parquet as pq
 
-    from alarm.rephrase.run import INPUTS_FILE, RUN_FILE
-
     record = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).is_file() else {}
     if not record.get("instances"):
         return "null: no --instances given (targets cannot be joined with a feature store)"
@@ -122,8 +135,6 @@ def _clip_key_note(out: Path, n_inputs: int) -> str:
 def write_outputs(out: Path, run_cfg: Any, cfg: Any, candidates: list[Any], pending: list[str],
                   input_rejects: list[dict[str, Any]], hits: Counter, n_inputs: int) -> dict[str, Any]:
     """Write targets, rejects and statistics; return the statistics."""
-    from alarm.rephrase.run import pass_specs
-    from alarm.rephrase.validate import split_for
 
     fingerprint = weights_fingerprint(run_cfg.engine.model)
     specs = pass_specs(run_cfg, fingerprint)

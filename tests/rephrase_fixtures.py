@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from alarm.rephrase.engines import (
-    ENGINES,
+from alarm.rephrase.engines import ENGINES, EngineConfig
+from alarm.rephrase.generation import (
     FINISH_ERROR,
     FINISH_LENGTH,
     FINISH_STOP,
-    EngineConfig,
     GenRequest,
     GenResult,
 )

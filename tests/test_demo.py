@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alarm.pipeline.demo import DemoConfig, run_demo
+from alarm.demo.run import DemoConfig, run_demo
 from alarm.pipeline.demo_corpus import DemoCorpusConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from alarm.pipeline.describe import build_description, instance_description, timestamp
 from alarm.pipeline.manifest import Instance
+from alarm.rephrase.describe import build_description, instance_description, timestamp
 
 
 def test_speech_with_attributes() -> None:

@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import rephrase_fixtures as rf  # noqa: E402
 
-from alarm.rephrase.engines import EngineConfig, GenRequest, Sampling  # noqa: E402
+from alarm.rephrase.engines import EngineConfig  # noqa: E402
+from alarm.rephrase.generation import GenRequest, Sampling  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,8 +72,8 @@ def test_overlong_prompt_is_an_error_row_and_the_batch_goes_on(hf_engine):
 def test_ray_actor_replica_gives_the_same_results_as_in_process(tiny_qwen3_dir, hf_engine):
     import ray
 
+    from alarm.rephrase.execute import plain_chunk
     from alarm.rephrase.pool import EnginePool
-    from alarm.rephrase.run import plain_chunk
 
     requests = [GenRequest(f"r{i}", p, 8, seed=i) for i, p in enumerate(_prompts(hf_engine.tokenizer, 4))]
     chunks = [requests[:2], requests[2:]]

@@ -13,8 +13,8 @@ from alarm.rephrase.parse import (
     prepare_for_rephrase,
     restore_tags,
 )
+from alarm.rephrase.rules import LEAK_RULES, REFUSAL_RULES, ValidateConfig, rule_hits, split_for
 from alarm.rephrase.show import highlight_changes
-from alarm.rephrase.validate import LEAK_RULES, REFUSAL_RULES, ValidateConfig, rule_hits, split_for
 
 
 def test_prepare_adds_opener_and_renames_tags():

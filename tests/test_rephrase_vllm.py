@@ -13,7 +13,8 @@ pytestmark = pytest.mark.vllm
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from alarm.rephrase.engines import EngineConfig, GenRequest, Sampling  # noqa: E402
+from alarm.rephrase.engines import EngineConfig  # noqa: E402
+from alarm.rephrase.generation import GenRequest, Sampling  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -120,8 +121,8 @@ def test_vllm_replica_in_a_ray_actor_matches_in_process(tiny_qwen3_dir, vllm_eng
 
     import ray
 
+    from alarm.rephrase.execute import plain_chunk
     from alarm.rephrase.pool import EnginePool
-    from alarm.rephrase.run import plain_chunk
 
     requests = [GenRequest(f"r{i}", p, 8, seed=i) for i, p in enumerate(_prompts(hf_engine.tokenizer, 4))]
     cfg = dataclasses.replace(_cfg(tiny_qwen3_dir, "vllm"), workers=1, cpus_per_worker=1.0)

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from test_counts import local_ray  # noqa: F401  (a fixture: an embedded Ray of this module's own)
 
-from alarm.pipeline.demo import accuracy_words, what_you_see
+from alarm.demo.words import accuracy_words, what_you_see
 from alarm.trainer.infer_records import THINK_CLOSE, InferResult
 
 PROMPT = "What do you hear?"
