@@ -556,7 +556,7 @@ def models_build_tiny(out: Path | None) -> None:
 
     if out is not None:
         os.environ["ALARM_CACHE"] = str(out)
-    from alarm.pipeline.tiny_encoders import build_tiny_w2vbert, build_tiny_whisper
+    from alarm.pipeline.encoders.tiny import build_tiny_w2vbert, build_tiny_whisper
     from alarm.rephrase.qwen3 import build_tiny_qwen3
 
     for name, build in (("qwen3", build_tiny_qwen3), ("whisper", build_tiny_whisper),

@@ -468,7 +468,8 @@ class JobWorkers:
 
 def cached_encoder_facts(cfg: PipelineConfig) -> dict[str, dict[str, Any]] | None:
     """Every encoder's facts from the cache of ``pipeline.encoders``, or None if one is missing."""
-    from alarm.pipeline.encoders import EncoderConfig, cached_facts
+    from alarm.pipeline.encoders import EncoderConfig
+    from alarm.pipeline.encoders.facts import cached_facts
 
     facts = {e: cached_facts(EncoderConfig(**cfg.encoder_config(e))) for e in cfg.encoders}
     return None if any(f is None for f in facts.values()) else facts
@@ -527,7 +528,8 @@ def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_r
 
     # The encoders' facts give the shortest usable clip, so they come before the instance tables.
     if facts is None:
-        from alarm.pipeline.encoders import EncoderConfig, save_facts
+        from alarm.pipeline.encoders import EncoderConfig
+        from alarm.pipeline.encoders.facts import save_facts
 
         if workers.pool is not None:
             facts = workers.pool.facts()
