@@ -43,6 +43,7 @@ from typing import Any
 from alarm.pipeline.configs import ConfigError, from_dict, to_dict
 from alarm.pipeline.decode import DecodeConfig
 from alarm.pipeline.encode_pools import SharedPool, cpu_budget, encode_units, quiet_ray_data
+from alarm.pipeline.encoders import ENCODERS
 from alarm.pipeline.extract_stages import (
     encoder_facts,
     key_batch,
@@ -52,7 +53,7 @@ from alarm.pipeline.manifest import reason_kind
 from alarm.pipeline.plan import bytes_to_write, check_free_space
 from alarm.pipeline.store import StoreConfig, group_spec, spec_id
 
-ALL_ENCODERS = ("whisper", "w2vbert", "muq", "sslam")
+ALL_ENCODERS = tuple(ENCODERS)
 POOLS = ("auto", "shared", "per-encoder")
 
 
@@ -126,7 +127,6 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         from alarm.pipeline.cluster import joins_cluster
-        from alarm.pipeline.encoders import ENCODERS
 
         if not joins_cluster(self.address):
             self.address = None  # "local" is the default: an embedded Ray
