@@ -13,6 +13,9 @@ from pathlib import Path
 
 import click
 
+from alarm.pipeline.encoders import ENCODERS, PRESETS
+from alarm.pipeline.store import DTYPES as STORE_DTYPES
+
 
 def _version() -> str:
     try:
@@ -123,7 +126,7 @@ def _with_input(fn):  # noqa: ANN001, ANN202 - click decorator plumbing
 @_with_input
 @click.option("--store", type=click.Path(path_type=Path), default=None, help="Store folder.")
 @click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")
-@click.option("--preset", type=click.Choice(["alarm", "tiny", "full-size-random"]), default=None,
+@click.option("--preset", type=click.Choice(PRESETS), default=None,
               help="Encoder weights: alarm checkpoints (default), tiny, full-size-random.")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
               help="PipelineConfig YAML; command-line options override it.")
@@ -219,7 +222,7 @@ def pipeline_verify(store: Path, quick: bool) -> None:
 @_with_input
 @click.option("--store", type=click.Path(path_type=Path), required=True, help="Store folder.")
 @click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")
-@click.option("--preset", type=click.Choice(["alarm", "tiny", "full-size-random"]), default=None,
+@click.option("--preset", type=click.Choice(PRESETS), default=None,
               help="Encoder weights, as the job that wrote the store used them.")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
               help="PipelineConfig YAML of the job that wrote the store; command-line options override it.")
@@ -265,7 +268,7 @@ def pipeline_repair(manifest: Path | None, shards: tuple[str, ...], store: Path,
 @_with_input
 @click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None, help="PipelineConfig YAML.")
-@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32", "int8"]), default=None,
+@click.option("--dtype", type=click.Choice(STORE_DTYPES), default=None,
               help="Stored value type (default float16).")
 @click.option("--gpu-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100: 989).")
 @click.option("--mfu", type=float, default=0.35, help="Fraction of peak the encoders sustain.")
@@ -426,7 +429,7 @@ def train() -> None:
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option("--direction", type=click.Choice(["to-ours", "to-original"]), required=True,
               help="to-ours: original ALARM release names -> ours; to-original: the reverse.")
-@click.option("--encoder", type=click.Choice(["whisper", "w2vbert", "sslam", "muq"]), default=None,
+@click.option("--encoder", type=click.Choice(list(ENCODERS)), default=None,
               help="SRC is one original adapter (get_pretrained_adapters.py's <encoder>.pth) of this encoder.")
 def train_convert(src: Path, dst: Path, direction: str, encoder: str | None) -> None:
     """Convert front-end weights between the original ALARM release and ours.
@@ -501,7 +504,7 @@ def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tu
               help="The fusion-stage TrainConfig (init = adapter checkpoints, freeze adapters).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Cache store folder (default: the config's adapter_cache).")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+@click.option("--dtype", type=click.Choice([d for d in STORE_DTYPES if d != "int8"]), default="float32",
               help="Stored value type of the adapter outputs.")
 def train_cache_adapters(config_path: Path, out: Path | None, dtype: str) -> None:
     """Run the frozen adapters once over every clip of the targets (the second-level cache)."""
@@ -556,7 +559,7 @@ def models_build_tiny(out: Path | None) -> None:
 
     if out is not None:
         os.environ["ALARM_CACHE"] = str(out)
-    from alarm.pipeline.tiny_encoders import build_tiny_w2vbert, build_tiny_whisper
+    from alarm.pipeline.encoders.tiny import build_tiny_w2vbert, build_tiny_whisper
     from alarm.rephrase.qwen3 import build_tiny_qwen3
 
     for name, build in (("qwen3", build_tiny_qwen3), ("whisper", build_tiny_whisper),

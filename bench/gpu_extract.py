@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from alarm.pipeline.encoders import ENCODERS, PRESETS
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Dense tensor-core peaks in TFLOP/s (no sparsity), by dtype; matched against the device name.
@@ -80,7 +82,7 @@ def bench_encoder(name: str, args: argparse.Namespace, seconds: list[float]) -> 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from alarm.pipeline.encoders import ENCODERS, EncoderConfig, build_encoder
+    from alarm.pipeline.encoders import EncoderConfig, build_encoder
 
     cfg = EncoderConfig(name, preset=args.preset, device=args.device, dtype=args.dtype,
                         batch_size=args.batch_size)
@@ -116,10 +118,10 @@ def bench_encoder(name: str, args: argparse.Namespace, seconds: list[float]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="full-size-random", choices=["full-size-random", "tiny", "alarm"])
+    parser.add_argument("--preset", default="full-size-random", choices=PRESETS)
     parser.add_argument("--device", default=None, help="cuda:0 when a GPU is visible, else cpu")
     parser.add_argument("--dtype", default=None, help="bfloat16 on a GPU, float32 on a CPU")
-    parser.add_argument("--encoders", default="whisper,w2vbert,muq,sslam")
+    parser.add_argument("--encoders", default=",".join(ENCODERS))
     parser.add_argument("--clips", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=None, help="total audio seconds (rescales the clips)")
     parser.add_argument("--batch-size", type=int, default=16)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from alarm.pipeline.demo_corpus import DemoCorpusConfig
+from alarm.pipeline.encoders import ENCODERS
 
-ALL_ENCODERS = ["whisper", "w2vbert", "muq", "sslam"]
+ALL_ENCODERS = list(ENCODERS)
 # Small enough for a 2-core CPU; the ALARM defaults are in each stage's config.
 DEMO_FRONTEND = {"adapter_dim": 64, "conv_hidden_dim": 128, "ca_dim": 64, "ca_heads": 2, "ca_ffn_dim": 128}
 

@@ -43,6 +43,7 @@ from typing import Any
 from alarm.pipeline.configs import ConfigError, from_dict, to_dict
 from alarm.pipeline.decode import DecodeConfig
 from alarm.pipeline.encode_pools import SharedPool, cpu_budget, encode_units, quiet_ray_data
+from alarm.pipeline.encoders import ENCODERS
 from alarm.pipeline.extract_stages import (
     encoder_facts,
     key_batch,
@@ -52,7 +53,7 @@ from alarm.pipeline.manifest import reason_kind
 from alarm.pipeline.plan import bytes_to_write, check_free_space
 from alarm.pipeline.store import StoreConfig, group_spec, spec_id
 
-ALL_ENCODERS = ("whisper", "w2vbert", "muq", "sslam")
+ALL_ENCODERS = tuple(ENCODERS)
 POOLS = ("auto", "shared", "per-encoder")
 
 
@@ -126,7 +127,6 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         from alarm.pipeline.cluster import joins_cluster
-        from alarm.pipeline.encoders import ENCODERS
 
         if not joins_cluster(self.address):
             self.address = None  # "local" is the default: an embedded Ray
@@ -468,7 +468,8 @@ class JobWorkers:
 
 def cached_encoder_facts(cfg: PipelineConfig) -> dict[str, dict[str, Any]] | None:
     """Every encoder's facts from the cache of ``pipeline.encoders``, or None if one is missing."""
-    from alarm.pipeline.encoders import EncoderConfig, cached_facts
+    from alarm.pipeline.encoders import EncoderConfig
+    from alarm.pipeline.encoders.facts import cached_facts
 
     facts = {e: cached_facts(EncoderConfig(**cfg.encoder_config(e))) for e in cfg.encoders}
     return None if any(f is None for f in facts.values()) else facts
@@ -527,7 +528,8 @@ def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_r
 
     # The encoders' facts give the shortest usable clip, so they come before the instance tables.
     if facts is None:
-        from alarm.pipeline.encoders import EncoderConfig, save_facts
+        from alarm.pipeline.encoders import EncoderConfig
+        from alarm.pipeline.encoders.facts import save_facts
 
         if workers.pool is not None:
             facts = workers.pool.facts()

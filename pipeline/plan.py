@@ -2,9 +2,10 @@
 
 Sizes are exact arithmetic on the ALARM dimensions (ALARM.md §2): frames x kept layers x dim x bytes
 per stored value. GPU time is an estimate: forward FLOPs per window or per audio-second of each
-architecture (2 x parameters x tokens, plus attention) divided by an assumed sustained rate
-(``gpu_peak_tflops`` x ``mfu``). Whisper and SSLAM pad every window to full length, so their cost
-follows the number of windows, not the audio length.
+architecture (2 x parameters x tokens, plus attention; the registry's ``flops_per_window`` and
+``flops_per_second``) divided by an assumed sustained rate (``gpu_peak_tflops`` x ``mfu``). Whisper
+and SSLAM pad every window to full length, so their cost follows the number of windows, not the
+audio length.
 """
 
 from __future__ import annotations
@@ -17,10 +18,6 @@ from typing import Any
 
 from alarm.pipeline.counts import ClipCounts, input_counts
 from alarm.pipeline.store import bytes_per_value
-
-# Forward FLOPs (estimates from parameter counts and token rates; see the module docstring).
-FLOPS_PER_WINDOW = {"whisper": 2.27e12, "sslam": 1.0e11}  # 30 s / 1500 tokens; 10.24 s / 512 tokens
-FLOPS_PER_SECOND = {"w2vbert": 6.0e10, "muq": 1.6e10}  # 580M params at 50 Hz; ~310M params at 25 Hz
 
 
 @dataclass
@@ -111,10 +108,10 @@ def plan_job(cfg: Any, gpu_peak_tflops: float = 989.0, mfu: float = 0.35) -> Pla
     for e in cfg.encoders:
         info = ENCODERS[e]
         sizes[e] = stored_bytes(e, durations, len(cfg.layers.get(e) or info.layers), info.dim, cfg.storage.dtype)
-        if e in FLOPS_PER_WINDOW:
-            flops = FLOPS_PER_WINDOW[e] * sum(math.ceil(d / info.window_seconds) for d in durations)
+        if info.flops_per_window:
+            flops = info.flops_per_window * sum(math.ceil(d / info.window_seconds) for d in durations)
         else:
-            flops = FLOPS_PER_SECOND[e] * seconds
+            flops = info.flops_per_second * seconds
         gpu_h[e] = flops / (gpu_peak_tflops * 1e12 * mfu) / 3600
     total = sum(sizes.values())
     return PlanReport(

@@ -33,14 +33,14 @@ def qwen3_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_whisper_dir() -> Path:
-    from alarm.pipeline.tiny_encoders import build_tiny_whisper
+    from alarm.pipeline.encoders.tiny import build_tiny_whisper
 
     return build_tiny_whisper()
 
 
 @pytest.fixture(scope="session")
 def tiny_w2vbert_dir() -> Path:
-    from alarm.pipeline.tiny_encoders import build_tiny_w2vbert
+    from alarm.pipeline.encoders.tiny import build_tiny_w2vbert
 
     return build_tiny_w2vbert()
 

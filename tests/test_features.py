@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from alarm.pipeline import features
+from alarm.pipeline.encoders import features
 
 
 def _tone(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:

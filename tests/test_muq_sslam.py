@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from alarm.pipeline import muq, sslam
+from alarm.pipeline.encoders import muq, sslam
 
 
 def _meta_state(module_cls, cfg) -> dict[str, tuple[int, ...]]:

@@ -194,13 +194,8 @@ def test_rerun_with_nothing_to_do_starts_no_ray_and_loads_no_model(manifest, tmp
 
 
 def test_encoder_facts_cache_follows_the_checkpoint_files(tiny_whisper_dir, tmp_path, monkeypatch):
-    from alarm.pipeline.encoders import (
-        TINY_FOLDERS,
-        EncoderConfig,
-        _tiny_checkpoint,
-        cached_facts,
-        save_facts,
-    )
+    from alarm.pipeline.encoders import EncoderConfig
+    from alarm.pipeline.encoders.facts import TINY_FOLDERS, _tiny_checkpoint, cached_facts, save_facts
 
     monkeypatch.setenv("ALARM_CACHE", str(tmp_path / "cache"))
     checkpoint = shutil.copytree(tiny_whisper_dir, tmp_path / "whisper-checkpoint")
@@ -221,9 +216,9 @@ def test_encoder_facts_cache_follows_the_checkpoint_files(tiny_whisper_dir, tmp_
     assert cached_facts(random) is None
     # The tiny folders are found without importing the builders (torch): same folders as the builders'.
     monkeypatch.undo()
-    from alarm.pipeline.muq import build_tiny_muq
-    from alarm.pipeline.sslam import build_tiny_sslam
-    from alarm.pipeline.tiny_encoders import build_tiny_w2vbert, build_tiny_whisper
+    from alarm.pipeline.encoders.muq import build_tiny_muq
+    from alarm.pipeline.encoders.sslam import build_tiny_sslam
+    from alarm.pipeline.encoders.tiny import build_tiny_w2vbert, build_tiny_whisper
 
     builders = {"whisper": build_tiny_whisper, "w2vbert": build_tiny_w2vbert, "muq": build_tiny_muq,
                 "sslam": build_tiny_sslam}

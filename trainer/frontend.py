@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.encoders import ENCODERS
 from alarm.trainer.adapters import (
     AdapterOutput,
     AverageAdapter,
@@ -35,10 +36,10 @@ from alarm.trainer.fusion import CrossAttentionFusion, PerceiverFusion
 
 FUSIONS = ("none", "ca", "perceiver")
 
-# The adapter each encoder gets (ALARM.md §3). Keys are the registry keys used everywhere.
-ADAPTER_KINDS = {"whisper": "conv", "w2vbert": "conv", "sslam": "conv", "muq": "mlp"}
+# The adapter each encoder gets (ALARM.md §3), as the encoder registry states it.
+ADAPTER_KINDS = {name: info.adapter for name, info in ENCODERS.items()}
 # Norm inside the conv downsampler: BatchNorm for whisper, LayerNorm over channels for the others.
-CONV_NORMS = {"whisper": "batch", "w2vbert": "layer", "sslam": "layer"}
+CONV_NORMS = {name: info.conv_norm for name, info in ENCODERS.items() if info.conv_norm}
 
 
 @dataclass
@@ -50,7 +51,7 @@ class EncoderShape:
     layers: int
     """Number of kept hidden-state layers stored in the cache."""
     dim: int
-    """Feature width (whisper 1280, w2vbert 1024, sslam 768, muq 1024)."""
+    """Feature width (the full-size encoders' are the registry's ``dim``)."""
 
     def __post_init__(self) -> None:
         if self.name not in ADAPTER_KINDS:
@@ -59,15 +60,10 @@ class EncoderShape:
             raise ConfigError(f"encoder {self.name}: layers and dim must be >= 1, got {self.layers}, {self.dim}")
 
 
-# Full-size shapes of the four encoders with ALARM's kept layers (ALARM.md §2).
-DEFAULT_ENCODERS = {
-    "whisper": EncoderShape("whisper", 4, 1280),
-    "w2vbert": EncoderShape("w2vbert", 5, 1024),
-    "sslam": EncoderShape("sslam", 3, 768),
-    "muq": EncoderShape("muq", 3, 1024),
-}
-# The order ALARM-CA applies its cross-attention layers in (the query encoder first).
-ALARM_ORDER = ("whisper", "w2vbert", "muq", "sslam")
+# Full-size shapes of the four encoders with ALARM's kept layers (ALARM.md §2), from the registry.
+DEFAULT_ENCODERS = {name: EncoderShape(name, len(info.layers), info.dim) for name, info in ENCODERS.items()}
+# The order ALARM-CA applies its cross-attention layers in (the query encoder first): the registry's.
+ALARM_ORDER = tuple(ENCODERS)
 
 
 def default_encoders(names: tuple[str, ...] | list[str] = ALARM_ORDER) -> list[EncoderShape]:
@@ -79,7 +75,7 @@ def default_encoders(names: tuple[str, ...] | list[str] = ALARM_ORDER) -> list[E
 class FrontEndConfig:
     """Sizes of the adapters and the fusion. Defaults match ALARM.md §3."""
 
-    encoders: list[EncoderShape] = field(default_factory=lambda: default_encoders(["whisper"]))
+    encoders: list[EncoderShape] = field(default_factory=lambda: default_encoders(ALARM_ORDER[:1]))
     """Encoders in order. With a fusion, the first is the main (query) encoder, whisper in ALARM;
     ALARM-CA visits the others in the listed order (ALARM: w2vbert, muq, sslam)."""
     fusion: str = "none"

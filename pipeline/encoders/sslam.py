@@ -26,6 +26,17 @@ import torch
 from torch import nn
 
 from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.encoders.base import (
+    Encoder,
+    EncoderInfo,
+    EncoderSettings,
+    default_layers,
+    read_checkpoint,
+    torch_dtype,
+)
+from alarm.pipeline.encoders.features import kaldi_fbank, kaldi_num_frames
+from alarm.pipeline.encoders.tiny import build_tiny_once
+from alarm.pipeline.encoders.windows import WindowedEncoder
 
 NORM_MEAN = -4.268
 NORM_STD = 4.569
@@ -209,8 +220,6 @@ def load_sslam(path_or_hf_id: str | Path) -> SSLAM:
         FileNotFoundError: Not available offline, or no config/weights in the folder.
         RuntimeError: The weights do not match the architecture (missing/unexpected keys or shapes).
     """
-    from alarm.pipeline.encoders import read_checkpoint
-
     config, state = read_checkpoint(path_or_hf_id)
     module = SSLAM(SSLAMConfig.from_json(config))
     module.load_state_dict(state, strict=True)
@@ -232,13 +241,12 @@ TINY_CONFIG = SSLAMConfig(embed_dim=32, depth=4, num_heads=2, max_length=64, num
 
 def build_tiny_sslam() -> Path:
     """A cached folder with a seeded random tiny SSLAM (4 blocks, width 32), loadable by ``load_sslam``."""
-    from alarm.pipeline.tiny_encoders import _build_once
 
     def write(path: Path) -> None:
         torch.manual_seed(0)
         save_sslam(SSLAM(TINY_CONFIG), path)
 
-    return _build_once("tiny-sslam-v1", write)
+    return build_tiny_once("tiny-sslam-v1", write)
 
 
 # ------------------------------------------------------------------------------------------ encoder
@@ -246,8 +254,6 @@ def build_tiny_sslam() -> Path:
 
 def sslam_image(wave: torch.Tensor, window_frames: int) -> torch.Tensor:
     """SSLAM's normalised ``(1, window_frames, 128)`` fbank image of one window (see the module docstring)."""
-    from alarm.pipeline.features import kaldi_fbank
-
     fbank = kaldi_fbank((wave - wave.mean()).reshape(1, -1), num_mel_bins=128, window="hanning")[0]
     # Zero-padding happens before normalisation, as in the reference feature extraction.
     fbank = nn.functional.pad(fbank[:window_frames], (0, 0, 0, window_frames - min(window_frames, fbank.shape[0])))
@@ -271,8 +277,6 @@ class SSLAMWindows:
 
     def window_frames(self, num_samples: int) -> int:
         """Tokens kept: half the window's fbank frames."""
-        from alarm.pipeline.features import kaldi_num_frames
-
         return kaldi_num_frames(num_samples) // 2
 
     def spec_extra(self) -> dict[str, Any]:
@@ -290,10 +294,8 @@ class SSLAMWindows:
         return [stacked[b, : self.window_frames(len(w))] for b, w in enumerate(windows)]
 
 
-def build_sslam_encoder(cfg: Any, info: Any) -> Any:
+def build_sslam_encoder(cfg: EncoderSettings, info: EncoderInfo) -> Encoder:
     """Build the ``sslam`` registry entry (see ``pipeline.encoders``)."""
-    from alarm.pipeline.encoders import WindowedEncoder, default_layers, torch_dtype
-
     frames = WINDOW_FRAMES
     if cfg.window_seconds is not None:
         frames = int(round(cfg.window_seconds * 100))

@@ -17,7 +17,7 @@ from alarm.pipeline.cache import build_once
 TINY_VERSION = "1"
 
 
-def _build_once(name: str, write: Callable[[Path], None]) -> Path:
+def build_tiny_once(name: str, write: Callable[[Path], None]) -> Path:
     """Build ``name`` once into the model cache (the name carries the builder's version)."""
     return build_once(name, {"kind": name}, write)
 
@@ -38,7 +38,7 @@ def build_tiny_whisper() -> Path:
         WhisperModel(config).save_pretrained(path)
         WhisperFeatureExtractor(feature_size=128).save_pretrained(path)
 
-    return _build_once(f"tiny-whisper-v{TINY_VERSION}", write)
+    return build_tiny_once(f"tiny-whisper-v{TINY_VERSION}", write)
 
 
 def build_tiny_w2vbert() -> Path:
@@ -56,4 +56,4 @@ def build_tiny_w2vbert() -> Path:
         Wav2Vec2BertModel(config).save_pretrained(path)
         SeamlessM4TFeatureExtractor().save_pretrained(path)
 
-    return _build_once(f"tiny-w2vbert-v{TINY_VERSION}", write)
+    return build_tiny_once(f"tiny-w2vbert-v{TINY_VERSION}", write)
