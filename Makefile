@@ -14,6 +14,8 @@ $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || \
 		$(BIN)/pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	@# The distribution was called `alarm` before it became `alarm-audio-lm`: drop a stale install of it.
+	@$(BIN)/pip uninstall -y -q alarm 2>/dev/null || true
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 

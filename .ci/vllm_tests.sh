@@ -45,6 +45,13 @@ install_env() {
 if [[ ! -f "$VENV/.alarm-ready" ]]; then
     install_env
 fi
+# The project itself is reinstalled (editable, no dependencies) whenever pyproject.toml changed since the
+# environment was made: its package layout lives there, and a stale install imports nothing.
+project_hash="$(sha256sum pyproject.toml | cut -c1-16)"
+if [[ "$(cat "$VENV/.alarm-project" 2>/dev/null)" != "$project_hash" ]]; then
+    "$VENV/bin/pip" install -q --no-deps -e .
+    echo "$project_hash" > "$VENV/.alarm-project"
+fi
 
 if [[ $setup_only == 1 ]]; then
     exit 0
