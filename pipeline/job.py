@@ -27,15 +27,11 @@ Steps (each a small piece below):
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +46,8 @@ from alarm.pipeline.extract_stages import (
 )
 from alarm.pipeline.manifest import reason_kind
 from alarm.pipeline.plan import bytes_to_write, check_free_space
-from alarm.pipeline.store import StoreConfig, group_spec, spec_id
+from alarm.pipeline.store_fence import store_lock
+from alarm.pipeline.store_layout import StoreConfig, group_spec, spec_id
 
 ALL_ENCODERS = ("whisper", "w2vbert", "muq", "sslam")
 POOLS = ("auto", "shared", "per-encoder")
@@ -212,28 +209,6 @@ def _rounded(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-@contextmanager
-def store_lock(root: Path) -> Iterator[str]:
-    """One job per store at a time (the OS drops the lock when a job is killed); yields the job's fencing token.
-
-    The token is written into the lock file once the lock is held; part commits carry it and are
-    refused once another job has replaced it (``pipeline.store.check_fence``).
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    # Opened without truncating: a job that fails to get the lock must not erase the holder's token.
-    with os.fdopen(os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644), "r+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another job is writing the store {root}; wait for it to finish") from None
-        token = uuid.uuid4().hex
-        handle.truncate(0)
-        handle.write(token + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-        yield token
-
-
 def source_stat(audio: str) -> tuple[int, int]:
     """(size, mtime_ns) of the file holding ``audio`` (the shard for a tar member); (-1, -1) if missing."""
     path = audio.split("#", 1)[0] if ".tar#" in audio else audio
@@ -301,7 +276,7 @@ def key_sources(root: Path, sources: list[tuple[str, float | None, float | None]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from alarm.pipeline.store import write_parquet_atomic
+    from alarm.pipeline.store_layout import write_parquet_atomic
 
     cache_path = root / "sources.parquet"
     cached: dict[tuple, dict[str, Any]] = {}
@@ -382,7 +357,7 @@ def write_instance_tables(root: Path, instances: list[Any], input_rejects: list[
     import pyarrow.parquet as pq
 
     from alarm.pipeline.encoders import too_short_reason
-    from alarm.pipeline.store import write_parquet_atomic
+    from alarm.pipeline.store_layout import write_parquet_atomic
 
     clips: dict[str, dict[str, Any]] = {}
     accepted, rejected = [], []
@@ -514,7 +489,9 @@ def _run_locked(cfg: PipelineConfig, root: Path, instances: list[Any], input_rej
 def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_rejects: list[Any],
                   started: float, workers: JobWorkers,
                   facts: dict[str, dict[str, Any]] | None) -> PipelineSummary:
-    from alarm.pipeline.store import clear_tmp, current_fence, init_group, load_index, write_index
+    from alarm.pipeline.store_fence import current_fence
+    from alarm.pipeline.store_index import load_index, write_index
+    from alarm.pipeline.store_layout import clear_tmp, init_group
     from alarm.pipeline.verify import drop_damaged_parts
 
     stage_s: dict[str, float] = {}
@@ -584,7 +561,7 @@ def _plan_and_run(cfg: PipelineConfig, root: Path, instances: list[Any], input_r
         spec_ids={e: spec_id(group_spec(facts[e]["spec"], cfg.storage)) for e in cfg.encoders},
         repaired={e: parts for e, parts in repaired.items() if parts})
     from alarm.pipeline.report import write_pipeline_report
-    from alarm.pipeline.store import write_atomic
+    from alarm.pipeline.store_layout import write_atomic
 
     write_atomic(root / "summary.json", (json.dumps(summary.to_dict(), indent=2) + "\n").encode())
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alarm.pipeline.counts import ClipCounts, input_counts
-from alarm.pipeline.store import bytes_per_value
+from alarm.pipeline.store_layout import bytes_per_value
 
 # Forward FLOPs (estimates from parameter counts and token rates; see the module docstring).
 FLOPS_PER_WINDOW = {"whisper": 2.27e12, "sslam": 1.0e11}  # 30 s / 1500 tokens; 10.24 s / 512 tokens
