@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from alarm.pipeline.encoders import ENCODERS, PRESETS
-from alarm.pipeline.store import DTYPES as STORE_DTYPES
+from alarm.pipeline.store_layout import DTYPES as STORE_DTYPES
 
 
 def _version() -> str:

@@ -120,14 +120,10 @@ def compression(clips: dict[str, np.ndarray], workdir: Path, reads: int = 300) -
     """
     import zarr
 
-    from alarm.pipeline.store import (
-        PartWriter,
-        StoreConfig,
-        group_spec,
-        init_group,
-        open_features,
-        write_index,
-    )
+    from alarm.pipeline.part_writer import PartWriter
+    from alarm.pipeline.store import open_features
+    from alarm.pipeline.store_index import write_index
+    from alarm.pipeline.store_layout import StoreConfig, group_spec, init_group
 
     layers, dim = next(iter(clips.values())).shape[1:]
     readers = {}

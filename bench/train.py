@@ -42,14 +42,10 @@ sys.path.insert(0, str(REPO))
 def write_store(root: Path, frames: dict[str, int], layers: int, dim: int, seed: int = 0,
                 features: dict[str, np.ndarray] | None = None) -> object:
     """A one-group whisper store of random (or given) features; returns its reader."""
-    from alarm.pipeline.store import (
-        PartWriter,
-        StoreConfig,
-        group_spec,
-        init_group,
-        open_features,
-        write_index,
-    )
+    from alarm.pipeline.part_writer import PartWriter
+    from alarm.pipeline.store import open_features
+    from alarm.pipeline.store_index import write_index
+    from alarm.pipeline.store_layout import StoreConfig, group_spec, init_group
 
     cfg = StoreConfig()
     spec = group_spec({"name": "whisper", "preset": "bench-random", "layers": layers, "dim": dim}, cfg)

@@ -13,15 +13,12 @@ import io
 import re
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from alarm.pipeline.audio_source import DecodeError, audio_bytes
+
 KEY_VERSION = b"alarm-clip-v1"
-
-
-class DecodeError(ValueError):
-    """The clip cannot be used; the message is the reject reason."""
 
 
 @dataclass
@@ -68,20 +65,6 @@ def resample(mono: np.ndarray, source_rate: int, rate: int, quality: str = "HQ")
     import soxr
 
     return np.ascontiguousarray(soxr.resample(mono, source_rate, rate, quality=quality), dtype=np.float32)
-
-
-def audio_bytes(audio: str) -> bytes:
-    """Raw bytes of a plain file or of a ``/abs/shard.tar#member`` WebDataset member."""
-    from alarm.pipeline.manifest import TAR_SEPARATOR
-
-    if TAR_SEPARATOR in audio:
-        from alarm.pipeline.webdataset_input import member_bytes
-
-        return member_bytes(audio)
-    path = Path(audio)
-    if not path.is_file():
-        raise DecodeError(f"missing: audio file not found: {audio}")
-    return path.read_bytes()
 
 
 def _wav_truncated(data: bytes) -> bool:

@@ -1,8 +1,9 @@
-"""Step 4 of the feature job: the actor pools that encode the planned units and write their parts.
+"""Step 6 of the feature job: the actor pools that encode the planned units and write their parts.
 
 Two layouts (``PipelineConfig.pools``): ``SharedPool``, a few actors that each hold every encoder
 (CPU machines: one decode per unit, one model load per actor), and ``encode_units``, Ray Data with
-decode tasks and one actor pool per encoder (GPU clusters).
+decode tasks and one actor pool per encoder (GPU clusters). Both count what they did in one
+``EncodeStats``. ``JobWorkers`` starts Ray and the shared pool only when the job needs them.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from alarm.pipeline.configs import ConfigError, to_dict
 from alarm.pipeline.extract_stages import EncodeStage, SharedEncodeStage, decode_unit
-
-if TYPE_CHECKING:
-    from alarm.pipeline.job import PipelineConfig
+from alarm.pipeline.job_config import PipelineConfig
+from alarm.pipeline.work_units import WorkUnit
 
 
 def quiet_ray_data() -> Any:
@@ -33,40 +34,51 @@ def quiet_ray_data() -> Any:
     return ctx
 
 
-def progress_bar(cfg: PipelineConfig, units: list[dict]) -> Any:
+def progress_bar(cfg: PipelineConfig, units: list[WorkUnit]) -> Any:
     """A tqdm bar over the units' audio-hours (disabled unless ``cfg.progress``)."""
     from tqdm import tqdm
 
-    total_h = sum(sum(u["durations"]) for u in units) / 3600
+    total_h = sum(sum(u.durations) for u in units) / 3600
     return tqdm(total=total_h, disable=not cfg.progress, dynamic_ncols=True,
                 bar_format="{l_bar}{bar}| {n:.4g}/{total:.4g} audio-h [{elapsed}<{remaining}{postfix}]")
 
 
-def _advance(bar: Any, unit: dict, clips_done: int, t_start: float) -> None:
-    bar.update(sum(unit["durations"]) / 3600)
+def _advance(bar: Any, unit: WorkUnit, clips_done: int, t_start: float) -> None:
+    bar.update(sum(unit.durations) / 3600)
     rate = bar.n / max(time.perf_counter() - t_start, 1e-9)
     bar.set_postfix_str(f"clips={clips_done}, {rate:.2e} audio-h/s")
 
 
-def account_unit(unit: dict, decode_s: float, stats: dict[str, tuple[float, int, float]],
-                 stage_s: dict[str, float], encoded: Counter, written: Counter) -> None:
-    """Add a finished unit to the job's totals, the same way for both layouts.
+@dataclass
+class EncodeStats:
+    """What step 6 did, counted the same way by both layouts."""
 
-    Args:
-        unit: the planned unit (its ``encoders`` and ``keys``).
-        decode_s: seconds spent decoding it.
-        stats: encoder -> (encode seconds, bytes written, write seconds), as ``write_part`` returns;
-            all zero for a part an earlier run committed (its clips are not counted as encoded).
-        stage_s, encoded, written: the totals, updated in place.
-    """
-    stage_s["decode"] = stage_s.get("decode", 0.0) + decode_s
-    for e in unit["encoders"]:
-        encode_s, nbytes, write_s = stats[e]
-        if encode_s > 0 or nbytes > 0:
-            encoded[e] += len(unit["keys"])
-        written[e] += nbytes
-        stage_s[e] = stage_s.get(e, 0.0) + encode_s
-        stage_s[f"{e}_write"] = stage_s.get(f"{e}_write", 0.0) + write_s
+    seconds: dict[str, float] = field(default_factory=dict)
+    """``decode``, then per encoder ``<encoder>`` (encoding) and ``<encoder>_write`` seconds, summed
+    over the workers (the summary's ``stage_seconds``)."""
+    encoded: Counter = field(default_factory=Counter)
+    """encoder -> clips encoded by this job."""
+    written: Counter = field(default_factory=Counter)
+    """encoder -> bytes written by this job."""
+
+    def add_unit(self, unit: WorkUnit, decode_s: float, stats: dict[str, tuple[float, int, float]]) -> None:
+        """Add a finished unit.
+
+        Args:
+            unit: the planned unit (its ``encoders`` and ``keys``).
+            decode_s: seconds spent decoding it.
+            stats: encoder -> (encode seconds, bytes written, write seconds), as ``write_part`` returns;
+                all zero for a part an earlier run committed (its clips are not counted as encoded).
+        """
+        stage_s = self.seconds
+        stage_s["decode"] = stage_s.get("decode", 0.0) + decode_s
+        for e in unit.encoders:
+            encode_s, nbytes, write_s = stats[e]
+            if encode_s > 0 or nbytes > 0:
+                self.encoded[e] += len(unit.keys)
+            self.written[e] += nbytes
+            stage_s[e] = stage_s.get(e, 0.0) + encode_s
+            stage_s[f"{e}_write"] = stage_s.get(f"{e}_write", 0.0) + write_s
 
 
 def cpu_budget(cfg: PipelineConfig) -> int:
@@ -97,9 +109,9 @@ def actor_cpus(cfg: PipelineConfig, actors: int, cpus: int) -> float:
     return per_actor
 
 
-def unit_cost(unit: dict) -> float:
+def unit_cost(unit: WorkUnit) -> float:
     """Rough CPU cost of a unit in 30-second windows: one per clip plus its length."""
-    return sum(1.0 + d / 30.0 for d in unit["durations"])
+    return sum(1.0 + d / 30.0 for d in unit.durations)
 
 
 class SharedPool:
@@ -139,34 +151,34 @@ class SharedPool:
         except ray.exceptions.RayTaskError as err:
             raise err.cause from None  # the error itself, as building on the driver would raise it
 
-    def run(self, groups: dict[str, Path], units: list[dict], stage_s: dict[str, float], encoded: Counter,
-            written: Counter) -> None:
-        """Encode and write every unit; account time, clips and bytes (``account_unit``)."""
+    def run(self, groups: dict[str, Path], units: list[WorkUnit]) -> EncodeStats:
+        """Encode and write every unit; return the time, clips and bytes it took."""
         import ray
 
         # Costliest units first, so the last ones to run are small and no actor idles long at the end
         # (a few actors share a few units). Whisper pads every clip to a 30 s window, so a unit of many
         # short clips costs more than its audio-seconds say: count a window per clip plus its length.
-        todo = sorted(units, key=lambda u: (unit_cost(u), u["part"]))
-        by_part = {u["part"]: u for u in units}
+        todo = sorted(units, key=lambda u: (unit_cost(u), u.part))
+        by_part = {u.part: u for u in units}
         paths = {e: str(g) for e, g in groups.items()}
         inflight: dict[Any, Any] = {}  # object ref -> the actor computing it
         idle = list(self.actors)
         bar = progress_bar(self.cfg, units)
         t_start, clips_done = time.perf_counter(), 0
-        stage_s["decode"] = 0.0
+        stats = EncodeStats(seconds={"decode": 0.0})
         while todo or inflight:
             while todo and idle:
                 actor = idle.pop(0)
-                inflight[actor.__call__.remote(todo.pop(), paths)] = actor
+                inflight[actor.__call__.remote(todo.pop().to_row(), paths)] = actor
             ready, _ = ray.wait(list(inflight), num_returns=1)
             idle.append(inflight.pop(ready[0]))
             out = ray.get(ready[0])
             unit = by_part[out["part"]]
-            account_unit(unit, out["decode_s"], {e: out[e] for e in unit["encoders"]}, stage_s, encoded, written)
-            clips_done += len(unit["keys"])
+            stats.add_unit(unit, out["decode_s"], {e: out[e] for e in unit.encoders})
+            clips_done += len(unit.keys)
             _advance(bar, unit, clips_done, t_start)
         bar.close()
+        return stats
 
     def close(self) -> None:
         """Stop the actors (a caller's own Ray session gets its CPUs back)."""
@@ -176,9 +188,9 @@ class SharedPool:
             ray.kill(actor)
 
 
-def encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str, dict], units: list[dict],
-                  stage_s: dict[str, float], encoded: Counter, written: Counter) -> None:
-    """Run decode + one actor pool per encoder over the units; account time, clips and bytes."""
+def encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str, dict],
+                 units: list[WorkUnit]) -> EncodeStats:
+    """Run decode + one actor pool per encoder over the units; return the time, clips and bytes it took."""
     import ray
 
     ctx = quiet_ray_data()
@@ -186,16 +198,17 @@ def encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str, 
     cpus = cpu_budget(cfg)
     # From the configured encoders, not the busy ones: a resumed job must run the same kernels.
     threads = cfg.torch_threads or max(1, cpus // len(cfg.encoders))
-    busy = [e for e in cfg.encoders if any(e in u["encoders"] for u in units)]
+    busy = [e for e in cfg.encoders if any(e in u.encoders for u in units)]
     per_actor = actor_cpus(cfg, len(busy) * cfg.actors_per_encoder, cpus)
     # Short units first: the first parts commit early, so a killed job has lost little.
-    units = sorted(units, key=lambda u: (sum(u["durations"]), u["part"]))
+    units = sorted(units, key=lambda u: (sum(u.durations), u.part))
     if cfg.inflight_parts is not None:
         # Decoding runs ahead of the encoders as far as the object-store budget allows.
         part_bytes = cfg.storage.part_seconds * sum(set(rates.values())) * 4  # float32 waves per rate
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
             object_store_memory=int(cfg.inflight_parts * part_bytes))
-    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=max(1, len(units)))
+    ds = ray.data.from_items([{"unit": json.dumps(u.to_row())} for u in units],
+                             override_num_blocks=max(1, len(units)))
     ds = ds.map(decode_unit, fn_kwargs={"rates": rates, "quality": cfg.decode.resample_quality},
                 num_cpus=cfg.cpus_per_task, compute=ray.data.TaskPoolStrategy(size=cpus))
     for e in busy:  # an encoder with nothing to do gets no actors
@@ -212,12 +225,67 @@ def encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str, 
     bar = progress_bar(cfg, units)
     t_start = time.perf_counter()
     clips_done = 0
-    stage_s["decode"] = 0.0
+    by_part = {u.part: u for u in units}
+    stats = EncodeStats(seconds={"decode": 0.0})
     for row in ds.iter_rows():
-        unit = json.loads(row["unit"])
-        stats = {e: (float(row[f"{e}_encode_s"]), int(row[f"{e}_bytes"]), float(row[f"{e}_write_s"]))
-                 for e in unit["encoders"]}
-        account_unit(unit, float(row["decode_s"]), stats, stage_s, encoded, written)
-        clips_done += len(unit["keys"])
+        unit = by_part[json.loads(row["unit"])["part"]]
+        parts = {e: (float(row[f"{e}_encode_s"]), int(row[f"{e}_bytes"]), float(row[f"{e}_write_s"]))
+                 for e in unit.encoders}
+        stats.add_unit(unit, float(row["decode_s"]), parts)
+        clips_done += len(unit.keys)
         _advance(bar, unit, clips_done, t_start)
     bar.close()
+    return stats
+
+
+class JobWorkers:
+    """The job's Ray side, started only when it is needed: the Ray instance and the shared pool.
+
+    A rerun with nothing to compute starts neither (the encoder facts come from their cache). An
+    embedded Ray is this job's own (``address="local"``, see ``pipeline.cluster``) and ends with it;
+    a Ray session the caller already started is used as it is and left running.
+    """
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.own_ray = False
+        self.pool: SharedPool | None = None
+        self.bytes_needed: float | None = None
+        """The estimate of what is still to write, once planned (for the disk-full message)."""
+
+    def ray(self) -> None:
+        """Start or join Ray unless this process is already connected."""
+        import ray
+
+        from alarm.pipeline.cluster import init_ray
+
+        if not ray.is_initialized():
+            init_ray(self.cfg.address, self.cfg.num_cpus, log_to_driver=False, configure_logging=False)
+            self.own_ray = True
+
+    def shared_pool(self) -> SharedPool:
+        """The shared actor pool (its actors start loading their models at once)."""
+        if self.pool is None:
+            self.ray()
+            self.pool = SharedPool(self.cfg)
+        return self.pool
+
+    def encode(self, groups: dict[str, Path], facts: dict[str, dict], units: list[WorkUnit]) -> EncodeStats:
+        """Encode and write every unit in the layout the job chose (``pools``); nothing to do starts nothing."""
+        if not units:
+            return EncodeStats()
+        if self.cfg.shared_pools():
+            return self.shared_pool().run(groups, units)
+        self.ray()
+        return encode_units(self.cfg, groups, facts, units)
+
+    def close(self) -> None:
+        """End this job's own Ray (with its actors), or stop the shared pool in a caller's Ray."""
+        if self.own_ray:
+            import ray
+
+            # Our own Ray takes the actors with it. Killing them one by one first would make Ray
+            # announce a retry of each unit still in flight when an error ends the job.
+            ray.shutdown()
+        elif self.pool is not None:
+            self.pool.close()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from alarm.pipeline.decode import DecodeConfig, DecodeError, decode_clip
-from alarm.pipeline.store import StoreConfig, group_spec, spec_id
+from alarm.pipeline.store_layout import StoreConfig, group_spec, spec_id
 
 
 def release_memory() -> None:
@@ -100,7 +100,8 @@ def write_part(encoder: Any, group: Path, storage: StoreConfig, unit: dict[str, 
 
     Returns (encode seconds, bytes written, write seconds); all zero when an earlier run committed it.
     """
-    from alarm.pipeline.store import DONE, PartWriter
+    from alarm.pipeline.part_writer import PartWriter
+    from alarm.pipeline.store_layout import DONE
 
     if (group / "parts" / unit["part"] / DONE).is_file():
         return 0.0, 0, 0.0
@@ -215,7 +216,7 @@ class SharedEncodeStage:
         Returns the unit's part id, ``decode_s`` and per encoder (encode seconds, bytes, write seconds)
         as ``write_part`` returns them.
         """
-        from alarm.pipeline.store import DONE
+        from alarm.pipeline.store_layout import DONE
 
         if self.error is not None:
             raise self.error

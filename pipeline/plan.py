@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alarm.pipeline.counts import ClipCounts, input_counts
-from alarm.pipeline.store import bytes_per_value
+from alarm.pipeline.store_layout import bytes_per_value
 
 
 @dataclass
@@ -81,8 +81,8 @@ def plan_job(cfg: Any, gpu_peak_tflops: float = 989.0, mfu: float = 0.35) -> Pla
         mfu: the fraction of peak the encoders sustain.
     """
     from alarm.pipeline.encoders import ENCODERS
-    from alarm.pipeline.job import read_input, source_order
     from alarm.pipeline.probe import AudioUnreadable, probe_duration
+    from alarm.pipeline.sources import read_input, source_order
 
     instances, _ = read_input(cfg)
     sources = sorted({(i.audio, i.start, i.end) for i in instances}, key=source_order)
@@ -160,11 +160,11 @@ def free_bytes(root: Any) -> float:
         return math.inf
 
 
-def bytes_to_write(cfg: Any, facts: dict[str, dict[str, Any]], units: dict[str, dict[str, Any]]) -> float:
-    """The estimated bytes of the planned parts (``units``), from each encoder's real layers and dim."""
+def bytes_to_write(cfg: Any, facts: dict[str, dict[str, Any]], units: list[Any]) -> float:
+    """The estimated bytes of the planned parts (``WorkUnit``s), from each encoder's real layers and dim."""
     total = 0.0
     for e in cfg.encoders:
-        durations = [d for u in units.values() if e in u["encoders"] for d in u["durations"]]
+        durations = [d for u in units if e in u.encoders for d in u.durations]
         total += stored_bytes(e, durations, facts[e]["layers"], facts[e]["dim"], cfg.storage.dtype)
     return total
 

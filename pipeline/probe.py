@@ -24,8 +24,7 @@ def open_audio_bytes(audio: str) -> bytes:
     if TAR_SEPARATOR in audio:
         # The shard's member table is built once and cached, so probing every member of a big
         # shard stays linear (tarfile.getmember rescans the whole shard per call).
-        from alarm.pipeline.decode import DecodeError
-        from alarm.pipeline.webdataset_input import member_bytes
+        from alarm.pipeline.audio_source import DecodeError, member_bytes
 
         try:
             return member_bytes(audio)

@@ -89,7 +89,7 @@ def write_report(folder: str | Path, title: str, data: dict[str, Any], sections:
     Returns:
         The paths of report.json and report.md.
     """
-    from alarm.pipeline.store import (
+    from alarm.pipeline.store_layout import (
         write_atomic,  # temporary file and rename: a reader never sees half a report
     )
 
@@ -182,7 +182,7 @@ def _figure(width: float = 7.0, height: float = 4.0) -> Any:
 def _save(fig: Any, path: Path) -> Path:
     import io
 
-    from alarm.pipeline.store import write_atomic
+    from alarm.pipeline.store_layout import write_atomic
 
     png = io.BytesIO()
     fig.savefig(png, format="png")

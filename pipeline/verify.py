@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from alarm.pipeline.manifest import reason_kind
-from alarm.pipeline.store import (
+from alarm.pipeline.store_index import load_index
+from alarm.pipeline.store_layout import (
     DONE,
     committed_parts,
     file_checksum,
     list_groups,
-    load_index,
     spec_id,
     uncommit_part,
 )

@@ -1,16 +1,15 @@
-"""WebDataset tar shards as pipeline input, and fast reads of single tar members.
+"""WebDataset tar shards as pipeline input.
 
 A shard holds, per sample, an audio member (``key.wav``/``.flac``/``.ogg``/``.opus``/``.mp3``) and a
 JSON member (``key.json``) whose fields are those of a manifest row (``id``, ``dataset``,
 ``metadata``, ``prompt``, ``start``, ``end``...). Each sample becomes an ``Instance`` whose audio is
-``/abs/shard.tar#member``, so the rest of the pipeline treats shards and manifests alike.
+``/abs/shard.tar#member``, so the rest of the pipeline treats shards and manifests alike (reading
+one member is ``audio_source.member_bytes``).
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import tarfile
 from pathlib import Path
 
@@ -31,39 +30,6 @@ def expand_shards(patterns: list[str] | str) -> list[Path]:
             path = Path(item).expanduser()
             paths.extend(sorted(path.glob("*.tar")) if path.is_dir() else [path])
     return [p.resolve() for p in paths]
-
-
-@functools.lru_cache(maxsize=64)
-def _member_table(shard: str, mtime_ns: int) -> dict[str, tuple[int, int]]:
-    """member name -> (data offset, size) of one shard; cached so reading N members is not O(N^2)."""
-    with tarfile.open(shard) as tar:
-        return {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isfile()}
-
-
-def member_bytes(audio: str) -> bytes:
-    """Bytes of ``/abs/shard.tar#member``.
-
-    Raises:
-        DecodeError: the shard or the member is missing or unreadable (reason ``missing: ...``).
-    """
-    from alarm.pipeline.decode import DecodeError
-
-    shard, member = audio.split("#", 1)
-    try:
-        table = _member_table(shard, os.stat(shard).st_mtime_ns)
-    except FileNotFoundError as err:
-        raise DecodeError(f"missing: tar shard not found: {shard}") from err
-    except (tarfile.TarError, OSError) as err:
-        raise DecodeError(f"undecodable: unreadable tar shard {shard}: {err}") from err
-    if member not in table:
-        raise DecodeError(f"missing: no member {member!r} in {shard}")
-    offset, size = table[member]
-    with open(shard, "rb") as handle:
-        handle.seek(offset)
-        data = handle.read(size)
-    if len(data) != size:
-        raise DecodeError(f"truncated: tar member {member!r} of {shard} is cut short")
-    return data
 
 
 def _sample_key(name: str) -> tuple[str, str]:

@@ -19,7 +19,7 @@ from store_fixtures import tone, write_manifest_rows, write_wav
 
 from alarm.cli import main
 from alarm.pipeline.job import PipelineConfig, run_pipeline
-from alarm.pipeline.store import DONE
+from alarm.pipeline.store_layout import DONE
 
 ENCODERS = ["whisper", "w2vbert"]
 # float32 and one 15 s clip per part: about 0.86 MB a part, 5.2 MB in all (the tiny models' sizes).

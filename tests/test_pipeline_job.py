@@ -21,9 +21,11 @@ from store_fixtures import good_corpus, hostile_corpus, tone, write_manifest_row
 
 from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.decode import DecodeConfig, decode_clip
-from alarm.pipeline.job import PipelineConfig, plan_parts, run_pipeline
-from alarm.pipeline.store import StoreConfig, StoreSpecError, open_features
+from alarm.pipeline.job import PipelineConfig, run_pipeline
+from alarm.pipeline.store import open_features
+from alarm.pipeline.store_layout import StoreConfig, StoreSpecError
 from alarm.pipeline.verify import store_status, verify_store
+from alarm.pipeline.work_units import plan_parts
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -64,7 +64,8 @@ def _write_store(root: Path) -> dict:
     """What a job leaves beside a store, written by the job's own writers, plus one real encoder group."""
     from train_fixtures import write_feature_store
 
-    from alarm.pipeline.job import PipelineSummary, write_instance_tables
+    from alarm.pipeline.instance_tables import write_instance_tables
+    from alarm.pipeline.job import PipelineSummary
 
     root.mkdir(parents=True)
     durations = {"k1": 2.0, "k2": 4.0, "k3": 10.0}

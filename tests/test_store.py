@@ -10,23 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alarm.pipeline.store import (
+from alarm.pipeline.part_writer import PartWriter
+from alarm.pipeline.shard_io import RawShardedArray
+from alarm.pipeline.store import open_features
+from alarm.pipeline.store_index import load_index, write_index
+from alarm.pipeline.store_layout import (
     DONE,
     DTYPES,
-    PartWriter,
-    RawShardedArray,
     StoreConfig,
     StoreSpecError,
     committed_parts,
-    dequantize,
     group_spec,
     init_group,
-    load_index,
-    open_features,
-    quantize,
     spec_id,
-    write_index,
 )
+from alarm.pipeline.store_values import dequantize, quantize
 from alarm.pipeline.verify import store_status, verify_store
 
 LAYERS, DIM = 3, 16

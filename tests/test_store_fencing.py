@@ -10,16 +10,9 @@ import pytest
 from store_fixtures import tone
 
 from alarm.pipeline.configs import ConfigError
-from alarm.pipeline.job import store_lock
-from alarm.pipeline.store import (
-    FencingError,
-    PartWriter,
-    StoreConfig,
-    committed_parts,
-    current_fence,
-    group_spec,
-    init_group,
-)
+from alarm.pipeline.part_writer import PartWriter
+from alarm.pipeline.store_fence import current_fence, store_lock
+from alarm.pipeline.store_layout import FencingError, StoreConfig, committed_parts, group_spec, init_group
 
 CFG = StoreConfig(chunk_frames=8, shard_frames=32)
 

@@ -14,17 +14,11 @@ import pytest
 from click.testing import CliRunner
 from store_fixtures import good_corpus, write_manifest_rows
 
+from alarm.pipeline.part_writer import PartWriter
 from alarm.pipeline.shard_io import RawShardedArray
-from alarm.pipeline.store import (
-    DONE,
-    DamagedPartError,
-    PartWriter,
-    StoreConfig,
-    group_spec,
-    init_group,
-    open_features,
-    write_index,
-)
+from alarm.pipeline.store import open_features
+from alarm.pipeline.store_index import write_index
+from alarm.pipeline.store_layout import DONE, DamagedPartError, StoreConfig, group_spec, init_group
 from alarm.pipeline.verify import verify_store
 
 LAYERS, DIM = 3, 16

@@ -13,14 +13,10 @@ WORDS = ("dog", "bark", "rain", "speech", "music", "guitar", "voice", "bird", "e
 def write_feature_store(root: Path, clips: dict[str, int], encoder: str = "whisper", layers: int = 2,
                         dim: int = 16, seed: int = 0, dtype: str = "float32") -> Any:
     """Write ``clips`` (key -> frames) as random features of one encoder; return the reader."""
-    from alarm.pipeline.store import (
-        PartWriter,
-        StoreConfig,
-        group_spec,
-        init_group,
-        open_features,
-        write_index,
-    )
+    from alarm.pipeline.part_writer import PartWriter
+    from alarm.pipeline.store import open_features
+    from alarm.pipeline.store_index import write_index
+    from alarm.pipeline.store_layout import StoreConfig, group_spec, init_group
 
     cfg = StoreConfig(dtype=dtype, chunk_frames=16, shard_frames=64)
     spec = group_spec({"name": encoder, "preset": "test-random", "layers": layers, "dim": dim, "seed": seed}, cfg)

@@ -36,7 +36,7 @@ def adapter_fingerprint(frontend: Any, name: str) -> str:
 
 def cache_spec(frontend: Any, name: str, source: Any, dtype: str) -> dict[str, Any]:
     """The group spec of one encoder's cached adapter outputs."""
-    from alarm.pipeline.store import StoreConfig, group_spec
+    from alarm.pipeline.store_layout import StoreConfig, group_spec
 
     encoder = {"kind": CACHE_KIND, "version": CACHE_VERSION, "encoder": name, "source_spec_id": source.spec_id,
                "adapter": adapter_fingerprint(frontend, name)}
@@ -62,7 +62,9 @@ def cache_adapter_outputs(cfg: TrainConfig, out: str | Path, batch_clips: int = 
     import torch
     from transformers import AutoConfig
 
-    from alarm.pipeline.store import PartWriter, StoreConfig, committed_parts, init_group, write_index
+    from alarm.pipeline.part_writer import PartWriter
+    from alarm.pipeline.store_index import write_index
+    from alarm.pipeline.store_layout import StoreConfig, committed_parts, init_group
     from alarm.trainer.build import make_frontend, open_readers
     from alarm.trainer.data import read_targets
 

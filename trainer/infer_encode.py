@@ -54,7 +54,7 @@ class ClipEncoder:
 
     def encode(self, clips: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Encode several clips' waves (windows batched by each encoder), then round as the store does."""
-        from alarm.pipeline.store import dequantize, quantize
+        from alarm.pipeline.store_values import dequantize, quantize
 
         feats: list[dict[str, np.ndarray]] = [{} for _ in clips]
         for name, encoder in self.encoders.items():

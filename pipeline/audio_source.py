@@ -1,0 +1,59 @@
+"""Where a clip's bytes come from: a plain file, or a member of a WebDataset tar shard.
+
+Decoding (``decode``) and reading shards as input (``webdataset_input``) both need this, so it sits
+below both. Every failure is a ``DecodeError`` whose message is the reject reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tarfile
+from pathlib import Path
+
+from alarm.pipeline.manifest import TAR_SEPARATOR
+
+
+class DecodeError(ValueError):
+    """The clip cannot be used; the message is the reject reason."""
+
+
+@functools.lru_cache(maxsize=64)
+def _member_table(shard: str, mtime_ns: int) -> dict[str, tuple[int, int]]:
+    """member name -> (data offset, size) of one shard; cached so reading N members is not O(N^2)."""
+    with tarfile.open(shard) as tar:
+        return {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isfile()}
+
+
+def member_bytes(audio: str) -> bytes:
+    """Bytes of ``/abs/shard.tar#member``.
+
+    Raises:
+        DecodeError: the shard or the member is missing or unreadable (reason ``missing: ...``).
+    """
+    shard, member = audio.split("#", 1)
+    try:
+        table = _member_table(shard, os.stat(shard).st_mtime_ns)
+    except FileNotFoundError as err:
+        raise DecodeError(f"missing: tar shard not found: {shard}") from err
+    except (tarfile.TarError, OSError) as err:
+        raise DecodeError(f"undecodable: unreadable tar shard {shard}: {err}") from err
+    if member not in table:
+        raise DecodeError(f"missing: no member {member!r} in {shard}")
+    offset, size = table[member]
+    with open(shard, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read(size)
+    if len(data) != size:
+        raise DecodeError(f"truncated: tar member {member!r} of {shard} is cut short")
+    return data
+
+
+def audio_bytes(audio: str) -> bytes:
+    """Raw bytes of a plain file or of a ``/abs/shard.tar#member`` WebDataset member."""
+    if TAR_SEPARATOR in audio:
+        return member_bytes(audio)
+    path = Path(audio)
+    if not path.is_file():
+        raise DecodeError(f"missing: audio file not found: {audio}")
+    return path.read_bytes()
