@@ -25,7 +25,7 @@ class PipelineConfig:
         encoders: registry keys to compute.
         preset: encoder preset: alarm (real checkpoints, offline), tiny, full-size-random.
         checkpoints: encoder -> local checkpoint folder or HF id (alarm preset).
-        layers: encoder -> hidden-state indices to keep (default: ALARM.md §2).
+        layers: encoder -> hidden-state indices to keep (default: docs/method.md §2).
         device: torch device of the encoder actors (``cpu`` or ``cuda``).
         compute_dtype: encoder compute dtype (float32, float16, bfloat16).
         batch_size: windows per encoder forward pass; 0 = 4 on CPU (the tiny encoders ran fastest

@@ -1,6 +1,6 @@
 """Plan before you spend: clips, hours, predicted store size and GPU time, from file headers only.
 
-Sizes are exact arithmetic on the ALARM dimensions (ALARM.md §2): frames x kept layers x dim x bytes
+Sizes are exact arithmetic on the ALARM dimensions (docs/method.md §2): frames x kept layers x dim x bytes
 per stored value. GPU time is an estimate: forward FLOPs per window or per audio-second of each
 architecture (2 x parameters x tokens, plus attention; the registry's ``flops_per_window`` and
 ``flops_per_second``) divided by an assumed sustained rate (``gpu_peak_tflops`` x ``mfu``). Whisper
@@ -54,7 +54,7 @@ class PlanReport:
 
 
 def clip_frames(encoder: str, duration: float, frame_rate: float, window_seconds: float) -> int:
-    """Output frames of a clip, window by window (ALARM.md §2 lengths)."""
+    """Output frames of a clip, window by window (docs/method.md §2 lengths)."""
     full, rest = divmod(duration, window_seconds)
     return int(full) * int(round(window_seconds * frame_rate)) + int(rest * frame_rate)
 
@@ -119,7 +119,7 @@ def plan_job(cfg: Any, gpu_peak_tflops: float = 989.0, mfu: float = 0.35) -> Pla
         audio_hours=seconds / 3600, bytes_per_encoder=sizes, bytes_total=total,
         bytes_per_audio_second=total / seconds if seconds else 0.0, gpu_hours_per_encoder=gpu_h,
         gpu_hours_total=sum(gpu_h.values()), counts=counts,
-        assumptions={"dims": "ALARM checkpoints (ALARM.md §2)", "dtype": cfg.storage.dtype,
+        assumptions={"dims": "ALARM checkpoints (docs/method.md §2)", "dtype": cfg.storage.dtype,
                      "gpu_peak_tflops": gpu_peak_tflops, "mfu": mfu,
                      "clips": "readable sources (audio+cut) under the limit; identical content under two "
                               "names counts twice here, once in the store (keyed by content)"})

@@ -29,7 +29,7 @@ class RephraseConfig:
 
     Attributes:
         engine: which LLM engine and model, and how it is replicated.
-        answer_max_tokens: pass 1 cap, thinking included (ALARM.md §5: 512).
+        answer_max_tokens: pass 1 cap, thinking included (docs/method.md §5: 512).
         think_budget: pass 2 thinking budget before budget forcing (1536).
         total_max_tokens: pass 2 cap over thinking and answer (4096).
         judge_max_tokens: cap of the optional judge pass.

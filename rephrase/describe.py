@@ -1,4 +1,4 @@
-"""The textual description of a clip, built from its original labels only (ALARM.md §5).
+"""The textual description of a clip, built from its original labels only (docs/method.md §5).
 
 Pass 1 of self-rephrasing shows the LLM this text in place of the audio, so it must say only
 what the labels say. Shapes:

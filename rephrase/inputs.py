@@ -84,7 +84,7 @@ def collect_inputs(manifest: str | Path, max_audio_seconds: float, instances_pat
 
     Args:
         manifest: the manifest path (JSONL or Parquet).
-        max_audio_seconds: clips this long or longer are dropped (ALARM.md §5: 60 s).
+        max_audio_seconds: clips this long or longer are dropped (docs/method.md §5: 60 s).
         instances_path: optional feature-store ``instances.parquet`` giving each instance's clip key.
         probe_threads: header reads run in threads (they wait on the disk, not the CPU).
     """

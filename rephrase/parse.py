@@ -1,6 +1,6 @@
 """Pure text handling around the two passes: tag renaming, answer extraction, tag mapping back.
 
-No model, no I/O: every function here is unit-tested on strings (ALARM.md §5, post-processing).
+No model, no I/O: every function here is unit-tested on strings (docs/method.md §5, post-processing).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prompt text for the two generation passes and the optional judge (ALARM.md §5).
+"""Prompt text for the two generation passes and the optional judge (docs/method.md §5).
 
 The text is ours; the layout and the eight rewrite rules follow the method. Everything the cache
 keys on is a module constant here, so editing a prompt changes its template hash and reruns only

@@ -49,7 +49,7 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{%- endif -%}"
 )
-# Qwen3-Thinking's own sampling defaults (ALARM.md §5).
+# Qwen3-Thinking's own sampling defaults (docs/method.md §5).
 GENERATION_DEFAULTS = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
 BUILD_VERSION = 2  # bump when a builder changes, so caches rebuild
 

@@ -11,7 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-# Words and shapes that reveal the target was written from text (ALARM.md §5). Keep each narrow:
+# Words and shapes that reveal the target was written from text (docs/method.md §5). Keep each narrow:
 # the unit tests hold a hit and a near-miss for every rule.
 _SOURCE = r"(?:description|transcript|transcription|metadata|caption|captions|labels?|tags?|text)"
 LEAK_RULES: dict[str, re.Pattern[str]] = {
@@ -62,7 +62,7 @@ class ValidateConfig:
     """Filters from generations to targets.
 
     Attributes:
-        min_tokens: shortest target kept, in the model's tokens (ALARM.md §5: 100).
+        min_tokens: shortest target kept, in the model's tokens (docs/method.md §5: 100).
         max_tokens: longest target kept (612).
         leak_rules: names from ``LEAK_RULES`` to apply; None applies all.
         refusal_rules: names from ``REFUSAL_RULES`` to apply; None applies all.

@@ -55,7 +55,7 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
     Args:
         manifest: the manifest (JSONL or Parquet).
         out_dir: the run folder: config, inputs, cache (unless ``cfg.cache_dir``), targets, rejects.
-        cfg: the job config (defaults: ALARM.md §5).
+        cfg: the job config (defaults: docs/method.md §5).
         instances: the feature store's ``instances.parquet``, to fill each target's clip key
             (left null without it).
         retry_failed: regenerate keys whose cached row is an error.

@@ -26,14 +26,14 @@ def linear(i: int, o: int) -> int:
 
 
 def conv_adapter_size(layers: int, dim: int, norm_per_channel: int = 2) -> int:
-    """ALARM.md §3 from the shapes: layer weights, Linear in (unless 1024), two convs, two norms, Linear out."""
+    """docs/method.md §3 from the shapes: layer weights, Linear in (unless 1024), two convs, two norms, Linear out."""
     size = layers + (linear(dim, 1024) if dim != 1024 else 0)
     size += 1024 * 2048 * 3 + 2048 + norm_per_channel * 2048
     size += 2048 * 1024 * 4 + 1024 + norm_per_channel * 1024
     return size + linear(1024, 2560)
 
 
-# Exact full-size counts (ALARM.md says about 18.6M / 17.3M / 18.1M / 4.7M).
+# Exact full-size counts (docs/method.md §3 says about 18.6M / 17.3M / 18.1M / 4.7M).
 EXPECTED = {"whisper": 18_625_028, "w2vbert": 17_313_285, "sslam": 18_100_739, "muq": 4_723_203}
 APPROX = {"whisper": 18.6e6, "w2vbert": 17.3e6, "sslam": 18.1e6, "muq": 4.7e6}
 

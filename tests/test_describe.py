@@ -1,4 +1,4 @@
-"""The description builder (ALARM.md §5) on each shape of labels."""
+"""The description builder (docs/method.md §5) on each shape of labels."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def test_registry_holds_the_alarm_facts() -> None:
         "muq": ("OpenMuQ/MuQ-large-msd-iter", 24000, (4, 8, 12), 1024, 25.0, 30.0),
         "sslam": ("ta012/SSLAM_AS2M_Finetuned", 16000, (4, 8, 12), 768, 50.0, 10.24),
     }
-    # ~1.41 MB of float16 per audio-second for the kept layers (ALARM.md §2).
+    # ~1.41 MB of float16 per audio-second for the kept layers (docs/method.md §2).
     per_second = sum(len(i.layers) * i.dim * i.frame_rate * 2 for i in ENCODERS.values())
     assert 1.40e6 < per_second < 1.42e6
 

@@ -1,4 +1,4 @@
-"""Input assembly (ALARM.md §4): the layout from the chat template, labels and masks position by position."""
+"""Input assembly (docs/method.md §4): the layout from the chat template, labels and masks position by position."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Clips too short for one feature frame: the encoders' bound, the job's reject, the trainer, infer and eval.
 
 Everything runs the real components: tiny encoders, local Ray, a Zarr store, a short training run and the
-tiny Qwen3 listener. The frame rules below are worked out by hand from ALARM.md §2 and the front ends:
+tiny Qwen3 listener. The frame rules below are worked out by hand from docs/method.md §2 and the front ends:
 
 - whisper: ``(n // 160) // 2`` -> 320 samples at 16 kHz (0.02 s);
 - w2vbert: 160 zero samples each side, 25 ms / 10 ms fbank frames, stacked in pairs -> 240 samples (0.015 s);

@@ -1,4 +1,4 @@
-"""Per-encoder adapters (ALARM.md §3): raw cached hidden states -> vectors of the LLM's width.
+"""Per-encoder adapters (docs/method.md §3): raw cached hidden states -> vectors of the LLM's width.
 
 Every adapter starts with a softmax-weighted average over the encoder's kept layers (one scalar per
 layer, initialised 0, so training starts from the plain mean). Then:

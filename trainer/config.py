@@ -1,6 +1,6 @@
 """The training configuration: one dataclass, saved as YAML in the run folder and in every checkpoint.
 
-Defaults follow ALARM.md §4 (AdamW 0.9/0.999, eps 1e-8, no weight decay, LR 1e-4 with cosine decay
+Defaults follow docs/method.md §4 (AdamW 0.9/0.999, eps 1e-8, no weight decay, LR 1e-4 with cosine decay
 and 1500 warm-up steps, clipping 1.0, 2 epochs, seed 42, 4096-token cap, bf16 autocast on GPU).
 """
 

@@ -2,7 +2,7 @@
 
 Sections: config -> reports (``report.json``, ``report.md``) -> predictions (append-only,
 resumable) -> evaluate (ask, score, report). The eval manifest, the prompt and the answer parser
-live in ``trainer.mcqa``. ALARM.md §6: an unparseable answer counts as wrong (and is counted
+live in ``trainer.mcqa``. docs/method.md §6: an unparseable answer counts as wrong (and is counted
 separately); thinking budget 8192, output cap 16384.
 
 Generation goes through one seam, ``answer_fn(requests) -> results`` (by default

@@ -3,7 +3,7 @@
 ``build_frontend(FrontEndConfig) -> AudioFrontEnd`` is the one entry point. The front end reads cached
 encoder features (never the encoders) and returns, per example, the span that goes into the LLM's
 input embeddings: ``[audio_start] + audio vectors + [audio_end]``, left-aligned and zero beyond its
-length. Shapes and defaults follow ../shared/ALARM.md §3; the parameter names mirror the original
+length. Shapes and defaults follow ../shared/docs/method.md §3; the parameter names mirror the original
 release closely enough that ``trainer/convert.py`` maps them with prefix rewrites only.
 
 Fusion variants (``FrontEndConfig.fusion``):
@@ -36,7 +36,7 @@ from alarm.trainer.fusion import CrossAttentionFusion, PerceiverFusion
 
 FUSIONS = ("none", "ca", "perceiver")
 
-# The adapter each encoder gets (ALARM.md §3), as the encoder registry states it.
+# The adapter each encoder gets (docs/method.md §3), as the encoder registry states it.
 ADAPTER_KINDS = {name: info.adapter for name, info in ENCODERS.items()}
 # Norm inside the conv downsampler: BatchNorm for whisper, LayerNorm over channels for the others.
 CONV_NORMS = {name: info.conv_norm for name, info in ENCODERS.items() if info.conv_norm}
@@ -60,7 +60,7 @@ class EncoderShape:
             raise ConfigError(f"encoder {self.name}: layers and dim must be >= 1, got {self.layers}, {self.dim}")
 
 
-# Full-size shapes of the four encoders with ALARM's kept layers (ALARM.md §2), from the registry.
+# Full-size shapes of the four encoders with ALARM's kept layers (docs/method.md §2), from the registry.
 DEFAULT_ENCODERS = {name: EncoderShape(name, len(info.layers), info.dim) for name, info in ENCODERS.items()}
 # The order ALARM-CA applies its cross-attention layers in (the query encoder first): the registry's.
 ALARM_ORDER = tuple(ENCODERS)
@@ -73,7 +73,7 @@ def default_encoders(names: tuple[str, ...] | list[str] = ALARM_ORDER) -> list[E
 
 @dataclass
 class FrontEndConfig:
-    """Sizes of the adapters and the fusion. Defaults match ALARM.md §3."""
+    """Sizes of the adapters and the fusion. Defaults match docs/method.md §3."""
 
     encoders: list[EncoderShape] = field(default_factory=lambda: default_encoders(ALARM_ORDER[:1]))
     """Encoders in order. With a fusion, the first is the main (query) encoder, whisper in ALARM;

@@ -1,4 +1,4 @@
-"""Fusion of several encoders' adapter outputs (ALARM.md §3): ALARM-CA and ALARM-P.
+"""Fusion of several encoders' adapter outputs (docs/method.md §3): ALARM-CA and ALARM-P.
 
 Both take ``name -> AdapterOutput`` from the adapters and return one ``AdapterOutput`` (the audio
 span without the outer delimiters), zero beyond each row's length. Padded positions are excluded

@@ -10,7 +10,7 @@
 - the front end (adapters + fusion + delimiters) from a run, a checkpoint or an export folder;
 - the prompt layout of training (trainer.sequence) and the frozen LLM from ``from_pretrained``.
 
-Generation uses a thinking budget with budget forcing (ALARM.md §6: budget 8192, cap 16384):
+Generation uses a thinking budget with budget forcing (docs/method.md §6: budget 8192, cap 16384):
 generate up to the budget; if ``</think>`` has not appeared, append ``FORCED_CLOSER`` and go on
 to the cap. ``transformers`` is the engine everywhere; ``vllm`` takes the same prompt embeddings
 where vLLM is installed (``enable_prompt_embeds``); both backends live in ``trainer.infer_engines``.

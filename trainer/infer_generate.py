@@ -1,4 +1,4 @@
-"""Generation with a thinking budget (ALARM.md §6: budget 8192, cap 16384), on any engine backend.
+"""Generation with a thinking budget (docs/method.md §6: budget 8192, cap 16384), on any engine backend.
 
 Generate up to the budget; if ``</think>`` has not appeared, append ``FORCED_CLOSER`` and go on to the
 cap. Requests are generated in batches of similar prompt length; one that fails becomes a result

@@ -2,7 +2,7 @@
 
 The pure part of ``trainer.evaluate`` (no model, no files written besides the rejects): an eval
 manifest row (MMAU / MMSU / MMAR layout) becomes a ``Question``; ``build_prompt`` lists the
-options as ``(Option_i) text`` and asks for ``<answer>i</answer>`` (ALARM.md §6); ``parse_choice``
+options as ``(Option_i) text`` and asks for ``<answer>i</answer>`` (docs/method.md §6); ``parse_choice``
 reads the option number back, or None when the reply names no option (scored as wrong).
 """
 

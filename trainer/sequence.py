@@ -1,4 +1,4 @@
-"""Input assembly (ALARM.md §4): where the audio goes in the chat-templated prompt, and the labels.
+"""Input assembly (docs/method.md §4): where the audio goes in the chat-templated prompt, and the labels.
 
 One training row is
 

@@ -1,7 +1,7 @@
 """The four frozen ALARM audio encoders behind one small protocol and a plain-dict registry.
 
 Each encoder turns float32 mono waves at its own sample rate into ``(frames, len(layers), dim)`` float32
-arrays: the hidden states ALARM keeps (ALARM.md §2). Clips longer than the encoder's window are cut into
+arrays: the hidden states ALARM keeps (docs/method.md §2). Clips longer than the encoder's window are cut into
 windows, each encoded on its own, and the outputs concatenated in time, so a store never depends on how
 clips were batched. ``encode`` batches windows of similar length together; the result equals a
 one-clip-at-a-time call up to float tolerance (tests/test_encoders.py checks it).

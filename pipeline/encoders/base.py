@@ -70,7 +70,7 @@ class Encoder(Protocol):
 
 @dataclass(frozen=True)
 class EncoderInfo:
-    """Static facts of one registry entry (ALARM.md §2), known without building the model.
+    """Static facts of one registry entry (docs/method.md §2), known without building the model.
 
     Attributes:
         name: Registry key.
@@ -84,7 +84,7 @@ class EncoderInfo:
         tiny_folder: Folder name of the cached ``tiny`` checkpoint (what ``build_tiny`` writes), so
             that finding a built one imports no torch.
         build_tiny: Builds (once) and returns the cached ``tiny`` checkpoint folder.
-        adapter: The adapter ALARM gives this encoder's features (ALARM.md §3): ``conv`` or ``mlp``.
+        adapter: The adapter ALARM gives this encoder's features (docs/method.md §3): ``conv`` or ``mlp``.
         conv_norm: Norm inside the conv adapter's downsampler: ``batch`` or ``layer`` (None: no conv).
         flops_per_window: Forward FLOPs per window, for encoders that pad every window to full length
             (their cost follows the number of windows); None: ``flops_per_second`` applies.
