@@ -18,10 +18,13 @@ from alarm.pipeline.commands import build_config, fail, manifest, pipeline, stat
 from alarm.rephrase.commands import rephrase
 from alarm.trainer.commands import eval_command, infer, train
 
+DISTRIBUTION = "alarm-audio-lm"
+"""The name ``pip`` knows this project by (the import package is ``alarm``)."""
+
 
 def _version() -> str:
     try:
-        return version("alarm")
+        return version(DISTRIBUTION)
     except PackageNotFoundError:  # running from a source tree that is not installed
         return "0.0.0+local"
 

@@ -7,13 +7,14 @@ import re
 import subprocess
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from store_fixtures import good_corpus, write_manifest_rows
 
-from alarm.cli import main
+from alarm.cli import DISTRIBUTION, main
 
 
 def test_help_lists_every_group_and_is_fast() -> None:
@@ -37,6 +38,10 @@ def test_version_and_group_help() -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["--version"])
     assert result.exit_code == 0 and "alarm, version" in result.output
+    try:  # installed (editable or wheel): the version pip knows, not the source-tree fallback
+        assert f"alarm, version {version(DISTRIBUTION)}" in result.output
+    except PackageNotFoundError:
+        pass
     for group in ("pipeline", "rephrase", "train", "demo"):
         result = runner.invoke(main, [group, "--help"])
         assert result.exit_code == 0, result.output
