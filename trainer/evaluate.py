@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alarm.pipeline.configs import ConfigError
 from alarm.trainer.infer_records import InferConfig
 from alarm.trainer.mcqa import Question, build_prompt, parse_choice, read_eval_manifest
 
@@ -57,12 +58,12 @@ class EvalConfig(InferConfig):
     def __post_init__(self) -> None:
         for name in ("manifest", "checkpoint", "out"):
             if not getattr(self, name):
-                raise ValueError(f"{name} is required")
+                raise ConfigError(f"{name} is required")
         super().__post_init__()
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1 (or unset), got {self.limit}")
+            raise ConfigError(f"limit must be >= 1 (or unset), got {self.limit}")
 
     def run_id(self) -> str:
         """Fingerprint of everything that decides an answer besides the question itself."""

@@ -1,0 +1,299 @@
+"""The commands of the feature-cache layer: ``alarm manifest``, ``alarm pipeline`` and ``alarm stats``.
+
+Each command parses its arguments, builds its config with ``build_config`` and calls one library
+function; heavy imports stay inside the commands so that ``alarm --help`` answers at once. ``fail``
+and ``build_config`` serve the command modules of every layer above too.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from alarm.pipeline.configs import ConfigError, merge_config
+from alarm.pipeline.encoders import PRESETS
+from alarm.pipeline.store_layout import DTYPES as STORE_DTYPES
+
+
+def fail(message: str) -> None:
+    """Print a user-facing error and exit 2 (no traceback for bad input or config)."""
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(2)
+
+
+def build_config(cls: type, path: Path | None = None, overrides: dict | None = None, **how: object) -> object:
+    """``merge_config`` (the YAML file, then the command line's overrides), or exit 2 with its message."""
+    try:
+        return merge_config(cls, path, overrides, **how)
+    except ConfigError as err:
+        fail(str(err))
+
+
+# ---------------------------------------------------------------------------------------- manifest
+
+
+@click.group()
+def manifest() -> None:
+    """Read and check manifests (the input format, see manifests/README.md)."""
+
+
+@manifest.command("check")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--rejects", type=click.Path(path_type=Path), default=None,
+              help="Where to write rejected rows (default: PATH.rejects.jsonl).")
+def manifest_check(path: Path, rejects: Path | None) -> None:
+    """Validate every row of a manifest; write rejected rows with line and reason."""
+    from alarm.pipeline.manifest import ManifestError, read_manifest
+
+    try:
+        result = read_manifest(path, rejects_path=rejects)
+    except ManifestError as err:
+        fail(str(err))
+    from alarm.pipeline.counts import input_counts
+
+    counts = result.summary()
+    click.echo(f"{input_counts(result.instances).line()}; {counts['rejected']} rejected rows")
+    for dataset, n in sorted(counts["per_dataset"].items()):
+        click.echo(f"  {dataset}: {n}")
+    if result.rejects:
+        click.echo(f"rejects written to {result.rejects_path}")
+
+
+# ---------------------------------------------------------------------------------------- pipeline
+
+
+@click.group()
+def pipeline() -> None:
+    """Feature cache: run the four encoders once into a content-addressed Zarr store."""
+
+
+def _pipeline_config(manifest: Path | None, shards: tuple[str, ...], store: Path | None, config: Path | None,
+                     need_store: bool = False, **overrides: object) -> object:
+    """A PipelineConfig from an optional YAML file plus the command-line values that were given.
+
+    With ``need_store`` (a command that writes), a store must be named: never the current folder by default.
+    """
+    from alarm.pipeline.job import PipelineConfig
+
+    unset: tuple[str, ...] = ()
+    if shards:  # the command line's input replaces the file's, whichever kind it is
+        overrides["shards"], unset = list(shards), ("manifest",)
+    elif manifest is not None:
+        overrides["manifest"], unset = str(manifest), ("shards",)
+    overrides["store"] = str(store) if store is not None else None
+    cfg = build_config(PipelineConfig, config, overrides, unset=unset,
+                       defaults={"store": None if need_store else "."})  # plan reads no store
+    if need_store and not cfg.store:
+        fail("give --store FOLDER (where the feature store is written), or set store: in --config")
+    return cfg
+
+
+_INPUT = [click.argument("manifest", required=False, type=click.Path(path_type=Path)),
+          click.option("--shards", multiple=True, help="WebDataset shards instead of a manifest "
+                       "(brace patterns such as 'shards/{000..127}.tar'; repeatable).")]
+
+
+def _with_input(fn):  # noqa: ANN001, ANN202 - click decorator plumbing
+    for decorator in reversed(_INPUT):
+        fn = decorator(fn)
+    return fn
+
+
+@pipeline.command("run")
+@_with_input
+@click.option("--store", type=click.Path(path_type=Path), default=None, help="Store folder.")
+@click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")
+@click.option("--preset", type=click.Choice(PRESETS), default=None,
+              help="Encoder weights: alarm checkpoints (default), tiny, full-size-random.")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="PipelineConfig YAML; command-line options override it.")
+@click.option("--address", default=None,
+              help="Ray cluster to join: 'auto' (the one `ray start` runs here) or host:port. Default: the job "
+                   "starts its own embedded Ray, even where a cluster runs.")
+@click.option("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray.")
+@click.option("--device", default=None, help="Torch device of the encoder actors (cpu, cuda).")
+@click.option("--gpus-per-actor", type=float, default=None, help="GPUs per encoder actor.")
+@click.option("--pools", type=click.Choice(["auto", "shared", "per-encoder"]), default=None,
+              help="shared: actors that each hold every encoder (CPU machines); per-encoder: one Ray Data "
+                   "actor pool per encoder (GPU clusters); auto (default) picks by device.")
+@click.option("--shared-actors", type=int, default=None, help="Actors of the shared pool (0: automatic).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Start even when the store's disk has less free space than the "
+                                             "job's estimate.")
+@click.option("--no-verify", is_flag=True,
+              help="Do not reread the committed parts' checksums before planning (at 96 TB that read takes "
+                   "hours); damaged parts are then left to readers, which refuse them, and `pipeline repair`.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job's full summary as JSON (also in STORE/summary.json).")
+def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | None, encoders: str | None,
+                 preset: str | None, config: Path | None, address: str | None, num_cpus: int | None,
+                 device: str | None, gpus_per_actor: float | None, pools: str | None, shared_actors: int | None,
+                 no_progress: bool, force: bool, no_verify: bool,
+                 as_json: bool) -> None:
+    """Compute every missing feature of MANIFEST (or --shards) into the store; resumable.
+
+    Prints a short summary (clips stored and rejected, audio hours, bytes, time); the full one is
+    written to STORE/summary.json and printed by --json.
+    """
+    import json
+
+    from alarm.pipeline.job import run_pipeline
+    from alarm.pipeline.manifest import ManifestError
+    from alarm.pipeline.plan import NotEnoughSpace
+    from alarm.pipeline.store_summary import summary_lines
+
+    cfg = _pipeline_config(manifest, shards, store, config, need_store=True, encoders=encoders, preset=preset,
+                           address=address, num_cpus=num_cpus, device=device, gpus_per_actor=gpus_per_actor,
+                           pools=pools, shared_actors=shared_actors, progress=False if no_progress else None,
+                           force=force or None, verify_checksums=False if no_verify else None)
+    try:
+        summary = run_pipeline(cfg)
+    except (ConfigError, ManifestError, FileNotFoundError, NotEnoughSpace) as err:
+        fail(str(err))
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        click.echo("\n".join(summary_lines(summary.to_dict())))
+    click.echo(f"summary: {Path(summary.store) / 'summary.json'}; report: {Path(summary.store) / 'report.md'}",
+               err=as_json)
+
+
+@pipeline.command("status")
+@click.option("--store", type=click.Path(path_type=Path), required=True, help="Store folder.")
+def pipeline_status(store: Path) -> None:
+    """Done / pending / rejected clips per encoder group of a store."""
+    from alarm.pipeline.counts import store_counts
+    from alarm.pipeline.verify import store_status
+
+    if not store.is_dir():
+        fail(f"store {store} does not exist")
+    status = store_status(store)
+    click.echo(f"{store_counts(store).line()}; {status['rejected_total']} rejected instances")
+    for kind, n in status["rejected"].items():
+        click.echo(f"  rejected ({kind}): {n}")
+    for label, g in sorted(status["groups"].items()):
+        extra = f", {g['incomplete_parts']} incomplete parts" if g["incomplete_parts"] else ""
+        click.echo(f"{label}: {g['done']} done, {g['pending']} pending, {g['parts']} parts{extra}")
+
+
+@pipeline.command("verify")
+@click.option("--store", type=click.Path(path_type=Path), required=True, help="Store folder.")
+@click.option("--quick", is_flag=True, help="Skip recomputing file checksums.")
+def pipeline_verify(store: Path, quick: bool) -> None:
+    """Check every part (completeness, index agreement, checksums); exit 1 naming what is wrong."""
+    from alarm.pipeline.verify import verify_store
+
+    report = verify_store(store, checksums=not quick)
+    for label, g in sorted(report.groups.items()):
+        click.echo(f"{label}: {g['parts']} parts, {g['clips']} clips, {g['missing']} missing")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}")
+    for problem in report.problems:
+        click.secho(f"problem: {problem}", fg="red")
+    if not report.ok:
+        sys.exit(1)
+    click.echo("ok")
+
+
+@pipeline.command("repair")
+@_with_input
+@click.option("--store", type=click.Path(path_type=Path), required=True, help="Store folder.")
+@click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")
+@click.option("--preset", type=click.Choice(PRESETS), default=None,
+              help="Encoder weights, as the job that wrote the store used them.")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="PipelineConfig YAML of the job that wrote the store; command-line options override it.")
+@click.option("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def pipeline_repair(manifest: Path | None, shards: tuple[str, ...], store: Path, encoders: str | None,
+                    preset: str | None, config: Path | None, num_cpus: int | None, no_progress: bool) -> None:
+    """Recompute the parts `verify` rejects, then verify again; exit 1 naming what is still wrong.
+
+    Give the input and config of the job that wrote the store: the damaged parts are planned again
+    from the same clips, so the store ends byte-identical to an undamaged run.
+    """
+    from alarm.pipeline.job import run_pipeline
+    from alarm.pipeline.manifest import ManifestError
+    from alarm.pipeline.verify import verify_store
+
+    if not store.is_dir():
+        fail(f"store {store} does not exist")
+    cfg = _pipeline_config(manifest, shards, store, config, encoders=encoders, preset=preset, num_cpus=num_cpus,
+                           progress=False if no_progress else None)
+    before = verify_store(store)
+    if before.ok:
+        click.echo("ok: nothing to repair")
+        return
+    for label, parts in sorted(before.damaged.items()):
+        click.echo(f"{label}: {len(parts)} damaged part(s): {', '.join(parts)}")
+    try:
+        summary = run_pipeline(cfg)
+    except (ConfigError, ManifestError, FileNotFoundError) as err:
+        fail(str(err))
+    for encoder, parts in sorted(summary.repaired.items()):
+        click.echo(f"{encoder}: recomputed {len(parts)} part(s): {', '.join(parts)}")
+    after = verify_store(store)
+    for problem in after.problems:
+        click.secho(f"problem: {problem}", fg="red")
+    if not after.ok:
+        sys.exit(1)
+    click.echo("ok")
+
+
+@pipeline.command("plan")
+@_with_input
+@click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None, help="PipelineConfig YAML.")
+@click.option("--dtype", type=click.Choice(STORE_DTYPES), default=None,
+              help="Stored value type (default float16).")
+@click.option("--gpu-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100: 989).")
+@click.option("--mfu", type=float, default=0.35, help="Fraction of peak the encoders sustain.")
+def pipeline_plan(manifest: Path | None, shards: tuple[str, ...], encoders: str | None, config: Path | None,
+                  dtype: str | None, gpu_tflops: float, mfu: float) -> None:
+    """Clips, hours, predicted store bytes per encoder and GPU time, from file headers only."""
+    from alarm.pipeline.manifest import ManifestError
+    from alarm.pipeline.plan import plan_job
+
+    cfg = _pipeline_config(manifest, shards, None, config, encoders=encoders, **{"storage.dtype": dtype})
+    try:
+        report = plan_job(cfg, gpu_peak_tflops=gpu_tflops, mfu=mfu)
+    except ManifestError as err:
+        fail(str(err))
+    click.echo(report.headline())
+    for e, size in report.bytes_per_encoder.items():
+        click.echo(f"  {e}: {size / 1e9:.3f} GB, ~{report.gpu_hours_per_encoder[e]:.3f} GPU-hours")
+    click.echo(f"total: {report.bytes_total / 1e9:.3f} GB ({report.bytes_per_audio_second / 1e6:.3f} MB per "
+               f"audio-second), ~{report.gpu_hours_total:.3f} GPU-hours at {mfu:.0%} of {gpu_tflops:g} TFLOP/s")
+
+
+
+# ---------------------------------------------------------------------------------------- stats
+
+
+@click.command("stats")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Also write report.json, report.md and durations.png into this folder.")
+@click.option("--workers", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Threads probing file headers.")
+def stats_command(manifest: Path, as_json: bool, out: Path | None, workers: int) -> None:
+    """Hours, clips and instances per dataset and domain of a manifest, with a totals row.
+
+    Durations come from file headers (cuts count only their part); unreadable audio is counted,
+    not fatal. Domain: instruction (kind), else speech (a transcript), else music (music labels or
+    a music dataset name), else sound.
+    """
+    from alarm.pipeline.manifest import ManifestError
+    from alarm.pipeline.stats import format_stats, manifest_stats, stats_json, write_stats_report
+
+    try:
+        result = manifest_stats(manifest, workers=workers)
+    except ManifestError as err:
+        fail(str(err))
+    click.echo(stats_json(result) if as_json else format_stats(result))
+    if out is not None:
+        _, md_path = write_stats_report(result, out)
+        click.echo(f"report: {md_path}", err=as_json)
+
