@@ -8,7 +8,7 @@ FLOPs are counted with ``torch.utils.flop_counter`` on one untimed pass over the
 first batch size of the sweep: larger batches pad more, so this counts the useful work).
 
 The card's peak is measured, not assumed: a large square matrix product in the compute dtype
-(``--peak-size``, 8192 by default), the mean of ten timed products after three warm-ups. The
+(``--peak-size``, 8192 by default on a GPU), the mean of ten timed products after three warm-ups. The
 datasheet's dense peak is printed beside it for context. Each encoder is timed at every batch size
 of ``--batch-sizes``; the fastest is reported, and "all four" adds up each encoder at its fastest.
 ``--budget-s`` bounds the whole run: a measurement that would not fit (estimated from the one
@@ -171,7 +171,8 @@ def parse_args() -> argparse.Namespace:
                         help="windows per forward pass, comma-separated: each is timed, the fastest reported")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--peak-size", type=int, default=8192, help="side of the matrix product timed as peak")
+    parser.add_argument("--peak-size", type=int, default=None,
+                        help="side of the matrix product timed as peak (8192 on a GPU, 512 on a CPU)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="use this peak instead of measuring")
     parser.add_argument("--budget-s", type=float, default=None, help="skip batch sizes that would end later")
     args = parser.parse_args()
@@ -190,6 +191,7 @@ def main() -> None:
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    args.peak_size = args.peak_size or (8192 if args.device.startswith("cuda") else 512)
     deadline = start + args.budget_s if args.budget_s else float("inf")
     peak = args.peak_tflops * 1e12 if args.peak_tflops else \
         measured_peak_flops(args.device, args.dtype, args.peak_size)
