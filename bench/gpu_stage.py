@@ -26,9 +26,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from gpu_extract import clip_seconds, make_waves, synchronize  # bench/ is this script's sys.path[0]
 
 from alarm.pipeline.encoders import ENCODERS, PRESETS
-from gpu_extract import clip_seconds, make_waves, synchronize  # bench/ is this script's sys.path[0]
 
 DRIVER = "EncodeStage called directly, one unit per call (no Ray on the device machine)"
 
