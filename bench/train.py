@@ -9,8 +9,9 @@ that runs the encoder. Prints ONE JSON line.
 (b) step time: the same front end + LLM forward/backward/optimizer step fed from cached features
     (read from a store through the loader's dataset + collate) or from the encoder run inside the
     step on the batch's audio. CPU: the ``tiny`` encoder preset, a small adapter and the tiny Qwen3.
-    GPU: the ``full-size-random`` whisper, ALARM's adapter sizes and a random Qwen3-4B-shaped LLM
-    (bf16), needing only torch, transformers and numpy.
+    GPU: the ``full-size-random`` encoders (all four by default, fused by ALARM-CA), ALARM's adapter
+    sizes and a random Qwen3-4B-shaped LLM (bf16); the store needs zarr, which ``bench/gpu_all.sh``
+    carries as a wheel (bench/wheels.md).
 (c) peak memory of both step modes, each measured in its own subprocess (max RSS on CPU, peak
     allocated GPU memory on a GPU).
 
@@ -18,7 +19,9 @@ Cold reads use posix_fadvise(DONTNEED) after an fsync to evict the files, so the
 warm reads compare the loader's own overhead (Zarr decoding, dequantising to float32, batching,
 worker start and IPC) against a memcpy-speed read, a far stricter bar.
 
-Usage: ``python bench/train.py [--clips 64] [--steps 6] [--batch-clips 4] [--workers 0,2] [--rounds 2]``
+Usage: ``python bench/train.py [--clips 64] [--steps 6] [--batch-clips 4] [--workers 0,2] [--rounds 2]
+[--device cpu|cuda] [--encoders whisper,w2vbert,muq,sslam]`` (encoders: whisper on a CPU, all four on a GPU;
+the loader in (a) then reads a store of every listed encoder).
 """
 
 from __future__ import annotations
@@ -40,16 +43,17 @@ sys.path.insert(0, str(REPO))
 
 
 def write_store(root: Path, frames: dict[str, int], layers: int, dim: int, seed: int = 0,
-                features: dict[str, np.ndarray] | None = None) -> object:
-    """A one-group whisper store of random (or given) features; returns its reader."""
+                features: dict[str, np.ndarray] | None = None, name: str = "whisper",
+                frame_rate: float = 50.0) -> object:
+    """One group (``name``, whisper by default) of random (or given) features; returns its reader."""
     from alarm.pipeline.part_writer import PartWriter
     from alarm.pipeline.store import open_features
     from alarm.pipeline.store_index import write_index
     from alarm.pipeline.store_layout import StoreConfig, group_spec, init_group
 
     cfg = StoreConfig()
-    spec = group_spec({"name": "whisper", "preset": "bench-random", "layers": layers, "dim": dim}, cfg)
-    group = init_group(root, "whisper", spec, layers=layers, dim=dim, frame_rate=50.0)
+    spec = group_spec({"name": name, "preset": "bench-random", "layers": layers, "dim": dim}, cfg)
+    group = init_group(root, name, spec, layers=layers, dim=dim, frame_rate=frame_rate)
     rng = np.random.default_rng(seed)
     keys = list(frames)
     per_part = max(1, len(keys) // 4)
@@ -59,10 +63,10 @@ def write_store(root: Path, frames: dict[str, int], layers: int, dim: int, seed:
         for key in part:
             x = features[key] if features is not None else \
                 rng.standard_normal((frames[key], layers, dim), dtype=np.float32)
-            writer.append(key, x, frames[key] / 50.0)
+            writer.append(key, x, frames[key] / frame_rate)
         writer.commit()
     write_index(group)
-    return open_features(root, "whisper")
+    return open_features(root, name)
 
 
 def evict(files: list[Path]) -> None:
@@ -87,25 +91,35 @@ def read_raw(files: list[Path]) -> tuple[int, float]:
     return total, time.perf_counter() - start
 
 
-def bench_loader(tmp: Path, clips: int, workers: list[int]) -> dict:
+def bench_loader(tmp: Path, clips: int, workers: list[int], names: tuple[str, ...] = ("whisper",)) -> dict:
     """(a): loader clips/s and MB/s against a raw sequential read of the same part files.
+
+    One store group per encoder of ``names``, shaped as the registry says (whisper alone: 4 x 1280).
 
     Measured cold (files evicted from the page cache first: disk-bound, the training case for a
     store larger than memory) and warm (in the page cache: the loader's own overhead).
     """
     import torch
 
+    from alarm.pipeline.encoders import ENCODERS
     from alarm.trainer.data import Example, FeatureDataset, TokenBudgetSampler, make_loader
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(1)
-    frames = {f"clip{i:04d}": int(50 * rng.uniform(2, 12)) for i in range(clips)}
-    reader = write_store(tmp / "store-a", frames, layers=4, dim=1280)
-    files = sorted(p for p in (reader.group / "parts").rglob("*") if p.is_file())
-    examples = [Example(k, k, "bench", [], [], {"whisper": n}, 25 * n // 50 + 200) for k, n in frames.items()]
+    seconds = {f"clip{i:04d}": rng.uniform(2, 12) for i in range(clips)}
+    frames = {k: int(50 * s) for k, s in seconds.items()}  # whisper's (50 Hz): the token count follows it
+    readers, stored = {}, 0
+    for name in names:
+        info = ENCODERS[name]
+        counts = {k: int(info.frame_rate * s) for k, s in seconds.items()}
+        readers[name] = write_store(tmp / "store-a", counts, layers=len(info.layers), dim=info.dim, name=name,
+                                    frame_rate=info.frame_rate)
+        stored += sum(counts.values()) * len(info.layers) * info.dim * 2  # float16 values the loader reads
+    files = sorted(p for r in readers.values() for p in (r.group / "parts").rglob("*") if p.is_file())
+    examples = [Example(k, k, "bench", [], [], {name: int(ENCODERS[name].frame_rate * seconds[k]) for name in names},
+                        25 * n // 50 + 200) for k, n in frames.items()]
     sampler = TokenBudgetSampler([e.n_tokens for e in examples], batch_tokens=4096, seed=0)
-    dataset = FeatureDataset(examples, {"whisper": reader})
-    stored = sum(frames.values()) * 4 * 1280 * 2  # float16 values the loader reads
+    dataset = FeatureDataset(examples, readers)
 
     def load(n_workers: int) -> float:
         start = time.perf_counter()
@@ -131,21 +145,22 @@ def bench_loader(tmp: Path, clips: int, workers: list[int]) -> dict:
             best = loader_s if best is None else min(best, loader_s)
         out[f"loader_clips_per_s_{kind}"] = round(clips / best, 1)
         out[f"loader_vs_raw_{kind}"] = round((stored / best) / (raw_bytes / raw_s), 3)
-    start = time.perf_counter()  # the store reader alone, in this process (warm)
+    start = time.perf_counter()  # the store readers alone, in this process (warm)
     for key in frames:
-        reader.read(key)
+        for reader in readers.values():
+            reader.read(key)
     out["reader_mb_per_s_warm"] = round(stored / 1e6 / (time.perf_counter() - start), 1)
     out["raw_read_mb"] = round(raw_bytes / 1e6, 1)
     return out
 
 
-def build_encoder_for(device: str) -> object:
-    """The whisper encoder the step runs: tiny preset on CPU, full-size-random (bf16) on GPU."""
+def build_encoder_for(device: str, name: str = "whisper") -> object:
+    """An encoder the step runs: tiny preset on CPU, full-size-random (bf16) on GPU."""
     from alarm.pipeline.encoders import EncoderConfig, build_encoder
 
     if device == "cuda":
-        return build_encoder(EncoderConfig("whisper", preset="full-size-random", device="cuda", dtype="bfloat16"))
-    return build_encoder(EncoderConfig("whisper", preset="tiny"))
+        return build_encoder(EncoderConfig(name, preset="full-size-random", device="cuda", dtype="bfloat16"))
+    return build_encoder(EncoderConfig(name, preset="tiny"))
 
 
 def build_llm(device: str) -> tuple:
@@ -171,30 +186,39 @@ def build_llm(device: str) -> tuple:
         {"adapter_dim": 128, "conv_hidden_dim": 256}
 
 
-def make_waves(batch_clips: int) -> list[np.ndarray]:
-    """The batch's audio: 4-10 s of noise at 16 kHz per clip (the same in every process)."""
+def make_waves(batch_clips: int, rate: int = 16000) -> list[np.ndarray]:
+    """The batch's audio: 4-10 s of noise at 16 kHz per clip (the same in every process).
+
+    At another ``rate`` (MuQ's 24 kHz) the clips last as long, with fresh noise.
+    """
     rng = np.random.default_rng(0)
-    return [rng.uniform(-0.3, 0.3, int(16000 * rng.uniform(4, 10))).astype(np.float32) for _ in range(batch_clips)]
+    waves = [rng.uniform(-0.3, 0.3, int(16000 * rng.uniform(4, 10))).astype(np.float32) for _ in range(batch_clips)]
+    if rate == 16000:
+        return waves
+    return [rng.uniform(-0.3, 0.3, len(w) * rate // 16000).astype(np.float32) for w in waves]
 
 
-def prepare_cache(workdir: Path, batch_clips: int, device: str) -> None:
-    """Run the encoder once on the batch's audio into a store (what the pipeline does before training)."""
-    encoder = build_encoder_for(device)
-    feats = {f"c{i}": f for i, f in enumerate(encoder.encode(make_waves(batch_clips)))}
-    write_store(workdir / "store-b", {k: len(v) for k, v in feats.items()}, len(encoder.layers), encoder.dim,
-                features=feats)
-    del encoder
+def prepare_cache(workdir: Path, batch_clips: int, device: str, names: tuple[str, ...] = ("whisper",)) -> None:
+    """Run each encoder once on the batch's audio into a store (what the pipeline does before training)."""
+    for name in names:
+        encoder = build_encoder_for(device, name)
+        feats = {f"c{i}": f for i, f in enumerate(encoder.encode(make_waves(batch_clips, encoder.sample_rate)))}
+        write_store(workdir / "store-b", {k: len(v) for k, v in feats.items()}, len(encoder.layers), encoder.dim,
+                    features=feats, name=name, frame_rate=encoder.frame_rate)
+        del encoder
     if device == "cuda":  # the step processes measure their own peaks; leave them the memory
         import torch
 
         torch.cuda.empty_cache()
 
 
-def bench_step(mode: str, steps: int, batch_clips: int, device: str, workdir: Path) -> dict:
+def bench_step(mode: str, steps: int, batch_clips: int, device: str, workdir: Path,
+               names: tuple[str, ...] = ("whisper",)) -> dict:
     """(b)+(c) for one mode, run in its own process: median step seconds and peak memory.
 
-    ``cached`` never builds the encoder: it reads the batch from the store ``prepare_cache`` wrote.
-    ``encoder`` runs the encoder on the batch's audio inside every step.
+    ``cached`` never builds the encoders: it reads the batch from the store ``prepare_cache`` wrote.
+    ``encoder`` runs the encoders on the batch's audio inside every step. Several encoders are fused
+    by ALARM-CA (the first is the query encoder).
     """
     import torch
 
@@ -210,20 +234,23 @@ def bench_step(mode: str, steps: int, batch_clips: int, device: str, workdir: Pa
     dev = torch.device(device)
     llm, tokenizer, sizes = build_llm(device)
     llm.to(dev)
-    reader = open_features(workdir / "store-b", "whisper")
-    frontend = build_frontend(FrontEndConfig(encoders=[EncoderShape("whisper", reader.layers, reader.dim)],
-                                             llm_dim=llm.config.hidden_size, **sizes)).to(dev).train()
+    readers = {name: open_features(workdir / "store-b", name) for name in names}
+    shapes = [EncoderShape(name, r.layers, r.dim) for name, r in readers.items()]
+    fusion = {"fusion": "ca"} if len(names) > 1 else {}
+    frontend = build_frontend(FrontEndConfig(encoders=shapes, llm_dim=llm.config.hidden_size, **fusion,
+                                             **sizes)).to(dev).train()
     layout = PromptLayout.from_tokenizer(tokenizer)
     model = Model(llm, frontend, layout, 4096, dev, torch.bfloat16 if device == "cuda" else None, cached=False)
     optimizer = torch.optim.AdamW(frontend.parameters(), lr=1e-4)
     rng = np.random.default_rng(0)
     prompt = layout.prompt_ids(tokenizer, "What do you hear in this recording?")
     examples = [Example(f"c{i}", f"c{i}", "bench", prompt, rng.integers(0, 150000, 120).tolist(),
-                        {"whisper": 0}, 0) for i in range(batch_clips)]
+                        dict.fromkeys(names, 0), 0) for i in range(batch_clips)]
     if mode == "cached":
-        dataset = FeatureDataset(examples, {"whisper": reader})
+        dataset = FeatureDataset(examples, readers)
     else:
-        encoder, waves = build_encoder_for(device), make_waves(batch_clips)
+        encoders = {name: build_encoder_for(device, name) for name in names}
+        waves = {name: make_waves(batch_clips, enc.sample_rate) for name, enc in encoders.items()}
     times = []
     for _ in range(steps + 1):
         if device == "cuda":
@@ -233,8 +260,9 @@ def bench_step(mode: str, steps: int, batch_clips: int, device: str, workdir: Pa
             batch = collate([dataset[i] for i in range(batch_clips)])
         else:
             with torch.no_grad():
-                feats = encoder.encode(waves)
-            batch = collate([{"example": e, "feats": {"whisper": f}} for e, f in zip(examples, feats, strict=True)])
+                feats = {name: enc.encode(waves[name]) for name, enc in encoders.items()}
+            batch = collate([{"example": e, "feats": {name: f[i] for name, f in feats.items()}}
+                             for i, e in enumerate(examples)])
         row_loss, counts = model.loss(batch)
         (row_loss.sum() / counts.sum()).backward()
         optimizer.step()
@@ -254,6 +282,8 @@ def main() -> None:
     parser.add_argument("--batch-clips", type=int, default=4)
     parser.add_argument("--workers", default="0,2", help="DataLoader worker counts to try (best is reported)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each step mode")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="cuda when a GPU is visible")
+    parser.add_argument("--encoders", default=None, help="whisper on a CPU, all four on a GPU (comma-separated)")
     parser.add_argument("--step-mode", choices=["cached", "encoder"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -261,25 +291,30 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from alarm.pipeline.encoders import ENCODERS
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    names = tuple((args.encoders or ("whisper" if device == "cpu" else ",".join(ENCODERS))).split(","))
     if args.step_mode:  # child process: one step mode, so its peak memory is its own
-        print(json.dumps(bench_step(args.step_mode, args.steps, args.batch_clips, device, args.workdir)))
+        print(json.dumps(bench_step(args.step_mode, args.steps, args.batch_clips, device, args.workdir, names)))
         return
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        prepare_cache(Path(tmp), args.batch_clips, device)
+        prepare_cache(Path(tmp), args.batch_clips, device, names)
         runs: dict[str, list[dict]] = {"cached": [], "encoder": []}
         for _ in range(args.rounds):  # alternate, so load drift on a shared machine hits both modes
             for mode in runs:
                 out = subprocess.run([sys.executable, __file__, "--step-mode", mode, "--steps", str(args.steps),
-                                      "--batch-clips", str(args.batch_clips), "--workdir", tmp],
+                                      "--batch-clips", str(args.batch_clips), "--workdir", tmp,
+                                      "--device", device, "--encoders", ",".join(names)],
                                      capture_output=True, text=True, check=True)
                 runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        loader = bench_loader(Path(tmp), args.clips, [int(w) for w in args.workers.split(",")])
+        loader = bench_loader(Path(tmp), args.clips, [int(w) for w in args.workers.split(",")], names)
     steps = {m: {"step_s": min(r["step_s"] for r in rs), "peak_mb": max(r["peak_mb"] for r in rs)}
              for m, rs in runs.items()}
     step_clips_per_s = args.batch_clips / steps["cached"]["step_s"]
     print(json.dumps({
         "bench": "train", "device": device, "preset": "full-size-random" if device == "cuda" else "tiny",
+        "encoders": list(names),
         **loader,
         "step_clips_per_s_cached": round(step_clips_per_s, 2),
         "loader_cold_vs_step": round(loader["loader_clips_per_s_cold"] / step_clips_per_s, 2),
