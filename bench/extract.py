@@ -9,14 +9,18 @@ mixed rates and channel counts), with the ``tiny`` preset:
   layout in ``--pools``; audio-seconds per second, the ratio to naive, and the CPU-seconds and peak
   memory of the whole job (driver and every Ray process). Wall-time ratios swing with the machine's
   load; the CPU-seconds say how much work each way does, whatever else runs.
+* compute limit (``bench/compute_limit.py``): the same encoders' forward passes alone on the job's
+  units, chunks and workers, on audio decoded into memory first (no Ray, no store, no decode);
+  ``pipeline_over_compute_limit`` is the pipeline's audio-seconds per second over the limit's, with
+  the CPU-seconds of each. The naive loop stays as context.
 * store overhead: bytes on disk per audio-second against the raw payload (values x bytes per value).
 * memory: peak memory (PSS) of the whole job at N and 4N clips (the N lengths four times over), in
-  subprocesses.
+  subprocesses, ``--memory-runs`` times (each run's growth reported).
 * compression: float16 features without and with zstd (the tiny whisper outputs, and synthetic
   whisper-sized features): size ratio and random-read speed (direct reads, zarr reads, zstd).
 
 Usage: ``python bench/extract.py [--clips 300] [--encoders whisper,w2vbert] [--pools auto,per-encoder]
-[--rss-clips 60] [--no-compression] [--no-memory]``
+[--rss-clips 60] [--memory-runs 3] [--no-compression] [--no-memory | --only-memory]``
 """
 
 from __future__ import annotations
