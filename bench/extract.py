@@ -9,14 +9,18 @@ mixed rates and channel counts), with the ``tiny`` preset:
   layout in ``--pools``; audio-seconds per second, the ratio to naive, and the CPU-seconds and peak
   memory of the whole job (driver and every Ray process). Wall-time ratios swing with the machine's
   load; the CPU-seconds say how much work each way does, whatever else runs.
+* compute limit (``bench/compute_limit.py``): the same encoders' forward passes alone on the job's
+  units, chunks and workers, on audio decoded into memory first (no Ray, no store, no decode);
+  ``pipeline_over_compute_limit`` is the pipeline's audio-seconds per second over the limit's, with
+  the CPU-seconds of each. The naive loop stays as context.
 * store overhead: bytes on disk per audio-second against the raw payload (values x bytes per value).
 * memory: peak memory (PSS) of the whole job at N and 4N clips (the N lengths four times over), in
-  subprocesses.
+  subprocesses, ``--memory-runs`` times (each run's growth reported).
 * compression: float16 features without and with zstd (the tiny whisper outputs, and synthetic
   whisper-sized features): size ratio and random-read speed (direct reads, zarr reads, zstd).
 
 Usage: ``python bench/extract.py [--clips 300] [--encoders whisper,w2vbert] [--pools auto,per-encoder]
-[--rss-clips 60] [--no-compression] [--no-memory]``
+[--rss-clips 60] [--memory-runs 3] [--no-compression] [--no-memory | --only-memory]``
 """
 
 from __future__ import annotations
@@ -207,7 +211,10 @@ def session_usage(sid: int, cpu_seen: dict[int, float]) -> tuple[int, int]:
 
 def run_job(manifest: Path, store: Path, encoders: list[str], pools: str = "auto") -> dict[str, Any]:
     """Run the job in its own process session; its wall time, CPU-seconds, peak PSS and peak RSS sum."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    import alarm
+
+    # The job runs the same ``alarm`` this process imported (a worktree, not the installed copy).
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(alarm.__file__))}
     proc = subprocess.Popen([sys.executable, "-c", JOB_SCRIPT, str(store), str(manifest), ",".join(encoders), pools],
                             env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)
@@ -224,27 +231,14 @@ def run_job(manifest: Path, store: Path, encoders: list[str], pools: str = "auto
     return {**result, "cpu_s": sum(cpu_seen.values()), "peak_pss": peak_pss, "peak_rss": peak_rss}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clips", type=int, default=300)
-    parser.add_argument("--encoders", default="whisper,w2vbert")
-    parser.add_argument("--pools", default="auto", help="pipeline layouts to time (auto, shared, per-encoder)")
-    parser.add_argument("--rss-clips", type=int, default=60, help="N of the memory test (also runs 4N)")
-    parser.add_argument("--no-compression", action="store_true", help="skip the compression figures")
-    parser.add_argument("--no-memory", action="store_true", help="skip the N vs 4N memory runs")
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
-    os.environ.setdefault("ALARM_CACHE", str(REPO / ".cache" / "alarm"))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    encoders = [e for e in args.encoders.split(",") if e]
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alarm-bench-"))
-    manifest, seconds = make_corpus(workdir / "corpus", args.clips)
-    load = os.getloadavg()[0]
+def timing(args: argparse.Namespace, encoders: list[str], workdir: Path) -> dict[str, Any]:
+    """Naive loop, pipeline (each layout of ``--pools``) and compute limit on one corpus, back to back."""
+    from compute_limit import compute_limit
 
+    manifest, seconds = make_corpus(workdir / "corpus", args.clips)
     naive_s, naive_cpu = naive(manifest, encoders, workdir / "naive")
     result: dict[str, Any] = {
-        "bench": "extract", "clips": args.clips, "audio_seconds": round(seconds, 1), "encoders": encoders,
-        "preset": "tiny", "cpus": os.cpu_count(), "load_avg_1m_start": load,
+        "clips": args.clips, "audio_seconds": round(seconds, 1),
         "naive_audio_s_per_s": seconds / naive_s, "naive_wall_s": naive_s, "naive_cpu_s": naive_cpu,
     }
     store = workdir / "store"
@@ -256,6 +250,10 @@ def main() -> None:
                        f"{tag}_over_naive": naive_s / job["wall_s"], f"{tag}_wall_s": job["wall_s"],
                        f"{tag}_cpu_s": job["cpu_s"], f"{tag}_peak_pss_MB": job["peak_pss"] / 1e6,
                        f"{tag}_stage_seconds": job["stage_seconds"]})
+    limit = compute_limit(manifest, encoders)
+    result.update({**limit, "compute_limit_audio_s_per_s": seconds / limit["compute_limit_wall_s"],
+                   # audio-seconds per second of the pipeline over those of the compute limit
+                   "pipeline_over_compute_limit": limit["compute_limit_wall_s"] / result["pipeline_wall_s"]})
     result.update(store_overhead(store, encoders))
     if not args.no_compression:
         from alarm.pipeline.store import open_features
@@ -264,21 +262,53 @@ def main() -> None:
         result.update({f"tiny_whisper_{k}": v for k, v in
                        compression({k: tiny.read(k) for k in tiny.keys()}, workdir).items()})
         result.update({f"real_dims_{k}": v for k, v in compression(real_dim_clips(), workdir).items()})
+    return result
+
+
+def memory(n: int, runs: int, encoders: list[str], workdir: Path) -> dict[str, Any]:
+    """Peak PSS of the whole job at N and 4N clips, ``runs`` times; the growth of each run."""
+    small, _ = make_corpus(workdir / "rss-n", n, seed=1)
+    # 4N clips with the N lengths four times over (new audio): the same longest clip, so the
+    # comparison sees the corpus size alone. A job's peak follows its longest 30 s windows (W2V-BERT's
+    # relative-position attention), which an independent, larger draw is likelier to hold.
+    large, _ = make_corpus(workdir / "rss-4n", 4 * n, seed=2,
+                           lengths=[x for x in corpus_lengths(small) for _ in range(4)])
+    pss_n, pss_4n, rss_n, rss_4n = [], [], [], []
+    for run in range(runs):
+        job_n = run_job(small, workdir / f"rss-store-n-{run}", encoders)
+        job_4n = run_job(large, workdir / f"rss-store-4n-{run}", encoders)
+        pss_n.append(job_n["peak_pss"] / 1e6)
+        pss_4n.append(job_4n["peak_pss"] / 1e6)
+        rss_n.append(job_n["peak_rss"] / 1e6)
+        rss_4n.append(job_4n["peak_rss"] / 1e6)
+    return {"memory_clips_n": n, "memory_runs": runs, "peak_pss_n_MB": pss_n, "peak_pss_4n_MB": pss_4n,
+            "pss_growth_4n_over_n": [round(b / a, 4) for a, b in zip(pss_n, pss_4n, strict=True)],
+            "peak_rss_sum_n_MB": rss_n, "peak_rss_sum_4n_MB": rss_4n,
+            "rss_sum_growth_4n_over_n": [round(b / a, 4) for a, b in zip(rss_n, rss_4n, strict=True)]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clips", type=int, default=300)
+    parser.add_argument("--encoders", default="whisper,w2vbert")
+    parser.add_argument("--pools", default="auto", help="pipeline layouts to time (auto, shared, per-encoder)")
+    parser.add_argument("--rss-clips", type=int, default=60, help="N of the memory test (also runs 4N)")
+    parser.add_argument("--memory-runs", type=int, default=1, help="how many times to run the N vs 4N pair")
+    parser.add_argument("--no-compression", action="store_true", help="skip the compression figures")
+    parser.add_argument("--no-memory", action="store_true", help="skip the N vs 4N memory runs")
+    parser.add_argument("--only-memory", action="store_true", help="only the N vs 4N memory runs")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("ALARM_CACHE", str(REPO / ".cache" / "alarm"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    encoders = [e for e in args.encoders.split(",") if e]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alarm-bench-"))
+    result: dict[str, Any] = {"bench": "extract", "encoders": encoders, "preset": "tiny", "cpus": os.cpu_count(),
+                              "load_avg_1m_start": os.getloadavg()[0]}
+    if not args.only_memory:
+        result.update(timing(args, encoders, workdir))
     if not args.no_memory:
-        n = args.rss_clips
-        small, _ = make_corpus(workdir / "rss-n", n, seed=1)
-        # 4N clips with the N lengths four times over (new audio): the same longest clip, so the
-        # comparison sees the corpus size alone. A job's peak follows its longest 30 s windows (W2V-BERT's
-        # relative-position attention), which an independent, larger draw is likelier to hold.
-        large, _ = make_corpus(workdir / "rss-4n", 4 * n, seed=2,
-                               lengths=[x for x in corpus_lengths(small) for _ in range(4)])
-        job_n = run_job(small, workdir / "rss-store-n", encoders)
-        job_4n = run_job(large, workdir / "rss-store-4n", encoders)
-        result.update({"memory_clips_n": n, "peak_pss_n_MB": job_n["peak_pss"] / 1e6,
-                       "peak_pss_4n_MB": job_4n["peak_pss"] / 1e6,
-                       "pss_growth_4n_over_n": job_4n["peak_pss"] / job_n["peak_pss"],
-                       "peak_rss_sum_n_MB": job_n["peak_rss"] / 1e6, "peak_rss_sum_4n_MB": job_4n["peak_rss"] / 1e6,
-                       "rss_sum_growth_4n_over_n": job_4n["peak_rss"] / job_n["peak_rss"]})
+        result.update(memory(args.rss_clips, args.memory_runs, encoders, workdir))
     result["load_avg_1m_end"] = os.getloadavg()[0]
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)

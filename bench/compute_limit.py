@@ -1,0 +1,110 @@
+"""The compute limit of the feature job: the encoders' forward passes alone, as the job runs them.
+
+What no orchestration can remove: on the corpus the job would encode, the same encoders (same preset,
+batch size and windows), the job's own units (``plan_parts`` over the clip keys, ``part_seconds``
+audio each) cut into the job's chunks (``4 x batch_size`` clips per ``encode`` call, as
+``write_part`` does), and the job's own parallelism (as many single-threaded workers as the shared
+pool has actors, costliest units first). The audio is decoded and resampled into memory before the
+clock starts; there is no Ray, no store and no decode in the timed part.
+
+``python bench/extract.py`` reports the pipeline's audio-seconds per second over this one's as
+``pipeline_over_compute_limit``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+
+def job_config(manifest: Path, store: Path, encoders: list[str]) -> Any:
+    """The ``PipelineConfig`` that ``bench/extract.py`` runs the job with."""
+    from alarm.pipeline.job import PipelineConfig
+
+    return PipelineConfig(store=str(store), manifest=str(manifest), encoders=encoders, preset="tiny",
+                          num_cpus=2, progress=False, pools="auto")
+
+
+def job_units(manifest: Path, part_seconds: float) -> list[dict[str, Any]]:
+    """The units the job plans for a fresh store: keys, sources and durations of each part."""
+    from alarm.pipeline.extract_stages import key_source
+    from alarm.pipeline.work_units import plan_parts
+
+    sources: dict[str, dict[str, Any]] = {}
+    durations: dict[str, float] = {}
+    for line in manifest.read_text().splitlines():
+        audio = json.loads(line)["audio"]
+        key, duration, reason = key_source(audio, None, None)
+        if not reason:
+            sources[key] = {"audio": audio, "start": None, "end": None}
+            durations[key] = duration
+    return [{"keys": keys, "sources": [sources[k] for k in keys], "durations": [durations[k] for k in keys]}
+            for keys in plan_parts(durations, part_seconds)]
+
+
+def split_lpt(units: list[dict[str, Any]], workers: int) -> list[list[dict[str, Any]]]:
+    """Costliest units first, each to the least loaded worker (what the shared pool's queue does)."""
+    from alarm.pipeline.encode_pools import unit_cost
+
+    def cost(unit: dict[str, Any]) -> float:
+        return unit_cost(SimpleNamespace(durations=unit["durations"]))
+
+    shares: list[list[dict[str, Any]]] = [[] for _ in range(workers)]
+    load = [0.0] * workers
+    for unit in sorted(units, key=cost, reverse=True):
+        i = load.index(min(load))
+        shares[i].append(unit)
+        load[i] += cost(unit)
+    return shares
+
+
+def _worker(encoders: list[dict[str, Any]], units: list[dict[str, Any]], quality: str, threads: int,
+            barrier: Any, results: Any) -> None:
+    """One single-threaded encoder worker: load, decode (untimed), wait for the others, encode (timed)."""
+    import torch
+
+    from alarm.pipeline.encoders import EncoderConfig, build_encoder
+    from alarm.pipeline.extract_stages import decode_waves
+
+    torch.set_num_threads(threads)
+    models = {e["name"]: build_encoder(EncoderConfig(**e)) for e in encoders}
+    chunk = {e["name"]: max(1, 4 * int(e["batch_size"])) for e in encoders}
+    rates = sorted({m.sample_rate for m in models.values()})
+    decoded = [decode_waves(u, rates, quality) for u in units]
+    barrier.wait()
+    start, cpu = time.perf_counter(), time.process_time()
+    for waves in decoded:
+        for name, model in models.items():
+            clips = waves[model.sample_rate]
+            for k in range(0, len(clips), chunk[name]):
+                model.encode(clips[k : k + chunk[name]])
+    results.put((start, time.perf_counter(), time.process_time() - cpu))
+
+
+def compute_limit(manifest: Path, encoders: list[str]) -> dict[str, float]:
+    """Time the forward passes alone on the job's units; wall seconds and CPU-seconds of the workers."""
+    cfg = job_config(manifest, manifest.parent / "unused-store", encoders)
+    cpus = cfg.num_cpus
+    workers = cfg.shared_actors or min(cpus, 8)  # the shared pool's size for the tiny preset
+    threads = cfg.torch_threads or max(1, cpus // workers)
+    units = job_units(manifest, cfg.storage.part_seconds)
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(workers), ctx.Queue()
+    configs = [cfg.encoder_config(e) for e in encoders]
+    procs = [ctx.Process(target=_worker, args=(configs, share, cfg.decode.resample_quality, threads, barrier,
+                                               results))
+             for share in split_lpt(units, workers)]
+    for p in procs:
+        p.start()
+    done = [results.get(timeout=3600) for _ in procs]
+    for p in procs:
+        p.join()
+        if p.exitcode:
+            raise RuntimeError(f"compute-limit worker failed with {p.exitcode}")
+    return {"compute_limit_wall_s": max(d[1] for d in done) - min(d[0] for d in done),
+            "compute_limit_cpu_s": sum(d[2] for d in done), "compute_limit_workers": workers,
+            "compute_limit_threads": threads, "compute_limit_units": len(units)}
