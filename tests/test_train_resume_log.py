@@ -47,3 +47,22 @@ def test_truncate_log_keeps_records_up_to_step(tmp_path: Path):
     assert truncate_log(log, 2) == 4
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
     assert truncate_log(log, 0) == 2 and log.read_text() == ""  # no checkpoint: the run starts over
+
+
+def test_rerun_of_a_finished_run_builds_no_model(data, tiny_qwen3_dir, tmp_path, monkeypatch):  # noqa: F811
+    import alarm.trainer.train as train_module
+
+    run = tmp_path / "run"
+    common = dict(batch_tokens=250, seed=3, save_every=2, eval_every=2)
+    done = train(make_cfg(data, run, tiny_qwen3_dir, max_steps=3, **common))
+    assert done.step == 3
+
+    built = []
+    real_build = train_module.build_model
+    monkeypatch.setattr(train_module, "build_model", lambda *a: built.append(1) or real_build(*a))
+    again = train(make_cfg(data, run, tiny_qwen3_dir, max_steps=3, **common))
+    assert built == []  # the finished checkpoint answered: no LLM, no front end
+    assert (again.step, again.checkpoint, again.eval_losses) == (3, done.checkpoint, done.eval_losses)
+
+    longer = train(make_cfg(data, run, tiny_qwen3_dir, max_steps=4, **common))  # another config: it trains on
+    assert built == [1] and longer.step == 4

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from alarm.pipeline.configs import ConfigError, save_config
+from alarm.pipeline.configs import ConfigError, save_config, to_dict
 from alarm.trainer.build import make_frontend, open_readers
 from alarm.trainer.config import TrainConfig, local_llm
 from alarm.trainer.distributed import barrier, broadcast_module, init_distributed
-from alarm.trainer.run_log import RunLog, set_aside
+from alarm.trainer.run_log import RunLog, last_eval_losses, set_aside
 from alarm.trainer.train_loop import finish, run_loop
 from alarm.trainer.train_state import Data, Inputs, Parts, Position, Run, Session, TrainResult
 
@@ -59,6 +59,9 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
 
     run = start_run(cfg, fresh)                                   # setup: processes, device, seeds, folder
     inputs = open_inputs(cfg, run, fresh, allow_changed_data)     # data in (a resumed run checks it first)
+    if finished_already(cfg, inputs):                             # a rerun of a finished run loads no model
+        return TrainResult(run_dir=run.run_dir, step=inputs.state.meta["step"], checkpoint=inputs.latest,
+                           eval_losses=last_eval_losses(run.run_dir / "logs.jsonl"))
     parts = build_model(cfg, run, inputs)                         # model: frozen LLM, front end
     data = make_data(cfg, run, inputs, parts)                     # data: join, samplers, datasets
     optimizer, scheduler = make_optimizer(cfg, parts, data)       # optimiser and schedule
@@ -73,6 +76,17 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     if run.dist.main:
         write_train_report(run.run_dir)  # report.json, report.md and loss.png beside the run
     return result
+
+
+def finished_already(cfg: TrainConfig, inputs: Inputs) -> bool:
+    """Whether the checkpoint to resume from ends this very run: same config, data already checked.
+
+    Then resuming would build the LLM and the front end only to find no step to take. Checkpoints
+    written before the ``finished`` flag take the ordinary path.
+    """
+    if inputs.state is None or not inputs.state.meta.get("finished"):
+        return False
+    return inputs.state.meta.get("config") == to_dict(cfg)
 
 
 def start_run(cfg: TrainConfig, fresh: bool) -> Run:

@@ -152,7 +152,9 @@ def save(s: Session) -> Path | None:
             "optimizer_groups": groups, "scheduler": s.scheduler.state_dict(),
             "sampler": {"epoch": pos.epoch, "start": pos.start, "seed": cfg.seed, "world_size": run.dist.world},
             "rng": rng, "world_size": run.dist.world, "frozen": s.parts.frontend.frozen_parts(),
-            "trainable": names}
+            "trainable": names, "total_steps": s.data.total_steps,
+            # The run is over at this checkpoint: a rerun with the same config and data has nothing to do.
+            "finished": pos.step >= s.data.total_steps or pos.epoch >= cfg.epochs}
     return ck.save_checkpoint(run.run_dir, pos.step, s.parts.frontend.part_state_dict(), opt_tensors, meta,
                               keep=cfg.keep_checkpoints)
 
