@@ -152,26 +152,41 @@ def evaluate_adapter(run: DemoRun) -> str:
 
 
 def answer_one(run: DemoRun) -> str:
-    """Stage 7: one question answered with the encoders on the fly."""
+    """Stage 7: one question answered with the encoders on the fly (kept: a rerun asks it again only
+    when the checkpoint, the clip, the prompt or the generation settings changed)."""
     from alarm.pipeline.formatting import truncate
-    from alarm.trainer.infer import InferConfig, infer_files
 
     clip = json.loads(run.manifest.read_text().splitlines()[0])
     audio = str((run.manifest.parent / clip["audio"]).resolve())
     prompt = "What do you hear in this clip?"
+    weights = sorted(Path(run.checkpoint).glob("*"))
+    key = {"checkpoint": str(run.checkpoint), "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns]
+                                                        for p in weights if p.is_file()],
+           "audio": audio, "prompt": prompt, "llm": str(run.llm), "think_budget": run.cfg.eval_think_budget,
+           "max_new_tokens": run.cfg.eval_max_new_tokens}
+    kept = run.out / "infer.json"
+    facts = json.loads(kept.read_text()) if kept.is_file() else {}
+    if facts.get("key") != key:
+        facts = {"key": key, **_ask(run, audio, prompt)}
+        kept.write_text(json.dumps(facts, indent=2) + "\n")
+    run.facts["infer"] = {k: v for k, v in facts.items() if k != "key"}
+    if facts["error"]:
+        return f"{Path(audio).name}: error {facts['error']}"
+    answer = (f"answer {truncate(facts['answer'], 60)!r} (random text: the LLM's weights are random)"
+              if facts["answer"] else f"answer {facts['empty_reason']}")
+    return (f"{Path(audio).name}: {facts['thinking_tokens']} thinking tokens"
+            f"{' (budget forced)' if facts['forced'] else ''}, {answer}")
+
+
+def _ask(run: DemoRun, audio: str, prompt: str) -> dict:
+    from alarm.trainer.infer import InferConfig, infer_files
+
     result = infer_files(InferConfig(checkpoint=str(run.checkpoint), store=str(run.store), llm=str(run.llm),
                                      think_budget=run.cfg.eval_think_budget,
                                      max_new_tokens=run.cfg.eval_max_new_tokens), [audio], prompt)[0]
-    run.facts["infer"] = {"audio": audio, "prompt": prompt, "thinking": result.thinking,
-                          "answer": result.answer, "forced": result.forced, "error": result.error,
-                          "thinking_tokens": result.thinking_tokens, "answer_tokens": result.answer_tokens,
-                          "empty_reason": result.empty_reason()}
-    if result.error:
-        return f"{Path(audio).name}: error {result.error}"
-    answer = (f"answer {truncate(result.answer, 60)!r} (random text: the LLM's weights are random)"
-              if result.answer else f"answer {result.empty_reason()}")
-    return (f"{Path(audio).name}: {result.thinking_tokens} thinking tokens"
-            f"{' (budget forced)' if result.forced else ''}, {answer}")
+    return {"audio": audio, "prompt": prompt, "thinking": result.thinking, "answer": result.answer,
+            "forced": result.forced, "error": result.error, "thinking_tokens": result.thinking_tokens,
+            "answer_tokens": result.answer_tokens, "empty_reason": result.empty_reason()}
 
 
 def _vllm_available() -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alarm.pipeline.configs import ConfigError
+from alarm.rephrase.config import load_tokenizer
 from alarm.trainer.infer_engines import build_backend
 from alarm.trainer.infer_records import InferConfig
 from alarm.trainer.trained import TrainedFrontEnd, build_encoders, load_trained
@@ -45,7 +46,7 @@ def load_parts(cfg: InferConfig) -> ListenerParts:
         FileNotFoundError: No checkpoint or export at ``cfg.checkpoint``.
     """
     import torch
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     from alarm.trainer.sequence import PromptLayout
 
@@ -58,7 +59,7 @@ def load_parts(cfg: InferConfig) -> ListenerParts:
     # As in training: bf16 on a GPU unless the run was fp32, float32 on a CPU.
     bf16 = trained.precision == "bf16" or (trained.precision == "auto" and device.type == "cuda")
     dtype = torch.bfloat16 if bf16 else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(llm_path)
+    tokenizer = load_tokenizer(str(llm_path))  # read only: shared with the rephrase stage in one process
     layout = PromptLayout.from_tokenizer(tokenizer, trained.separator)
     encoders = build_encoders(trained.specs, str(device))
     llm_config = AutoConfig.from_pretrained(llm_path)
