@@ -9,9 +9,14 @@ cluster. So every job here passes ``address="local"`` unless it was given ``auto
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
+from alarm.pipeline.configs import ConfigError
+
 LOCAL = "local"
+PROBE_SECONDS = 5.0
+"""How long a named cluster's address may take to accept a connection before the job gives up."""
 
 
 def joins_cluster(address: str | None) -> bool:
@@ -50,6 +55,26 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     _hide_token_notice()
     kwargs.setdefault("include_dashboard", False)
     if joins_cluster(address):
+        _check_reachable(address)
         ray.init(address=address, **kwargs)
     else:
         ray.init(address=LOCAL, num_cpus=num_cpus, **kwargs)
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse at once a ``host:port`` nobody listens on: ``ray.init`` would retry it for minutes, silently.
+
+    ``auto`` and ``ray://`` addresses are left to Ray (it answers those quickly, or through its client).
+    """
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r}: expected host:port, auto, or ray://host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_SECONDS):
+            pass
+    except OSError as err:
+        raise ConfigError(f"no Ray cluster answers at {address} ({err.strerror or err}): start one there with "
+                          "`ray start --head`, pass --address auto for this machine's cluster, or leave "
+                          "--address out for an embedded Ray") from None

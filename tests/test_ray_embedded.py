@@ -225,3 +225,19 @@ def test_encoder_facts_cache_follows_the_checkpoint_files(tiny_whisper_dir, tmp_
     assert set(builders) == set(TINY_FOLDERS)
     for name, build in builders.items():
         assert _tiny_checkpoint(name) == build(), name
+
+
+def test_an_address_nobody_listens_on_fails_at_once_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from alarm.cli import main
+
+    manifest = write_manifest_rows(good_corpus(tmp_path / "audio", count=1), tmp_path / "m.jsonl")
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, ["pipeline", "run", str(manifest), "--store", str(tmp_path / "store"),
+                                       "--preset", "tiny", "--encoders", "whisper",
+                                       "--address", f"127.0.0.1:{_free_port()}"])
+    assert time.perf_counter() - started < 30  # ray.init alone would retry the address for minutes
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: no Ray cluster answers at 127.0.0.1:")
+    assert len(result.output.strip().splitlines()) == 1
