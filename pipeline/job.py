@@ -202,9 +202,12 @@ def run_steps(cfg: PipelineConfig, root: Path, instances: list[Any], input_rejec
               workers: JobWorkers, started: float) -> PipelineSummary:
     """Steps 2 to 8 of the job, in order, while it holds the store's lock."""
     facts = cached_encoder_facts(cfg)
-    if facts is None and cfg.shared_pools():
-        workers.shared_pool()  # its actors load their models while the sources are keyed
-    keyed = key_step(cfg, root, instances)
+    # The shared actors load their models while the sources are keyed: at once when the facts must be
+    # learnt from them, else as soon as keying meets new audio (a rerun with none starts no Ray).
+    start_pool = workers.shared_pool if cfg.shared_pools() else None
+    if facts is None and start_pool is not None:
+        start_pool()
+    keyed = key_step(cfg, root, instances, on_new_audio=start_pool)
     # The encoders' facts give the shortest usable clip, so they come before the instance tables.
     if facts is None:
         facts = encoder_facts_step(cfg, workers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,14 @@ def read_input(cfg: PipelineConfig) -> tuple[list[Any], list[Any]]:
 
 
 def key_sources(root: Path, sources: list[tuple[str, float | None, float | None]],
-                cfg: PipelineConfig) -> dict[tuple, dict[str, Any]]:
-    """Content key, duration and reason of every source, from the cache or by decoding."""
+                cfg: PipelineConfig, on_new_audio: Callable[[], Any] | None = None) -> dict[tuple, dict[str, Any]]:
+    """Content key, duration and reason of every source, from the cache or by decoding.
+
+    ``on_new_audio`` is called before decoding when some source on disk is not in the cache (new or
+    changed audio, so most likely work for the encoders): the job starts its actors then, and they
+    load their models while the sources are keyed. A rerun whose sources are all cached (missing
+    files aside) calls nothing.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -84,6 +91,8 @@ def key_sources(root: Path, sources: list[tuple[str, float | None, float | None]
             result[src] = hit
         else:
             todo.append(src)
+    if todo and on_new_audio is not None and any(source_stat(src[0])[0] >= 0 for src in todo):
+        on_new_audio()
     if todo:
         for src, (key, duration, reason) in zip(todo, _key_todo(todo, cfg), strict=True):
             size, mtime = source_stat(src[0])
@@ -128,13 +137,14 @@ def _key_todo(todo: list[tuple], cfg: PipelineConfig) -> list[tuple[str, float, 
     return [found[src] for src in todo]
 
 
-def key_step(cfg: PipelineConfig, root: Path, instances: list[Any]) -> KeyStats:
-    """Key every source of ``instances`` (deduplicated by audio and cut first).
+def key_step(cfg: PipelineConfig, root: Path, instances: list[Any],
+             on_new_audio: Callable[[], Any] | None = None) -> KeyStats:
+    """Key every source of ``instances`` (deduplicated by audio and cut first; see ``key_sources``).
 
     Also clears what a killed job left half-written at the store root (the caller holds its lock).
     """
     t0 = time.perf_counter()
     clear_tmp(root)
     sources = sorted({(i.audio, i.start, i.end) for i in instances}, key=source_order)
-    keyed = key_sources(root, sources, cfg)
+    keyed = key_sources(root, sources, cfg, on_new_audio)
     return KeyStats(keyed=keyed, sources=len(sources), seconds=time.perf_counter() - t0)

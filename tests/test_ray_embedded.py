@@ -193,6 +193,34 @@ def test_rerun_with_nothing_to_do_starts_no_ray_and_loads_no_model(manifest, tmp
     assert {k: v for k, v in again.to_dict().items() if k not in timing} == expected
 
 
+def test_new_audio_starts_the_actors_before_keying_and_missing_files_do_not(tmp_path, monkeypatch):
+    """With the encoders' facts cached, the actors still load their models while new audio is keyed
+    (the overlap the job had before the facts cache); a source whose file is missing is no new work."""
+    import json
+
+    import ray
+
+    import alarm.pipeline.sources as sources
+
+    folder = tmp_path / "corpus"
+    rows = good_corpus(folder, count=4)
+    store = tmp_path / "store"
+    run_pipeline(_config(store, write_manifest_rows(rows[:2], tmp_path / "a.jsonl")))  # facts now cached
+
+    seen = []
+    real = sources._key_todo
+    monkeypatch.setattr(sources, "_key_todo", lambda todo, cfg: seen.append(ray.is_initialized()) or real(todo, cfg))
+    more = run_pipeline(_config(store, write_manifest_rows(rows, tmp_path / "b.jsonl")))
+    assert seen == [True] and more.encoded == {"whisper": 2}  # Ray and its actors were up before keying
+
+    missing = rows + [{"id": "gone", "audio": str(folder / "gone.wav"), "dataset": "toy"}]
+    manifest = tmp_path / "c.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in missing))
+    seen.clear()
+    again = run_pipeline(_config(store, manifest))
+    assert seen == [False] and again.encoded == {"whisper": 0} and not ray.is_initialized()
+
+
 def test_encoder_facts_cache_follows_the_checkpoint_files(tiny_whisper_dir, tmp_path, monkeypatch):
     from alarm.pipeline.encoders import EncoderConfig
     from alarm.pipeline.encoders.facts import TINY_FOLDERS, _tiny_checkpoint, cached_facts, save_facts
