@@ -189,6 +189,11 @@ def pipeline_verify(store: Path, quick: bool) -> None:
         click.echo(f"{label}: {g['parts']} parts, {g['clips']} clips, {g['missing']} missing")
     for warning in report.warnings:
         click.echo(f"warning: {warning}")
+    _end_with(report)
+
+
+def _end_with(report: object) -> None:
+    """Print a verify report's problems, then exit 1 if there are any, else print ok."""
     for problem in report.problems:
         click.secho(f"problem: {problem}", fg="red")
     if not report.ok:
@@ -233,12 +238,7 @@ def pipeline_repair(manifest: Path | None, shards: tuple[str, ...], store: Path,
         fail(str(err))
     for encoder, parts in sorted(summary.repaired.items()):
         click.echo(f"{encoder}: recomputed {len(parts)} part(s): {', '.join(parts)}")
-    after = verify_store(store)
-    for problem in after.problems:
-        click.secho(f"problem: {problem}", fg="red")
-    if not after.ok:
-        sys.exit(1)
-    click.echo("ok")
+    _end_with(verify_store(store))
 
 
 @pipeline.command("plan")

@@ -131,6 +131,25 @@ def weights_fingerprint(module: Any) -> str:
     return digest.hexdigest()
 
 
+def preset_module(cfg: EncoderSettings, info: EncoderInfo, random_model: Callable[[], Any],
+                  build_tiny: Callable[[], Path], load: Callable[[str | Path], Any]) -> tuple[Any, str]:
+    """The network of our own encoder modules (MuQ, SSLAM) for ``cfg.preset``, and its checkpoint label.
+
+    ``full-size-random``: seeded random weights at full size; ``tiny`` (no checkpoint given): the
+    tiny offline model, built once; otherwise the checkpoint folder, or the registry's default one.
+    """
+    import torch
+
+    if cfg.preset == "full-size-random":
+        torch.manual_seed(cfg.seed)
+        return random_model(), f"{info.checkpoint}@random-seed-{cfg.seed}"
+    if cfg.preset == "tiny" and cfg.checkpoint is None:
+        path = build_tiny()
+        return load(path), f"tiny:{path.name}"
+    checkpoint = cfg.checkpoint or info.checkpoint
+    return load(checkpoint), checkpoint
+
+
 def resolve_checkpoint_dir(checkpoint: str) -> Path:
     """A local directory for ``checkpoint``: the path itself, or its snapshot in the local HF cache.
 

@@ -32,6 +32,7 @@ from alarm.pipeline.encoders.base import (
     EncoderInfo,
     EncoderSettings,
     default_layers,
+    preset_module,
     read_checkpoint,
     torch_dtype,
     window_samples,
@@ -177,14 +178,7 @@ class MuQWindows:
 
 def build_muq_encoder(cfg: EncoderSettings, info: EncoderInfo) -> Encoder:
     """Build the ``muq`` registry entry (see ``pipeline.encoders``)."""
-    if cfg.preset == "full-size-random":
-        torch.manual_seed(cfg.seed)
-        module, checkpoint = MuQ(MuQConfig()), f"{info.checkpoint}@random-seed-{cfg.seed}"
-    elif cfg.preset == "tiny" and cfg.checkpoint is None:
-        path = build_tiny_muq()
-        module, checkpoint = load_muq(path), f"tiny:{path.name}"
-    else:
-        module, checkpoint = load_muq(cfg.checkpoint or info.checkpoint), cfg.checkpoint or info.checkpoint
+    module, checkpoint = preset_module(cfg, info, lambda: MuQ(MuQConfig()), build_tiny_muq, load_muq)
     dtype = torch_dtype(cfg.dtype)
     # The mel front end stays float32 (its buffers too); only the network runs in the compute dtype.
     module = module.to(cfg.device).eval()

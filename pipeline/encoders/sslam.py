@@ -31,6 +31,7 @@ from alarm.pipeline.encoders.base import (
     EncoderInfo,
     EncoderSettings,
     default_layers,
+    preset_module,
     read_checkpoint,
     torch_dtype,
 )
@@ -302,14 +303,7 @@ def build_sslam_encoder(cfg: EncoderSettings, info: EncoderInfo) -> Encoder:
         if frames % 16 or frames <= 0:
             raise ConfigError(f"sslam window_seconds must give a multiple of 16 fbank frames (0.16 s steps), "
                               f"got {cfg.window_seconds}")
-    if cfg.preset == "full-size-random":
-        torch.manual_seed(cfg.seed)
-        module, checkpoint = SSLAM(SSLAMConfig()), f"{info.checkpoint}@random-seed-{cfg.seed}"
-    elif cfg.preset == "tiny" and cfg.checkpoint is None:
-        path = build_tiny_sslam()
-        module, checkpoint = load_sslam(path), f"tiny:{path.name}"
-    else:
-        module, checkpoint = load_sslam(cfg.checkpoint or info.checkpoint), cfg.checkpoint or info.checkpoint
+    module, checkpoint = preset_module(cfg, info, lambda: SSLAM(SSLAMConfig()), build_tiny_sslam, load_sslam)
     mcfg = module.config
     if frames // mcfg.patch_size > mcfg.max_length:
         raise ConfigError(f"sslam window of {frames} frames exceeds the model's {mcfg.max_length} time patches")
