@@ -16,6 +16,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
+from s3_fixtures import install_env, s3_server, s3_url  # noqa: E402,F401  (the S3 server fixtures)
+
+install_env()  # before any test starts Ray: its workers inherit these variables
+
 
 @pytest.fixture(scope="session")
 def tiny_qwen3_dir() -> Path:
