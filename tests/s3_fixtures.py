@@ -60,7 +60,7 @@ class S3Server:
                 return  # it answers
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError("moto server exited at start")
+                    raise RuntimeError("moto server exited at start") from None
                 time.sleep(0.2)
         raise RuntimeError(f"moto server did not answer on {ENDPOINT} within 60 s")
 
