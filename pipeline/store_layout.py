@@ -185,6 +185,17 @@ def committed_parts(group: Path) -> list[str]:
     return sorted(p.name for p in parts.iterdir() if (p / DONE).is_file())
 
 
+def part_subdir(part: str, marker: dict) -> str:
+    """Where a committed part's files are, relative to its group, given its done marker.
+
+    Parts written under an attempt prefix (their marker names the attempt) keep their files in
+    ``parts/<part>/<attempt>/``; stores written before keep them in ``parts/<part>/``. The marker is
+    always ``parts/<part>/_DONE``.
+    """
+    attempt = marker.get("attempt")
+    return f"parts/{part}/{attempt}" if attempt else f"parts/{part}"
+
+
 def uncommit_part(group: Path, part: str) -> None:
     """Take a committed part out of the store: its done marker first (readers and the index stop
     seeing it), then its folder. The next run of the job plans its clips again."""
