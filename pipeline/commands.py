@@ -69,7 +69,7 @@ def pipeline() -> None:
     """Feature cache: run the four encoders once into a content-addressed Zarr store."""
 
 
-def _pipeline_config(manifest: Path | None, shards: tuple[str, ...], store: Path | None, config: Path | None,
+def _pipeline_config(manifest: Path | None, shards: tuple[str, ...], store: str | None, config: Path | None,
                      need_store: bool = False, **overrides: object) -> object:
     """A PipelineConfig from an optional YAML file plus the command-line values that were given.
 
@@ -103,7 +103,7 @@ def _with_input(fn):  # noqa: ANN001, ANN202 - click decorator plumbing
 
 @pipeline.command("run")
 @_with_input
-@click.option("--store", type=click.Path(path_type=Path), default=None, help="Store folder.")
+@click.option("--store", default=None, help="Store folder or object-store URL (s3://bucket/prefix, gs://...).")
 @click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")
 @click.option("--preset", type=click.Choice(PRESETS), default=None,
               help="Encoder weights: alarm checkpoints (default), tiny, full-size-random.")
@@ -126,7 +126,7 @@ def _with_input(fn):  # noqa: ANN001, ANN202 - click decorator plumbing
               help="Do not reread the committed parts' checksums before planning (at 96 TB that read takes "
                    "hours); damaged parts are then left to readers, which refuse them, and `pipeline repair`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job's full summary as JSON (also in STORE/summary.json).")
-def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | None, encoders: str | None,
+def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: str | None, encoders: str | None,
                  preset: str | None, config: Path | None, address: str | None, num_cpus: int | None,
                  device: str | None, gpus_per_actor: float | None, pools: str | None, shared_actors: int | None,
                  no_progress: bool, force: bool, no_verify: bool,
@@ -141,6 +141,7 @@ def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | N
     from alarm.pipeline.job import run_pipeline
     from alarm.pipeline.manifest import ManifestError
     from alarm.pipeline.plan import NotEnoughSpace
+    from alarm.pipeline.store_layout import StoreError, at
     from alarm.pipeline.store_summary import summary_lines
 
     cfg = _pipeline_config(manifest, shards, store, config, need_store=True, encoders=encoders, preset=preset,
@@ -149,25 +150,24 @@ def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: Path | N
                            force=force or None, verify_checksums=False if no_verify else None)
     try:
         summary = run_pipeline(cfg)
-    except (ConfigError, ManifestError, FileNotFoundError, NotEnoughSpace) as err:
+    except (ConfigError, ManifestError, FileNotFoundError, NotEnoughSpace, StoreError) as err:
         fail(str(err))
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
     else:
         click.echo("\n".join(summary_lines(summary.to_dict())))
-    click.echo(f"summary: {Path(summary.store) / 'summary.json'}; report: {Path(summary.store) / 'report.md'}",
+    click.echo(f"summary: {at(summary.store, 'summary.json')}; report: {at(summary.store, 'report.md')}",
                err=as_json)
 
 
 @pipeline.command("status")
-@click.option("--store", type=click.Path(path_type=Path), required=True, help="Store folder.")
-def pipeline_status(store: Path) -> None:
+@click.option("--store", required=True, help="Store folder or object-store URL (s3://bucket/prefix).")
+def pipeline_status(store: str) -> None:
     """Done / pending / rejected clips per encoder group of a store."""
     from alarm.pipeline.counts import store_counts
     from alarm.pipeline.verify import store_status
 
-    if not store.is_dir():
-        fail(f"store {store} does not exist")
+    store = _need_store(store)
     status = store_status(store)
     click.echo(f"{store_counts(store).line()}; {status['rejected_total']} rejected instances")
     for kind, n in status["rejected"].items():
@@ -178,18 +178,34 @@ def pipeline_status(store: Path) -> None:
 
 
 @pipeline.command("verify")
-@click.option("--store", type=click.Path(path_type=Path), required=True, help="Store folder.")
+@click.option("--store", required=True, help="Store folder or object-store URL (s3://bucket/prefix).")
 @click.option("--quick", is_flag=True, help="Skip recomputing file checksums.")
-def pipeline_verify(store: Path, quick: bool) -> None:
+def pipeline_verify(store: str, quick: bool) -> None:
     """Check every part (completeness, index agreement, checksums); exit 1 naming what is wrong."""
     from alarm.pipeline.verify import verify_store
 
+    store = _need_store(store)
     report = verify_store(store, checksums=not quick)
     for label, g in sorted(report.groups.items()):
         click.echo(f"{label}: {g['parts']} parts, {g['clips']} clips, {g['missing']} missing")
     for warning in report.warnings:
         click.echo(f"warning: {warning}")
     _end_with(report)
+
+
+def _need_store(store: str) -> object:
+    """The store's location; exit 2 with one line if it cannot be reached or holds no store."""
+    from alarm.pipeline.store_layout import location, objects_at
+
+    root = location(store)
+    try:
+        objects_at(root).check()
+        exists = objects_at(root).exists("zarr.json")
+    except ConfigError as err:
+        fail(str(err))
+    if not exists:
+        fail(f"store {store} does not exist")
+    return root
 
 
 def _end_with(report: object) -> None:
@@ -203,7 +219,7 @@ def _end_with(report: object) -> None:
 
 @pipeline.command("repair")
 @_with_input
-@click.option("--store", type=click.Path(path_type=Path), required=True, help="Store folder.")
+@click.option("--store", required=True, help="Store folder or object-store URL (s3://bucket/prefix).")
 @click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")
 @click.option("--preset", type=click.Choice(PRESETS), default=None,
               help="Encoder weights, as the job that wrote the store used them.")
@@ -211,7 +227,7 @@ def _end_with(report: object) -> None:
               help="PipelineConfig YAML of the job that wrote the store; command-line options override it.")
 @click.option("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def pipeline_repair(manifest: Path | None, shards: tuple[str, ...], store: Path, encoders: str | None,
+def pipeline_repair(manifest: Path | None, shards: tuple[str, ...], store: str, encoders: str | None,
                     preset: str | None, config: Path | None, num_cpus: int | None, no_progress: bool) -> None:
     """Recompute the parts `verify` rejects, then verify again; exit 1 naming what is still wrong.
 
@@ -220,10 +236,10 @@ def pipeline_repair(manifest: Path | None, shards: tuple[str, ...], store: Path,
     """
     from alarm.pipeline.job import run_pipeline
     from alarm.pipeline.manifest import ManifestError
+    from alarm.pipeline.store_layout import StoreError
     from alarm.pipeline.verify import verify_store
 
-    if not store.is_dir():
-        fail(f"store {store} does not exist")
+    store = _need_store(store)
     cfg = _pipeline_config(manifest, shards, store, config, encoders=encoders, preset=preset, num_cpus=num_cpus,
                            progress=False if no_progress else None)
     before = verify_store(store)
@@ -234,11 +250,36 @@ def pipeline_repair(manifest: Path | None, shards: tuple[str, ...], store: Path,
         click.echo(f"{label}: {len(parts)} damaged part(s): {', '.join(parts)}")
     try:
         summary = run_pipeline(cfg)
-    except (ConfigError, ManifestError, FileNotFoundError) as err:
+    except (ConfigError, ManifestError, FileNotFoundError, StoreError) as err:
         fail(str(err))
     for encoder, parts in sorted(summary.repaired.items()):
         click.echo(f"{encoder}: recomputed {len(parts)} part(s): {', '.join(parts)}")
     _end_with(verify_store(store))
+
+
+@pipeline.command("gc")
+@click.argument("store")
+@click.option("--grace", default="1h", show_default=True,
+              help="Keep abandoned attempts younger than this (s, m, h, d): a running writer may still be uploading.")
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed (takes no lease).")
+def pipeline_gc(store: str, grace: str, dry_run: bool) -> None:
+    """Delete the abandoned part attempts of STORE (folder or URL) older than --grace; never a committed part.
+
+    An attempt is abandoned when no done marker names it: a writer killed before its marker, a commit
+    refused by fencing, a twin that lost the race. Refused while a job holds the store's lease.
+    """
+    from alarm.pipeline.formatting import human_bytes
+    from alarm.pipeline.store_gc import parse_seconds, run_gc
+
+    root = _need_store(store)
+    try:
+        report = run_gc(root, parse_seconds(grace), dry_run=dry_run)
+    except ConfigError as err:
+        fail(str(err))
+    for name in report.removed:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {name}")
+    click.echo(f"{'would remove' if dry_run else 'removed'}: {len(report.removed)} abandoned attempt(s), "
+               f"{report.objects} objects, {human_bytes(report.bytes)}; kept {report.young} younger than {grace}")
 
 
 @pipeline.command("plan")

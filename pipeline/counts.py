@@ -81,25 +81,22 @@ def store_counts(root: str | Path) -> ClipCounts:
     that failed validation is no row); audio files and sources come from the job's source table
     (``sources.parquet``); stored clips are the distinct content keys of the accepted instances.
     """
-    import pyarrow.parquet as pq
-
     from alarm.pipeline.manifest import reason_kind
+    from alarm.pipeline.store_layout import at, read_parquet
 
-    root = Path(root)
     counts = ClipCounts()
-    instances = root / "instances.parquet"
-    if instances.is_file():
-        keys = pq.read_table(instances, columns=["key"]).column("key").to_pylist()
+    instances = read_parquet(at(root, "instances.parquet"), ["key"])
+    if instances is not None:
+        keys = instances.column("key").to_pylist()
         counts.stored = len({k for k in keys if k is not None})
-        rejects = root / "rejects.parquet"
+        rejects = read_parquet(at(root, "rejects.parquet"), ["id", "reason"])
         rejected = 0
-        if rejects.is_file():
-            table = pq.read_table(rejects, columns=["id", "reason"]).to_pylist()
-            rejected = sum(1 for r in table if r["id"] is not None and reason_kind(r["reason"]) != "manifest")
+        if rejects is not None:
+            rejected = sum(1 for r in rejects.to_pylist() if r["id"] is not None and reason_kind(r["reason"]) != "manifest")
         counts.manifest_rows = len(keys) + rejected
-    sources = root / "sources.parquet"
-    if sources.is_file():
-        table = pq.read_table(sources, columns=["audio", "start", "end"]).to_pylist()
+    sources = read_parquet(at(root, "sources.parquet"), ["audio", "start", "end"])
+    if sources is not None:
+        table = sources.to_pylist()
         counts.audio_files = len({r["audio"] for r in table})
         counts.sources = len({(r["audio"], r["start"], r["end"]) for r in table})
     return counts

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from alarm.pipeline.decode import DecodeConfig, DecodeError, decode_clip
-from alarm.pipeline.store_layout import StoreConfig, group_spec, spec_id
+from alarm.pipeline.store_layout import DONE, Location, StoreConfig, group_spec, location, objects_at, spec_id
 
 
 def release_memory() -> None:
@@ -94,44 +93,53 @@ def decode_unit(row: dict[str, Any], rates: dict[str, int], quality: str) -> dic
     return out
 
 
-def write_part(encoder: Any, group: Path, storage: StoreConfig, unit: dict[str, Any], waves: list[np.ndarray],
+def is_committed(group: Location, part: str) -> bool:
+    """True when ``part`` of ``group`` carries its done marker (an earlier run or a twin committed it)."""
+    return objects_at(group).exists(f"parts/{part}/{DONE}")
+
+
+def write_part(encoder: Any, group: Location, storage: StoreConfig, unit: dict[str, Any], waves: list[np.ndarray],
                chunk_clips: int) -> tuple[float, int, float]:
     """Encode a unit's clips with ``encoder`` and write them as the unit's part of ``group``.
 
     Returns (encode seconds, bytes written, write seconds); all zero when an earlier run committed it.
     """
     from alarm.pipeline.part_writer import PartWriter
-    from alarm.pipeline.store_layout import DONE
 
-    if (group / "parts" / unit["part"] / DONE).is_file():
+    if is_committed(group, unit["part"]):
         return 0.0, 0, 0.0
     total = sum(encoder.num_frames(len(w)) for w in waves)
     # The job's fencing token: the commit is refused if another job has taken the store since.
     writer = PartWriter(group, unit["part"], total, len(encoder.layers), encoder.dim, storage,
                         fence=unit.get("fence"))
     encode_s = write_s = 0.0
-    for start in range(0, len(waves), chunk_clips):
+    try:
+        for start in range(0, len(waves), chunk_clips):
+            t0 = time.perf_counter()
+            feats = encoder.encode(waves[start:start + chunk_clips])
+            t1 = time.perf_counter()
+            for j, f in enumerate(feats, start=start):
+                writer.append(unit["keys"][j], f, unit["durations"][j])
+            write_s += time.perf_counter() - t1
+            encode_s += t1 - t0
         t0 = time.perf_counter()
-        feats = encoder.encode(waves[start:start + chunk_clips])
-        t1 = time.perf_counter()
-        for j, f in enumerate(feats, start=start):
-            writer.append(unit["keys"][j], f, unit["durations"][j])
-        write_s += time.perf_counter() - t1
-        encode_s += t1 - t0
-    t0 = time.perf_counter()
-    info = writer.commit()
+        info = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
     del writer
     return encode_s, info.bytes, write_s + time.perf_counter() - t0
 
 
-def check_spec(encoder: Any, storage: StoreConfig, group: Path) -> None:
+def check_spec(encoder: Any, storage: StoreConfig, group: Location) -> None:
     """Refuse to write when this process's encoder has another spec than the group the job planned.
 
     On a cluster an actor may sit on a node with other weights or code: never mix them in.
     """
     sid = spec_id(group_spec(encoder.spec(), storage))
-    if sid != group.name:
-        raise RuntimeError(f"{encoder.name} on this node has spec {sid}, the job planned {group.name}; "
+    planned = str(group).rstrip("/").rsplit("/", 1)[-1]
+    if sid != planned:
+        raise RuntimeError(f"{encoder.name} on this node has spec {sid}, the job planned {planned}; "
                            "the nodes do not share the same checkpoint or code")
 
 
@@ -147,7 +155,7 @@ class EncodeStage:
             torch.set_num_threads(threads)
         self.encoder = build_encoder(EncoderConfig(**encoder))
         self.name = encoder["name"]
-        self.group = Path(group)
+        self.group = location(group)
         self.storage = StoreConfig(**storage)
         check_spec(self.encoder, self.storage, self.group)
         self.chunk_clips = max(1, 4 * int(encoder["batch_size"]))
@@ -216,8 +224,6 @@ class SharedEncodeStage:
         Returns the unit's part id, ``decode_s`` and per encoder (encode seconds, bytes, write seconds)
         as ``write_part`` returns them.
         """
-        from alarm.pipeline.store_layout import DONE
-
         if self.error is not None:
             raise self.error
         missing = [k for k in ("part", "keys", "sources", "durations", "encoders") if k not in unit]
@@ -225,11 +231,11 @@ class SharedEncodeStage:
             raise KeyError(f"SharedEncodeStage needs unit fields {missing}")
         t0 = time.perf_counter()
         # Parts committed by an earlier run (or a retried call) need no audio at all.
-        todo = [e for e in unit["encoders"] if not (Path(groups[e]) / "parts" / unit["part"] / DONE).is_file()]
+        todo = [e for e in unit["encoders"] if not is_committed(groups[e], unit["part"])]
         waves = decode_waves(unit, sorted({self.encoders[e].sample_rate for e in todo}), self.quality)
         out: dict[str, Any] = {"part": unit["part"], "decode_s": time.perf_counter() - t0}
         for e in unit["encoders"]:
-            enc, group = self.encoders[e], Path(groups[e])
+            enc, group = self.encoders[e], location(groups[e])
             if e not in self.checked:
                 check_spec(enc, self.storage, group)
                 self.checked.add(e)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from alarm.pipeline.manifest import reason_kind
 from alarm.pipeline.sources import source_order
-from alarm.pipeline.store_layout import write_parquet_atomic
+from alarm.pipeline.store_layout import Location, at, read_parquet, write_parquet_atomic
 
 
 @dataclass
@@ -33,7 +32,7 @@ class ClipStats:
         return sum(c["duration"] for c in self.clips.values())
 
 
-def write_instance_tables(root: Path, instances: list[Any], input_rejects: list[Any],
+def write_instance_tables(root: Location, instances: list[Any], input_rejects: list[Any],
                           keyed: dict[tuple, dict[str, Any]], max_seconds: float,
                           min_seconds: float = 0.0) -> tuple[dict, Counter]:
     """Write instances.parquet and rejects.parquet (merged with earlier jobs' rows by instance id).
@@ -44,7 +43,6 @@ def write_instance_tables(root: Path, instances: list[Any], input_rejects: list[
     Returns the accepted clips (key -> duration, first source) and the reject counts by kind.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from alarm.pipeline.encoders import too_short_reason
 
@@ -76,8 +74,9 @@ def write_instance_tables(root: Path, instances: list[Any], input_rejects: list[
         "rejects.parquet": pa.schema([("id", pa.string()), ("audio", pa.string()), ("reason", pa.string())]),
     }
     for name, rows in (("instances.parquet", accepted), ("rejects.parquet", rejected)):
-        path = root / name
-        old = pq.read_table(path).to_pylist() if path.is_file() else []
+        path = at(root, name)
+        table = read_parquet(path)
+        old = table.to_pylist() if table is not None else []
         # Instances seen before but not in this input keep their rows (stores may serve many manifests).
         merged = [r for r in old if r["id"] not in new_ids] + rows
         # Rows without an id (unparseable manifest lines) come back on every run: keep one of each.
@@ -87,7 +86,7 @@ def write_instance_tables(root: Path, instances: list[Any], input_rejects: list[
     return clips, Counter(reason_kind(r["reason"]) for r in rejected)
 
 
-def table_step(root: Path, instances: list[Any], input_rejects: list[Any], keyed: dict[tuple, dict[str, Any]],
+def table_step(root: Location, instances: list[Any], input_rejects: list[Any], keyed: dict[tuple, dict[str, Any]],
                max_seconds: float, min_seconds: float) -> ClipStats:
     """Write the instance and reject tables (``write_instance_tables``), timed."""
     t0 = time.perf_counter()

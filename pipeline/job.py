@@ -13,18 +13,23 @@ stats object, and the summary is built from those alone:
 4. **Plan** per encoder, with repair: damaged committed parts are taken out, the missing clips cut
    into parts, parts with the same clips for several encoders merged into one ``WorkUnit``
    (``work_units.plan_units`` -> ``PlanStats``).
-5. **Check space**: the planned parts' size against the store's free disk (``check_space``).
+5. **Check space**: the planned parts' size against the store's free disk (``check_space``; local
+   stores only: object storage has no free-space figure).
 6. **Encode and write**, in one of two layouts (``pools``; ``JobWorkers.encode`` -> ``EncodeStats``):
 
    * ``per-encoder`` (Ray Data; GPU clusters): units are decoded and resampled by CPU tasks, then flow
      through one actor pool per encoder; the actor that gets a unit's part for its encoder encodes it
-     and is the only writer of that part (temporary folder, rename, done marker).
+     and writes it (staged locally, put under an attempt prefix, done marker last: ``part_writer``).
    * ``shared`` (CPU machines): one pool of actors that each hold every encoder; an actor decodes a
      unit once and writes its part for each encoder. On a small machine this saves the decode tasks,
      an actor start and a model load per encoder, and the object-store traffic of the decoded audio;
      the actors start while the sources are keyed, and the driver loads no model.
 7. **Index**: rebuild each group's index from the done parts (``index_step`` -> ``IndexStats``).
 8. **Summary**: ``summary.json`` and the report beside the store (``summarize``, ``write_summary``).
+
+The store may be a local folder or an object-store URL; every byte goes through ``pipeline.objects``
+the same way for both. The job first probes the store once (a wrong URL or credentials fail at once,
+naming it), then holds the store's lease for its whole run (``store_fence``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from alarm.pipeline.configs import to_dict
@@ -44,7 +48,17 @@ from alarm.pipeline.plan import bytes_to_write, check_free_space
 from alarm.pipeline.sources import KeyStats, key_step, read_input
 from alarm.pipeline.store_fence import store_lock
 from alarm.pipeline.store_index import write_index
-from alarm.pipeline.store_layout import group_spec, spec_id, write_atomic
+from alarm.pipeline.store_layout import (
+    Location,
+    StoreError,
+    at,
+    group_spec,
+    is_url,
+    location,
+    objects_at,
+    spec_id,
+    write_atomic,
+)
 from alarm.pipeline.work_units import PlanStats, WorkUnit, plan_units
 
 
@@ -125,22 +139,24 @@ def encoder_facts_step(cfg: PipelineConfig, workers: JobWorkers) -> dict[str, di
     return facts
 
 
-def check_space(cfg: PipelineConfig, root: Path, facts: dict[str, dict[str, Any]], units: list[WorkUnit]) -> float:
-    """The bytes the planned units will write; raises ``NotEnoughSpace`` if the disk has less (unless ``force``)."""
+def check_space(cfg: PipelineConfig, root: Location, facts: dict[str, dict[str, Any]],
+                units: list[WorkUnit]) -> float:
+    """The bytes the planned units will write; raises ``NotEnoughSpace`` if the disk has less (unless
+    ``force``). Object storage has no free-space figure: only a local store's disk is checked."""
     needed = bytes_to_write(cfg, facts, units)
-    if units and not cfg.force:
+    if units and not cfg.force and not is_url(root):
         check_free_space(root, needed)
     return needed
 
 
-def index_step(cfg: PipelineConfig, groups: dict[str, Path]) -> IndexStats:
+def index_step(cfg: PipelineConfig, groups: dict[str, Location]) -> IndexStats:
     """Rebuild each group's ``index.parquet`` from its done parts."""
     t0 = time.perf_counter()
     stored = {e: len(write_index(groups[e])) for e in cfg.encoders}
     return IndexStats(stored=stored, seconds=time.perf_counter() - t0)
 
 
-def summarize(cfg: PipelineConfig, root: Path, instances: int, keyed: KeyStats, tables: ClipStats,
+def summarize(cfg: PipelineConfig, root: Location, instances: int, keyed: KeyStats, tables: ClipStats,
               plan: PlanStats, encoded: EncodeStats, index: IndexStats, facts: dict[str, dict[str, Any]],
               started: float) -> PipelineSummary:
     """The job's summary, from the stats of its steps."""
@@ -158,11 +174,11 @@ def summarize(cfg: PipelineConfig, root: Path, instances: int, keyed: KeyStats, 
         repaired={e: parts for e, parts in plan.repaired.items() if parts})
 
 
-def write_summary(root: Path, summary: PipelineSummary) -> None:
+def write_summary(root: Location, summary: PipelineSummary) -> None:
     """``summary.json``, then report.json, report.md (rejection table) and durations.png, beside the store."""
     from alarm.pipeline.report import write_pipeline_report
 
-    write_atomic(root / "summary.json", (json.dumps(summary.to_dict(), indent=2) + "\n").encode())
+    write_atomic(at(root, "summary.json"), (json.dumps(summary.to_dict(), indent=2) + "\n").encode())
     write_pipeline_report(root)
 
 
@@ -173,7 +189,9 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineSummary:
     """Compute every missing feature of the input into the store; see the module docstring.
 
     Raises:
-        ConfigError: bad settings, or another job holds the store.
+        ConfigError: bad settings, a store URL that cannot be reached, or another job holds the store.
+        StoreError: a request to the object store failed past its retries (the parts committed so far
+            are kept; a rerun finishes the others).
         ManifestError: the input has no usable row.
         NotEnoughSpace: the store's disk is fuller than the job's estimate (unless ``force``), or
             filled up during the job (the finished parts are kept: rerun once there is room).
@@ -182,25 +200,41 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineSummary:
     from alarm.pipeline.plan import NotEnoughSpace, is_disk_full
 
     started = time.perf_counter()
-    root = Path(cfg.store)
+    root = location(cfg.store)
+    objects_at(root).check()  # a wrong URL, endpoint or credentials: one line, at once
     instances, input_rejects = read_input(cfg)
     workers = JobWorkers(cfg)
     try:
         if joins_cluster(cfg.address):
             workers.ray()  # keying runs as Ray tasks there
-        with store_lock(root):
+        with store_lock(root, cfg.lease_seconds):
             return run_steps(cfg, root, instances, input_rejects, workers, started)
     except Exception as err:
         if is_disk_full(err) and not isinstance(err, NotEnoughSpace):
             raise NotEnoughSpace.during_job(root, workers.bytes_needed) from None
+        failed = _request_error(err)
+        if failed is not None:
+            raise StoreError(f"a request to {root} failed after its retries ({failed}); the parts committed "
+                             "so far are kept: rerun the job to finish the others") from None
         raise
     finally:
         workers.close()
 
 
-def run_steps(cfg: PipelineConfig, root: Path, instances: list[Any], input_rejects: list[Any],
+def _request_error(err: BaseException) -> str | None:
+    """One line for an object-store client error in ``err``'s chain (Ray wraps a worker's), else None."""
+    seen = 0
+    while err is not None and seen < 10:
+        if type(err).__module__.startswith("obstore"):
+            return " ".join(str(err).split("\n\nDebug source")[0].split())[:300]
+        err = getattr(err, "cause", None) or err.__cause__
+        seen += 1
+    return None
+
+
+def run_steps(cfg: PipelineConfig, root: Location, instances: list[Any], input_rejects: list[Any],
               workers: JobWorkers, started: float) -> PipelineSummary:
-    """Steps 2 to 8 of the job, in order, while it holds the store's lock."""
+    """Steps 2 to 8 of the job, in order, while it holds the store's lease."""
     facts = cached_encoder_facts(cfg)
     # The shared actors load their models while the sources are keyed: at once when the facts must be
     # learnt from them, else as soon as keying meets new audio (a rerun with none starts no Ray).

@@ -19,7 +19,8 @@ class PipelineConfig:
     """One feature job.
 
     Attributes:
-        store: store folder (created if missing).
+        store: store folder (created if missing) or object-store URL (``s3://bucket/prefix``, ``gs://...``;
+            credentials and endpoint from the client's standard environment, e.g. ``AWS_*``).
         manifest: manifest path (JSONL/Parquet); exactly one of ``manifest`` and ``shards``.
         shards: WebDataset shard paths or brace patterns (``shards/{000..127}.tar``).
         encoders: registry keys to compute.
@@ -54,6 +55,9 @@ class PipelineConfig:
             redo the parts that differ from their done marker (reads the store once); False checks
             only each part's files and shapes.
         force: start even when the store's disk has less free space than the job's estimate.
+        lease_seconds: how long the job's lease on the store lasts unless renewed (every third of it);
+            a killed job's lease blocks the next job on another host this long, and a job that cannot
+            renew it for this long can no longer commit.
     """
 
     store: str
@@ -81,6 +85,7 @@ class PipelineConfig:
     progress: bool = True
     verify_checksums: bool = True
     force: bool = False
+    lease_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         from alarm.pipeline.cluster import joins_cluster
@@ -113,6 +118,8 @@ class PipelineConfig:
             raise ConfigError("cpus_per_task must be positive")
         if self.inflight_parts is not None and self.inflight_parts < 1:
             raise ConfigError("inflight_parts must be >= 1 (or null for Ray Data's default)")
+        if self.lease_seconds <= 0:
+            raise ConfigError(f"lease_seconds must be positive, got {self.lease_seconds}")
         if self.gpus_per_actor > 0 and not self.device.startswith("cuda"):
             raise ConfigError(f"gpus_per_actor={self.gpus_per_actor} needs device 'cuda', not {self.device!r}")
 

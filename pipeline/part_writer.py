@@ -1,14 +1,26 @@
-"""Write one part of a group: clips appended in order, flushed shard by shard, committed atomically.
+"""Write one part of a group: clips appended in order, flushed shard by shard, committed by its marker.
 
-A part is written to ``.tmp``, renamed into ``parts/``, then marked done (see ``store`` for the
-layout); with a fencing token the commit is refused once another job has taken the store.
+Object storage has no rename, so a part is committed without one (the same steps on a local disk):
+
+1. zarr writes the part into a local staging folder: ``<group>/.staging/<attempt>`` for a local
+   store (same disk: the files are then hard-linked, not copied), the worker's temp dir for a URL;
+2. its files are put under a prefix of their own, ``parts/<part>/<attempt>/``, where ``attempt`` is
+   unique to this writer (a retried task, a twin or a killed job's worker never share one);
+3. the job's fencing token is checked against the store's lease (``store_fence.check_fence``);
+4. the done marker ``parts/<part>/_DONE`` (checksums of every file, the attempt, the token) is put
+   with a conditional create: the first attempt to mark the part wins. A writer that loses deletes
+   its attempt and keeps the part that won.
+
+Readers and the index see only marked parts and read the attempt the marker names; an attempt
+without a marker (a killed writer, a refused commit) is ignored, and ``alarm pipeline gc`` deletes it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import socket
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +31,14 @@ from alarm.pipeline.shard_io import RawShardedArray
 from alarm.pipeline.store_fence import check_fence
 from alarm.pipeline.store_layout import (
     DONE,
+    STAGING,
     FencingError,
+    Location,
     StoreConfig,
     StoreError,
+    objects_at,
+    store_of_group,
     tree_checksums,
-    write_atomic,
 )
 from alarm.pipeline.store_values import quantize, zarr_dtype
 
@@ -41,18 +56,23 @@ class PartInfo:
 class PartWriter:
     """Writes one part: clips appended in order, flushed shard by shard, committed atomically.
 
-    Exactly one PartWriter may exist per part id (the job plans parts so); two writers on one Zarr
-    shard would lose data. With a ``fence`` (the job's fencing token, see ``current_fence``) the
-    commit is refused, leaving no part, when the store's token has changed since the job took it.
+    Each writer stages its own files and uploads them under an attempt prefix of its own, so twin
+    writers of one part (a retried task) never mix their files; the first done marker wins. With a
+    ``fence`` (the job's fencing token, see ``store_fence``) the commit is refused, leaving no part,
+    when the job no longer holds the store's lease.
     """
 
-    def __init__(self, group: Path, part_id: str, total_frames: int, layers: int, dim: int,
+    def __init__(self, group: Location, part_id: str, total_frames: int, layers: int, dim: int,
                  cfg: StoreConfig, fence: str | None = None) -> None:
         import zarr
 
         self.group, self.part_id, self.cfg, self.fence = group, part_id, cfg, fence
+        self.objects = objects_at(group)
         self.total_frames, self.layers, self.dim = total_frames, layers, dim
-        self.tmp = group / ".tmp" / f"{part_id}.{uuid.uuid4().hex[:8]}"
+        self.attempt = uuid.uuid4().hex[:16]
+        local = self.objects.local
+        staging = local / STAGING if local is not None else Path(tempfile.gettempdir()) / "alarm-staging"
+        self.tmp = staging / f"{part_id}.{self.attempt}"
         self.tmp.mkdir(parents=True)
         root = zarr.open_group(str(self.tmp), mode="w", zarr_format=3, attributes={"part": part_id})
         compressors = None
@@ -112,7 +132,11 @@ class PartWriter:
         self._written = stop
 
     def commit(self) -> PartInfo:
-        """Flush, write offsets and clip table, rename into ``parts/`` and mark done."""
+        """Flush, write offsets and clip table, put the files under the attempt's prefix and mark the part done.
+
+        Raises:
+            FencingError: the job no longer holds the store's lease (nothing is committed).
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -135,35 +159,39 @@ class PartWriter:
                 chunks[name] = raw.chunk_checksums()
                 raw.close()
         size = sum((self.tmp / name).stat().st_size for name in files)
-        final = self.group / "parts" / self.part_id
-        if (final / DONE).is_file():
-            # Someone already committed the same part (same clips, same spec): keep theirs.
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        else:
-            self._check_fence(self.tmp)
-            if final.exists():  # renamed by a writer that was killed before marking it done
-                shutil.rmtree(final, ignore_errors=True)
-            try:
-                os.replace(self.tmp, final)
-            except OSError:
-                # A retried task's twin renamed the same part first (same clips, same bytes): keep theirs.
-                if not final.exists():
-                    raise
-                shutil.rmtree(self.tmp, ignore_errors=True)
+        marker = {"part": self.part_id, "clips": len(self._rows), "frames": self._written, "files": files,
+                  "chunks": chunks, "attempt": self.attempt, "fence": self.fence, "node": socket.gethostname()}
+        try:
+            if self.objects.exists(self._marker_key):  # an earlier run or a twin committed it: keep theirs
                 return PartInfo(self.part_id, len(self._rows), self._written, 0)
-            # Checked again between rename and marker: a job that took the store meanwhile wins.
-            self._check_fence(final)
-            marker = {"part": self.part_id, "clips": len(self._rows), "frames": self._written, "files": files,
-                      "chunks": chunks}
-            write_atomic(final / DONE, (json.dumps(marker, indent=1, sort_keys=True) + "\n").encode())
+            self._check_fence()
+            prefix = f"parts/{self.part_id}/{self.attempt}"
+            for rel in files:  # a request that fails past its retries leaves the part uncommitted
+                self.objects.put_file(f"{prefix}/{rel}", self.tmp / rel)
+            self._check_fence()  # the uploads took time: check again right before the marker
+            text = (json.dumps(marker, indent=1, sort_keys=True) + "\n").encode()
+            if self.objects.put_new(self._marker_key, text) is None:
+                self.objects.delete_prefix(prefix)  # a twin attempt marked the part first: keep theirs
+                return PartInfo(self.part_id, len(self._rows), self._written, 0)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         return PartInfo(self.part_id, len(self._rows), self._written, size)
 
-    def _check_fence(self, folder: Path) -> None:
-        """Remove ``folder`` (the uncommitted part) and raise if the job's fence is no longer the store's."""
+    def abort(self) -> None:
+        """Drop the staged files of a part that will not be committed (an encoder error, a kill signal)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @property
+    def _marker_key(self) -> str:
+        return f"parts/{self.part_id}/{DONE}"
+
+    def _check_fence(self) -> None:
+        """Delete this attempt's uploads and raise if the job's fence is no longer the store's lease."""
         if self.fence is None:
             return
         try:
-            check_fence(self.group.parents[2], self.fence, f"commit of part {self.group.name}/{self.part_id}")
+            check_fence(store_of_group(self.group), self.fence,
+                        f"commit of part {str(self.group).rstrip('/').rsplit('/', 1)[-1]}/{self.part_id}")
         except FencingError:
-            shutil.rmtree(folder, ignore_errors=True)
+            self.objects.delete_prefix(f"parts/{self.part_id}/{self.attempt}")
             raise

@@ -31,6 +31,7 @@ from typing import Any
 from alarm.pipeline.counts import COUNTS_HELP, ClipCounts, store_counts
 from alarm.pipeline.formatting import format_number, human_bytes, human_duration, markdown_table, truncate
 from alarm.pipeline.manifest import reason_kind
+from alarm.pipeline.store_layout import at, is_url, location, objects_at, read_bytes, read_parquet
 from alarm.pipeline.store_summary import store_groups
 
 REPORT_JSON = "report.json"
@@ -89,18 +90,15 @@ def write_report(folder: str | Path, title: str, data: dict[str, Any], sections:
     Returns:
         The paths of report.json and report.md.
     """
-    from alarm.pipeline.store_layout import (
-        write_atomic,  # temporary file and rename: a reader never sees half a report
-    )
+    from alarm.pipeline.store_layout import write_atomic  # whole objects: a reader never sees half a report
 
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
+    out = location(folder)  # a local folder (created if missing) or an object-store URL
     missing = list(missing or [])
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     document = {"title": title, "created": created, "missing": missing, "data": data}
-    json_path, md_path = out / REPORT_JSON, out / REPORT_MD
+    json_path, md_path = at(out, REPORT_JSON), at(out, REPORT_MD)
     write_atomic(json_path, (json.dumps(_strict(document), indent=2, default=str) + "\n").encode())
-    parts = [f"# {title}", f"_{created} · {out.resolve()}_"]
+    parts = [f"# {title}", f"_{created} · {out if is_url(out) else out.resolve()}_"]
     if key_figures:
         parts.append("\n".join(f"- **{k}**: {format_number(v)}" for k, v in key_figures.items()))
     if missing:
@@ -143,19 +141,20 @@ def need(path: Path) -> Path:
     return path
 
 
-def read_parquet_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
-    """Rows of a Parquet file, with those of ``columns`` it has (all when None); FileNotFoundError if absent."""
-    import pyarrow.parquet as pq
-
-    if columns is not None:
-        present = set(pq.read_schema(need(path)).names)
-        columns = [c for c in columns if c in present]
-    return pq.read_table(need(path), columns=columns).to_pylist()
+def read_parquet_rows(path: Path | str, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of a Parquet file or object, with those of ``columns`` it has (all when None); FileNotFoundError if absent."""
+    table = read_parquet(path)
+    if table is None:
+        raise FileNotFoundError(path)
+    return table.select([c for c in columns if c in table.column_names] if columns else table.column_names).to_pylist()
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file (FileNotFoundError if absent)."""
-    return json.loads(need(path).read_text())
+def read_json(path: Path | str) -> Any:
+    """A JSON file or object (FileNotFoundError if absent)."""
+    data = read_bytes(path)
+    if data is None:
+        raise FileNotFoundError(path)
+    return json.loads(data)
 
 
 def summarize(values: Sequence[float]) -> dict[str, float | None]:
@@ -275,13 +274,13 @@ def reject_table(rows: list[dict[str, Any]], id_key: str = "id", reason_key: str
 def _read_store(root: Path, missing: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]],
                                                          list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """The store's summary, instance rows, reject rows and encoder groups; what is unreadable goes to ``missing``."""
-    summary = attempt("summary.json", lambda: read_json(root / "summary.json"), missing, {}) or {}
+    summary = attempt("summary.json", lambda: read_json(at(root, "summary.json")), missing, {}) or {}
     instances = attempt("instances.parquet", lambda: read_parquet_rows(
-        root / "instances.parquet", ["id", "key", "dataset", "duration"]), missing, [])
+        at(root, "instances.parquet"), ["id", "key", "dataset", "duration"]), missing, [])
     rejects = attempt("rejects.parquet", lambda: read_parquet_rows(
-        root / "rejects.parquet", ["id", "audio", "reason"]), missing, [])
+        at(root, "rejects.parquet"), ["id", "audio", "reason"]), missing, [])
     groups: dict[str, dict[str, Any]] = {}
-    if (root / "features").is_dir():
+    if objects_at(at(root, "features")).list_dirs():
         groups = attempt("feature groups", lambda: store_groups(root), missing, {}) or {}
     else:
         missing.append("features/: not found (no encoder has written yet)")
@@ -358,7 +357,7 @@ def write_pipeline_report(store: str | Path) -> tuple[Path, Path]:
     Returns:
         The paths of report.json and report.md.
     """
-    root = Path(store)
+    root = location(store)
     missing: list[str] = []
     summary, instances, rejects, groups = _read_store(root, missing)
     clips, per_dataset = _clips_per_dataset(instances)
@@ -368,12 +367,12 @@ def write_pipeline_report(store: str | Path) -> tuple[Path, Path]:
     figures = {}
     groups_s = {ds: list(per.values()) for ds, per in clips.items() if per}
     if groups_s:
-        figures["durations"] = histogram_figure(groups_s, root / "durations.png", "clip duration (s)",
-                                                "Clip durations per dataset", ylabel="clips").name
+        figures["durations"] = str(histogram_figure(groups_s, at(root, "durations.png"), "clip duration (s)",
+                                                    "Clip durations per dataset", ylabel="clips")).rsplit("/", 1)[-1]
     else:
         missing.append("no accepted clip with a duration: no duration histogram")
     data = {
-        "kind": "pipeline", "store": str(root.resolve()),
+        "kind": "pipeline", "store": str(root if is_url(root) else root.resolve()),
         "instances": len(instances), "clips": len(all_clips), "audio_hours": sum(all_clips.values()) / 3600,
         "rejected_instances": len(rejects), "per_dataset": per_dataset, "rejected": rejected,
         "encoders": encoders, "stages": stages, "wall_seconds": summary.get("wall_seconds"),

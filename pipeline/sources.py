@@ -12,13 +12,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from alarm.pipeline.encode_pools import cpu_budget, quiet_ray_data
 from alarm.pipeline.extract_stages import key_batch, key_source
 from alarm.pipeline.job_config import PipelineConfig
-from alarm.pipeline.store_layout import clear_tmp, write_parquet_atomic
+from alarm.pipeline.store_layout import Location, at, clear_tmp, read_parquet, write_parquet_atomic
 
 
 @dataclass
@@ -65,7 +64,7 @@ def read_input(cfg: PipelineConfig) -> tuple[list[Any], list[Any]]:
     return instances, rejects
 
 
-def key_sources(root: Path, sources: list[tuple[str, float | None, float | None]],
+def key_sources(root: Location, sources: list[tuple[str, float | None, float | None]],
                 cfg: PipelineConfig, on_new_audio: Callable[[], Any] | None = None) -> dict[tuple, dict[str, Any]]:
     """Content key, duration and reason of every source, from the cache or by decoding.
 
@@ -75,12 +74,12 @@ def key_sources(root: Path, sources: list[tuple[str, float | None, float | None]
     files aside) calls nothing.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    cache_path = root / "sources.parquet"
+    cache_path = at(root, "sources.parquet")
     cached: dict[tuple, dict[str, Any]] = {}
-    if cache_path.is_file():
-        for r in pq.read_table(cache_path).to_pylist():
+    table = read_parquet(cache_path)
+    if table is not None:
+        for r in table.to_pylist():
             cached[(r["audio"], r["start"], r["end"], r["size"], r["mtime_ns"])] = r
     result: dict[tuple, dict[str, Any]] = {}
     todo = []
@@ -137,11 +136,11 @@ def _key_todo(todo: list[tuple], cfg: PipelineConfig) -> list[tuple[str, float, 
     return [found[src] for src in todo]
 
 
-def key_step(cfg: PipelineConfig, root: Path, instances: list[Any],
+def key_step(cfg: PipelineConfig, root: Location, instances: list[Any],
              on_new_audio: Callable[[], Any] | None = None) -> KeyStats:
     """Key every source of ``instances`` (deduplicated by audio and cut first; see ``key_sources``).
 
-    Also clears what a killed job left half-written at the store root (the caller holds its lock).
+    Also clears what a killed job left half-written at the store root (the caller holds its lease).
     """
     t0 = time.perf_counter()
     clear_tmp(root)

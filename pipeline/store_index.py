@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from alarm.pipeline.store_layout import committed_parts, write_parquet_atomic
+from alarm.pipeline.store_layout import (
+    Location,
+    at,
+    committed_parts,
+    part_subdir,
+    read_marker,
+    read_parquet,
+    write_parquet_atomic,
+)
 
 INDEX_COLUMNS = ("key", "part", "offset", "length", "duration")
 
 
-def build_index(group: Path) -> Any:
-    """The clip index of the committed parts (pyarrow table sorted by key; first part wins a key)."""
+def build_index(group: Location, parts: list[str] | None = None) -> Any:
+    """The clip index of the committed parts (pyarrow table sorted by key; first part wins a key).
+
+    Each part's clip table is read from the attempt its done marker names (``part_subdir``).
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     tables = []
-    for part in committed_parts(group):
-        t = pq.read_table(group / "parts" / part / "clips.parquet")
+    for part in committed_parts(group) if parts is None else parts:
+        marker = read_marker(group, part)
+        if marker is None:  # uncommitted since it was listed
+            continue
+        t = read_parquet(at(group, part_subdir(part, marker), "clips.parquet"))
+        if t is None:
+            raise FileNotFoundError(f"{at(group, part_subdir(part, marker), 'clips.parquet')} is missing")
         tables.append(t.append_column("part", pa.array([part] * len(t), pa.string())))
     if not tables:
         return pa.table({"key": pa.array([], pa.string()), "part": pa.array([], pa.string()),
@@ -32,23 +46,21 @@ def build_index(group: Path) -> Any:
     return table.take(pa.array(first, pa.int64())) if len(first) < len(keys) else table
 
 
-def write_index(group: Path) -> Any:
+def write_index(group: Location) -> Any:
     """Rebuild ``index.parquet`` from the committed parts and return it."""
-    table = build_index(group)
     parts = committed_parts(group)
+    table = build_index(group, parts)
     table = table.replace_schema_metadata({b"parts": json.dumps(parts).encode()})
-    write_parquet_atomic(table, group / "index.parquet")
+    write_parquet_atomic(table, at(group, "index.parquet"))
     return table
 
 
-def load_index(group: Path) -> Any:
+def load_index(group: Location) -> Any:
     """The clip index: index.parquet when it covers exactly the committed parts, else rebuilt in memory."""
-    import pyarrow.parquet as pq
-
-    path = group / "index.parquet"
-    if path.is_file():
-        table = pq.read_table(path)
+    table = read_parquet(at(group, "index.parquet"))
+    parts = committed_parts(group)
+    if table is not None:
         meta = table.schema.metadata or {}
-        if json.loads(meta.get(b"parts", b"null")) == committed_parts(group):
+        if json.loads(meta.get(b"parts", b"null")) == parts:
             return table
-    return build_index(group)
+    return build_index(group, parts)

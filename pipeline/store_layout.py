@@ -1,8 +1,12 @@
-"""The feature store's layout: its settings, spec ids, errors, groups and parts on disk.
+"""The feature store's layout: its settings, spec ids, errors, groups and parts, local or on object storage.
 
-Everything that names a folder or hashes a spec lives here; writing a part is ``part_writer``, the
-clip index ``store_index``, the job lock and fencing ``store_fence``, and reading ``store`` (whose
+Everything that names a location or hashes a spec lives here; writing a part is ``part_writer``, the
+clip index ``store_index``, the job's lease and fencing ``store_fence``, and reading ``store`` (whose
 docstring draws the whole layout).
+
+A store location is a local ``Path`` or an object-store URL (``s3://bucket/prefix``); ``at`` joins
+keys onto either and keeps its kind, and every byte goes through ``pipeline.objects``, so the same
+code writes both.
 """
 
 from __future__ import annotations
@@ -16,10 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alarm.pipeline.objects import Objects, is_url, join, open_objects
+
 STORE_FORMAT = 1
 DTYPES = ("float16", "bfloat16", "float32", "int8")
 COMPRESSORS = (None, "zstd")
 DONE = "_DONE"
+STAGING = ".staging"  # local stores: parts being written, beside their group (hard-linked into place)
+
+Location = Path | str
+"""A local folder or an object-store URL."""
 
 
 class StoreSpecError(ValueError):
@@ -103,6 +113,21 @@ def bytes_per_value(dtype: str, layers: int, dim: int) -> float:
 # ------------------------------------------------------------------------------------------ files
 
 
+def at(location: Location, *keys: str) -> Location:
+    """``location`` with ``keys`` appended: a ``Path`` for a local folder, a URL string for a URL."""
+    return join(location, *keys) if is_url(location) else Path(location, *keys)
+
+
+def location(text: str | Path) -> Location:
+    """A location from its text: the URL string as is, a local path as a ``Path``."""
+    return str(text) if is_url(text) else Path(text)
+
+
+def objects_at(location: Location) -> Objects:
+    """The objects under ``location`` (``pipeline.objects.open_objects``)."""
+    return open_objects(location)
+
+
 def file_checksum(path: Path) -> str:
     """blake2b-128 of a file's bytes."""
     digest = hashlib.blake2b(digest_size=16)
@@ -112,77 +137,133 @@ def file_checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
+def bytes_checksum(data: bytes) -> str:
+    """blake2b-128 of ``data`` (the same digest as ``file_checksum``)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def tree_checksums(folder: Path) -> dict[str, str]:
     """Checksum of every file below ``folder`` except the done marker, by relative path."""
     return {p.relative_to(folder).as_posix(): file_checksum(p)
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != DONE}
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file through a temporary name and a rename, so readers never see half of it."""
+def write_atomic(path: Location, data: bytes) -> None:
+    """Write one object whole, so readers never see half of it (a temporary name and a rename on disk)."""
+    if is_url(path):
+        parent, name = str(path).rsplit("/", 1)
+        open_objects(parent).put(name, data)
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
-def write_parquet_atomic(table: Any, path: Path) -> None:
-    """Write a pyarrow table as Parquet through a temporary name and a rename."""
+def write_parquet_atomic(table: Any, path: Location) -> None:
+    """Write a pyarrow table as one Parquet object (``write_atomic``)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_atomic(path, sink.getvalue().to_pybytes())
+
+
+def read_bytes(path: Location) -> bytes | None:
+    """An object's bytes, or None when it does not exist."""
+    if not is_url(path):
+        try:
+            return Path(path).read_bytes()
+        except FileNotFoundError:
+            return None
+    parent, name = str(path).rsplit("/", 1)
+    try:
+        return open_objects(parent).get(name)
+    except FileNotFoundError:
+        return None
+
+
+def read_parquet(path: Location, columns: list[str] | None = None) -> Any:
+    """A Parquet object as a pyarrow table, or None when it does not exist."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not is_url(path):
+        return pq.read_table(path, columns=columns) if Path(path).is_file() else None
+    data = read_bytes(path)
+    return None if data is None else pq.read_table(pa.BufferReader(data), columns=columns)
 
 
 # ------------------------------------------------------------------------------------------ groups
 
 
-def group_dir(root: Path | str, encoder: str, sid: str) -> Path:
-    """Folder of the group for ``encoder`` under spec id ``sid``."""
-    return Path(root) / "features" / encoder / sid
+def group_dir(root: Location, encoder: str, sid: str) -> Location:
+    """Location of the group for ``encoder`` under spec id ``sid``."""
+    return at(root, "features", encoder, sid)
 
 
-def list_groups(root: Path | str, encoder: str) -> list[str]:
+def store_of_group(group: Location) -> Location:
+    """The store a group location belongs to (``<store>/features/<encoder>/<spec id>``)."""
+    return str(group).rstrip("/").rsplit("/", 3)[0] if is_url(group) else Path(group).parents[2]
+
+
+def list_groups(root: Location, encoder: str) -> list[str]:
     """Spec ids present for ``encoder`` (folders holding a spec.json)."""
-    base = Path(root) / "features" / encoder
-    if not base.is_dir():
-        return []
-    return sorted(p.name for p in base.iterdir() if (p / "spec.json").is_file())
+    objects = open_objects(at(root, "features", encoder))
+    return [sid for sid in objects.list_dirs() if objects.exists(f"{sid}/spec.json")]
 
 
-def init_group(root: Path | str, encoder: str, spec: dict, layers: int, dim: int,
-               frame_rate: float) -> Path:
-    """Create (or check) the group for ``spec`` and return its folder."""
+def _zarr_group_json(attributes: dict) -> bytes:
+    """The ``zarr.json`` zarr writes for a v3 group with ``attributes`` (made by zarr, in memory)."""
     import zarr
+    from zarr.storage import MemoryStore
 
+    store = MemoryStore()
+    zarr.open_group(store, mode="w", zarr_format=3, attributes=attributes)
+    return bytes(store._store_dict["zarr.json"].to_bytes())
+
+
+def init_group(root: Location, encoder: str, spec: dict, layers: int, dim: int,
+               frame_rate: float) -> Location:
+    """Create (or check) the group for ``spec`` and return its location."""
     sid = spec_id(spec)
     folder = group_dir(root, encoder, sid)
+    objects = open_objects(root)
     meta = {"spec_id": sid, "encoder": encoder, "layers": layers, "dim": dim,
             "frame_rate": frame_rate, "spec": spec}
-    spec_path = folder / "spec.json"
-    if spec_path.is_file():
-        existing = json.loads(spec_path.read_text())
-        if spec_id(existing["spec"]) != sid:
-            raise StoreSpecError(f"{spec_path} does not hash to its folder name {sid}: the store is damaged")
+    spec_key = f"features/{encoder}/{sid}/spec.json"
+    existing = read_bytes(at(root, spec_key))
+    if existing is not None:
+        if spec_id(json.loads(existing)["spec"]) != sid:
+            raise StoreSpecError(f"{at(root, spec_key)} does not hash to its folder name {sid}: the store is damaged")
         return folder
-    (folder / "parts").mkdir(parents=True, exist_ok=True)
-    for path, attrs in ((Path(root), {"alarm_store": STORE_FORMAT}), (folder, {"spec_id": sid}),
-                        (folder / "parts", {})):
-        if not (path / "zarr.json").is_file():
-            zarr.open_group(str(path), mode="a", zarr_format=3, attributes=attrs)
-    for mid in (Path(root) / "features", Path(root) / "features" / encoder):
-        if not (mid / "zarr.json").is_file():
-            zarr.open_group(str(mid), mode="a", zarr_format=3)
-    write_atomic(spec_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    # Zarr group metadata down to the parts, so zarr tools see one hierarchy.
+    for prefix, attrs in (("", {"alarm_store": STORE_FORMAT}), ("features", {}), (f"features/{encoder}", {}),
+                          (f"features/{encoder}/{sid}", {"spec_id": sid}), (f"features/{encoder}/{sid}/parts", {})):
+        key = f"{prefix}/zarr.json" if prefix else "zarr.json"
+        if not objects.exists(key):
+            objects.put(key, _zarr_group_json(attrs))
+    objects.put(spec_key, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return folder
 
 
-def committed_parts(group: Path) -> list[str]:
+def read_marker(group: Location, part: str) -> dict | None:
+    """The done marker of ``part`` as JSON, or None when the part is not committed."""
+    data = read_bytes(at(group, "parts", part, DONE))
+    return None if data is None else json.loads(data)
+
+
+def committed_parts(group: Location) -> list[str]:
     """Part ids that carry a done marker, sorted."""
-    parts = group / "parts"
-    if not parts.is_dir():
-        return []
-    return sorted(p.name for p in parts.iterdir() if (p / DONE).is_file())
+    objects = open_objects(group)
+    if objects.local is not None:
+        parts = objects.local / "parts"
+        return sorted(p.name for p in parts.iterdir() if (p / DONE).is_file()) if parts.is_dir() else []
+    # One listing of the group's parts: markers are the keys ``parts/<part>/_DONE``.
+    return sorted(info.key.split("/")[1] for info in objects.list("parts")
+                  if info.key.count("/") == 2 and info.key.endswith("/" + DONE))
 
 
 def part_subdir(part: str, marker: dict) -> str:
@@ -196,19 +277,31 @@ def part_subdir(part: str, marker: dict) -> str:
     return f"parts/{part}/{attempt}" if attempt else f"parts/{part}"
 
 
-def uncommit_part(group: Path, part: str) -> None:
+def part_location(group: Location, part: str) -> Location | None:
+    """Where a committed part's files are (``part_subdir``), or None when it is not committed."""
+    marker = read_marker(group, part)
+    return None if marker is None else at(group, part_subdir(part, marker))
+
+
+def uncommit_part(group: Location, part: str) -> None:
     """Take a committed part out of the store: its done marker first (readers and the index stop
-    seeing it), then its folder. The next run of the job plans its clips again."""
-    folder = group / "parts" / part
-    (folder / DONE).unlink(missing_ok=True)
-    shutil.rmtree(folder, ignore_errors=True)
+    seeing it), then its files (every attempt). The next run of the job plans its clips again."""
+    objects = open_objects(group)
+    objects.delete(f"parts/{part}/{DONE}")
+    objects.delete_prefix(f"parts/{part}")
 
 
-def clear_tmp(folder: Path) -> None:
-    """Remove what a killed job left half-written in ``folder``: parts in ``.tmp`` and ``.*.tmp`` files.
+def clear_tmp(folder: Location) -> None:
+    """Remove what a killed job left half-written in a local ``folder``: staged parts (``.staging``,
+    and ``.tmp`` of stores written before attempts) and ``.*.tmp`` files. Nothing to do on a URL,
+    where parts are staged on the workers' disks and a put is whole or absent.
 
-    Call only while holding the job lock (another job's temporary files would go too).
+    Call only while holding the store's lease (another job's temporary files would go too).
     """
-    shutil.rmtree(folder / ".tmp", ignore_errors=True)
+    if is_url(folder):
+        return
+    folder = Path(folder)
+    for name in (STAGING, ".tmp"):
+        shutil.rmtree(folder / name, ignore_errors=True)
     for stale in folder.glob(".*.tmp"):
         stale.unlink(missing_ok=True)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from alarm.pipeline.formatting import human_bytes, human_duration
+from alarm.pipeline.store_layout import Location, at, objects_at
 
 
-def _folder_bytes(folder: Path) -> int:
-    """Bytes of every file under ``folder``."""
+def _folder_bytes(folder: Location) -> int:
+    """Bytes of every file (object) under ``folder``."""
+    objects = objects_at(folder)
+    if objects.local is None:
+        return sum(info.size for info in objects.list())
     total = 0
     for base, _, files in os.walk(folder):
         for name in files:
@@ -21,13 +24,13 @@ def _folder_bytes(folder: Path) -> int:
     return total
 
 
-def store_groups(root: Path) -> dict[str, dict[str, Any]]:
+def store_groups(root: Location) -> dict[str, dict[str, Any]]:
     """Each encoder group's status (``verify.store_status``) with its ``bytes_on_disk``."""
     from alarm.pipeline.verify import store_status
 
     groups = store_status(root)["groups"]
     for label, g in groups.items():
-        g["bytes_on_disk"] = _folder_bytes(root / "features" / label)
+        g["bytes_on_disk"] = _folder_bytes(at(root, "features", label))
     return groups
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,9 +20,16 @@ from alarm.pipeline.manifest import reason_kind
 from alarm.pipeline.store_index import load_index
 from alarm.pipeline.store_layout import (
     DONE,
+    Location,
+    at,
+    bytes_checksum,
     committed_parts,
     file_checksum,
     list_groups,
+    objects_at,
+    part_subdir,
+    read_bytes,
+    read_parquet,
     spec_id,
     uncommit_part,
 )
@@ -44,72 +50,86 @@ class VerifyReport:
         return not self.problems
 
 
-def _encoders(root: Path) -> list[str]:
-    base = root / "features"
-    return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+def _encoders(root: Location) -> list[str]:
+    return objects_at(at(root, "features")).list_dirs()
 
 
-def _instance_keys(root: Path) -> set[str]:
-    import pyarrow.parquet as pq
-
-    path = root / "instances.parquet"
-    return set(pq.read_table(path, columns=["key"]).column("key").to_pylist()) if path.is_file() else set()
+def _instance_keys(root: Location) -> set[str]:
+    table = read_parquet(at(root, "instances.parquet"), ["key"])
+    return set(table.column("key").to_pylist()) if table is not None else set()
 
 
-def _verify_part(folder: Path, layers: int, dim: int, checksums: bool) -> tuple[list[str], list[dict]]:
-    """Check one committed part; return its problems and its clip rows (empty if unreadable)."""
-    import pyarrow.parquet as pq
+def _small_array(objects: Any, prefix: str) -> Any:
+    """A small zarr array read whole from its objects (the offsets of a part), local or remote."""
     import zarr
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage import MemoryStore
 
-    name = f"{folder.parent.parent.parent.name}/{folder.parent.parent.name}/{folder.name}"
+    if objects.local is not None:
+        return zarr.open_array(str(objects.local / prefix), mode="r")[:]
+    store = MemoryStore()
+    proto = default_buffer_prototype()
+    for info in objects.list(prefix):
+        store._store_dict[info.key[len(prefix) + 1:]] = proto.buffer.from_bytes(objects.get(info.key))
+    return zarr.open_array(store, mode="r")[:]
+
+
+def _checksum(objects: Any, rel: str) -> str:
+    return file_checksum(objects.local / rel) if objects.local is not None else bytes_checksum(objects.get(rel))
+
+
+def _verify_part(group: Location, part: str, layers: int, dim: int, checksums: bool) -> tuple[list[str], list[dict]]:
+    """Check one committed part; return its problems and its clip rows (empty if unreadable)."""
+    name = f"{str(group).rstrip('/').rsplit('/', 2)[-2]}/{str(group).rstrip('/').rsplit('/', 1)[-1]}/{part}"
     problems: list[str] = []
     try:
-        marker = json.loads((folder / DONE).read_text())
+        marker = json.loads(read_bytes(at(group, "parts", part, DONE)))
         marked = set(marker["files"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         return [f"part {name}: done marker unreadable ({err})"], []
-    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != DONE}
+    objects = objects_at(at(group, part_subdir(part, marker)))
+    files = {info.key for info in objects.list() if info.key != DONE}
     for missing in sorted(marked - files):
         problems.append(f"part {name}: file {missing} is missing")
     for extra in sorted(files - marked):
         problems.append(f"part {name}: unexpected file {extra} (not in its done marker)")
     if checksums:
         for rel in sorted(marked & files):
-            if file_checksum(folder / rel) != marker["files"][rel]:
+            if _checksum(objects, rel) != marker["files"][rel]:
                 problems.append(f"part {name}: checksum of {rel} differs from its done marker")
     try:
-        rows = pq.read_table(folder / "clips.parquet").to_pylist()
-        features = zarr.open_array(str(folder / "features"), mode="r")
-        offsets = zarr.open_array(str(folder / "offsets"), mode="r")[:]
+        rows = read_parquet(at(group, part_subdir(part, marker), "clips.parquet")).to_pylist()
+        shape = tuple(json.loads(objects.get("features/zarr.json"))["shape"])
+        offsets = _small_array(objects, "offsets")
     except Exception as err:  # any unreadable file is a problem to name, not a crash
         return [*problems, f"part {name}: unreadable ({err})"], []
-    if features.shape[1:] != (layers, dim):
-        problems.append(f"part {name}: features shape {features.shape}, spec says (frames, {layers}, {dim})")
+    if shape[1:] != (layers, dim):
+        problems.append(f"part {name}: features shape {shape}, spec says (frames, {layers}, {dim})")
     expected = np.cumsum([0] + [r["length"] for r in rows])
     if len(offsets) != len(rows) + 1 or not np.array_equal(offsets, expected) or \
             [r["offset"] for r in rows] != list(expected[:-1]):
         problems.append(f"part {name}: offsets disagree with clips.parquet")
-    if features.shape[0] != expected[-1] or marker["frames"] != expected[-1] or marker["clips"] != len(rows):
-        problems.append(f"part {name}: {features.shape[0]} frames stored, clips.parquet covers "
+    if shape[0] != expected[-1] or marker["frames"] != expected[-1] or marker["clips"] != len(rows):
+        problems.append(f"part {name}: {shape[0]} frames stored, clips.parquet covers "
                         f"{expected[-1]}, done marker says {marker['frames']}")
-    return problems, [{**r, "part": folder.name} for r in rows]
+    return problems, [{**r, "part": part} for r in rows]
 
 
-def damaged_parts(group: Path, checksums: bool = True) -> dict[str, list[str]]:
+def damaged_parts(group: Location, checksums: bool = True) -> dict[str, list[str]]:
     """Committed parts of ``group`` that fail ``verify_store``'s part checks, with their problems."""
-    meta = json.loads((group / "spec.json").read_text())
+    meta = json.loads(read_bytes(at(group, "spec.json")))
     found = {}
     for part in committed_parts(group):
-        problems, _ = _verify_part(group / "parts" / part, meta["layers"], meta["dim"], checksums)
+        problems, _ = _verify_part(group, part, meta["layers"], meta["dim"], checksums)
         if problems:
             found[part] = problems
     return found
 
 
-def drop_damaged_parts(group: Path, checksums: bool = True) -> dict[str, list[str]]:
+def drop_damaged_parts(group: Location, checksums: bool = True) -> dict[str, list[str]]:
     """Uncommit every damaged part of ``group`` (the job then recomputes them); return them with their problems.
 
-    Call only while holding the job lock. With ``checksums`` every file of every part is read once.
+    Call only while holding the store's lease. With ``checksums`` every file of every part is read once.
     """
     found = damaged_parts(group, checksums)
     for part in found:
@@ -117,66 +137,68 @@ def drop_damaged_parts(group: Path, checksums: bool = True) -> dict[str, list[st
     return found
 
 
-def verify_store(root: Path | str, checksums: bool = True) -> VerifyReport:
-    """Check every group and part of the store at ``root``.
+def verify_store(root: Location, checksums: bool = True) -> VerifyReport:
+    """Check every group and part of the store at ``root`` (a folder or an object-store URL).
 
     Args:
-        root: store folder.
+        root: the store.
         checksums: recompute every file's checksum (reads all data; off for a quick check).
     """
-    root = Path(root)
     report = VerifyReport()
-    if not root.is_dir():
+    if not objects_at(root).exists("zarr.json"):
         report.problems.append(f"store {root} does not exist")
         return report
     wanted = _instance_keys(root)
     for encoder in _encoders(root):
         for sid in list_groups(root, encoder):
-            group = root / "features" / encoder / sid
-            label = f"{encoder}/{sid}"
-            meta = json.loads((group / "spec.json").read_text())
-            if spec_id(meta["spec"]) != sid:
-                report.problems.append(f"group {label}: spec.json does not hash to the folder name")
-                continue
-            done = committed_parts(group)
-            for part in sorted(p.name for p in (group / "parts").iterdir() if p.is_dir()):
-                if part not in done:
-                    report.problems.append(f"part {label}/{part}: no done marker (interrupted write; rerun the job)")
-            if (group / ".tmp").is_dir() and any((group / ".tmp").iterdir()):
-                report.warnings.append(f"group {label}: leftover temporary parts in .tmp (removed by the next run)")
-            rows: list[dict] = []
-            for part in done:
-                problems, part_rows = _verify_part(group / "parts" / part, meta["layers"], meta["dim"], checksums)
-                rows += part_rows
-                report.problems += problems
-                if problems:
-                    report.damaged.setdefault(label, []).append(part)
-            seen: dict[str, str] = {}
-            for r in rows:
-                if r["key"] in seen:
-                    report.problems.append(f"group {label}: clip {r['key']} is in parts {seen[r['key']]} and {r['part']}")
-                seen.setdefault(r["key"], r["part"])
-            _check_index(group, label, rows, report)
-            missing = wanted - set(seen)
-            if missing:
-                report.problems.append(f"group {label}: {len(missing)} clips of instances.parquet are not stored "
-                                       f"(e.g. {sorted(missing)[0]}); rerun the job")
-            report.groups[label] = {"parts": len(done), "clips": len(seen), "missing": len(missing)}
+            _verify_group(at(root, "features", encoder, sid), f"{encoder}/{sid}", wanted, checksums, report)
     return report
 
 
-def _check_index(group: Path, label: str, rows: list[dict], report: VerifyReport) -> None:
-    import pyarrow.parquet as pq
+def _verify_group(group: Location, label: str, wanted: set[str], checksums: bool, report: VerifyReport) -> None:
+    from alarm.pipeline.store_gc import abandoned, scan_parts
 
-    path = group / "index.parquet"
-    if not path.is_file():
+    meta = json.loads(read_bytes(at(group, "spec.json")))
+    if spec_id(meta["spec"]) != label.split("/")[1]:
+        report.problems.append(f"group {label}: spec.json does not hash to the folder name")
+        return
+    done = committed_parts(group)
+    scanned = scan_parts(group)
+    for part in sorted(set(scanned) - set(done)):
+        report.problems.append(f"part {label}/{part}: no done marker (interrupted write; rerun the job)")
+    dead = sum(len(a) for p, a in abandoned(group, scanned).items() if p in done)
+    if dead:
+        report.warnings.append(f"group {label}: {dead} abandoned attempt(s) beside committed parts "
+                               "(`alarm pipeline gc` removes them)")
+    rows: list[dict] = []
+    for part in done:
+        problems, part_rows = _verify_part(group, part, meta["layers"], meta["dim"], checksums)
+        rows += part_rows
+        report.problems += problems
+        if problems:
+            report.damaged.setdefault(label, []).append(part)
+    seen: dict[str, str] = {}
+    for r in rows:
+        if r["key"] in seen:
+            report.problems.append(f"group {label}: clip {r['key']} is in parts {seen[r['key']]} and {r['part']}")
+        seen.setdefault(r["key"], r["part"])
+    _check_index(group, label, rows, done, report)
+    missing = wanted - set(seen)
+    if missing:
+        report.problems.append(f"group {label}: {len(missing)} clips of instances.parquet are not stored "
+                               f"(e.g. {sorted(missing)[0]}); rerun the job")
+    report.groups[label] = {"parts": len(done), "clips": len(seen), "missing": len(missing)}
+
+
+def _check_index(group: Location, label: str, rows: list[dict], done: list[str], report: VerifyReport) -> None:
+    table = read_parquet(at(group, "index.parquet"))
+    if table is None:
         report.problems.append(f"group {label}: index.parquet is missing (rerun the job to rebuild it)")
         return
-    table = pq.read_table(path)
     covered = json.loads((table.schema.metadata or {}).get(b"parts", b"[]"))
-    if covered != committed_parts(group):
+    if covered != done:
         report.problems.append(f"group {label}: index.parquet covers {len(covered)} parts, "
-                               f"{len(committed_parts(group))} are committed (rerun the job to rebuild it)")
+                               f"{len(done)} are committed (rerun the job to rebuild it)")
     first: dict[str, tuple] = {}
     for r in sorted(rows, key=lambda r: (r["key"], r["part"])):
         first.setdefault(r["key"], (r["part"], r["offset"], r["length"]))
@@ -188,26 +210,25 @@ def _check_index(group: Path, label: str, rows: list[dict], report: VerifyReport
         report.problems.append(f"group {label}: {len(wrong)} index rows disagree with the parts (e.g. {wrong[0]})")
 
 
-def store_status(root: Path | str) -> dict[str, Any]:
-    """Done / pending / rejected clip counts per encoder group, from the store alone."""
-    import pyarrow.parquet as pq
+def store_status(root: Location) -> dict[str, Any]:
+    """Done / pending / rejected clip counts per encoder group, from the store alone (a folder or a URL)."""
+    from alarm.pipeline.store_gc import scan_parts
 
-    root = Path(root)
     wanted = _instance_keys(root)
-    rejects_path = root / "rejects.parquet"
+    rejects = read_parquet(at(root, "rejects.parquet"), ["reason"])
     rejected: Counter = Counter()
-    if rejects_path.is_file():
-        for reason in pq.read_table(rejects_path, columns=["reason"]).column("reason").to_pylist():
+    if rejects is not None:
+        for reason in rejects.column("reason").to_pylist():
             rejected[reason_kind(reason)] += 1
     groups = {}
     for encoder in _encoders(root):
         for sid in list_groups(root, encoder):
-            group = root / "features" / encoder / sid
+            group = at(root, "features", encoder, sid)
             stored = set(load_index(group).column("key").to_pylist())
-            parts = [p for p in (group / "parts").iterdir() if p.is_dir()]
+            done = committed_parts(group)
             groups[f"{encoder}/{sid}"] = {
                 "encoder": encoder, "spec_id": sid, "done": len(wanted & stored), "pending": len(wanted - stored),
-                "stored": len(stored), "parts": len(committed_parts(group)),
-                "incomplete_parts": len(parts) - len(committed_parts(group))}
+                "stored": len(stored), "parts": len(done),
+                "incomplete_parts": len(set(scan_parts(group)) - set(done))}
     return {"store": str(root), "clips": len(wanted), "rejected": dict(sorted(rejected.items())),
             "rejected_total": sum(rejected.values()), "groups": groups}

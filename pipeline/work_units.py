@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from alarm.pipeline.job_config import PipelineConfig
 from alarm.pipeline.store_fence import current_fence
 from alarm.pipeline.store_index import load_index
-from alarm.pipeline.store_layout import clear_tmp, group_spec, init_group
+from alarm.pipeline.store_layout import Location, clear_tmp, group_spec, init_group
 from alarm.pipeline.verify import drop_damaged_parts
 
 
@@ -52,7 +51,7 @@ class WorkUnit:
 class PlanStats:
     """What step 4 planned: a group folder per encoder and the units still to compute."""
 
-    groups: dict[str, Path]
+    groups: dict[str, Location]
     units: list[WorkUnit]
     skipped: dict[str, int]
     """encoder -> clips already stored (not planned again)."""
@@ -85,18 +84,18 @@ def part_id(keys: list[str]) -> str:
     return hashlib.blake2b("\n".join(keys).encode(), digest_size=10).hexdigest()
 
 
-def plan_units(cfg: PipelineConfig, root: Path, facts: dict[str, dict[str, Any]],
+def plan_units(cfg: PipelineConfig, root: Location, facts: dict[str, dict[str, Any]],
                clips: dict[str, dict[str, Any]]) -> PlanStats:
     """Create or check each encoder's group, take out its damaged parts, and plan the missing clips.
 
     Args:
         cfg: the job.
-        root: the store folder (the caller holds its lock).
+        root: the store (the caller holds its lease).
         facts: encoder -> ``encoder_facts`` (spec, layers, dim, frame rate).
         clips: accepted clip key -> ``{"duration", "source"}`` (``write_instance_tables``).
     """
     groups, units, skipped, repaired = {}, {}, {}, {}
-    fence = current_fence(root)  # written by store_lock: every commit of this job carries it
+    fence = current_fence(root)  # the token of this job's lease: every commit of this job carries it
     for e in cfg.encoders:
         f = facts[e]
         groups[e] = init_group(root, e, group_spec(f["spec"], cfg.storage), f["layers"], f["dim"], f["frame_rate"])
