@@ -6,7 +6,6 @@ always unmounts). The job is the real one: local Ray, the tiny encoders, a Zarr 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from store_fixtures import tone, write_manifest_rows, write_wav
+from store_trees import store_digest
 
 from alarm.cli import main
 from alarm.pipeline.job import PipelineConfig, run_pipeline
@@ -27,9 +27,9 @@ STORAGE = {"dtype": "float32", "part_seconds": 20.0}
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """Bytes of every file a job writes, except its summary and report (timings) and the lock."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name not in ("summary.json", "report.json", "report.md", ".lock")}
+    """Bytes of every object a job writes (parts by part id, not attempt), except its summary and report
+    (timings) and the lease."""
+    return store_digest(root, skip={"summary.json", "report.json", "report.md", ".lease"})
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -18,12 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from store_fixtures import good_corpus, hostile_corpus, tone, write_manifest_rows, write_shard, write_wav
+from store_trees import part_folder, store_digest
 
 from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.decode import DecodeConfig, decode_clip
 from alarm.pipeline.job import PipelineConfig, run_pipeline
 from alarm.pipeline.store import open_features
-from alarm.pipeline.store_layout import StoreConfig, StoreSpecError
+from alarm.pipeline.store_layout import StoreConfig, StoreSpecError, committed_parts
 from alarm.pipeline.verify import store_status, verify_store
 from alarm.pipeline.work_units import plan_parts
 
@@ -74,9 +74,9 @@ def config(store: Path, manifest: Path, **kw: object) -> PipelineConfig:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """Bytes of every file a job writes, except the summary and the report (timings, dates) and the lock."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in ("summary.json", "report.json", "report.md", ".lock")}
+    """Bytes of every object a job writes (parts by part id, not attempt), except the summary and the
+    report (timings, dates) and the lease."""
+    return store_digest(root, skip={"summary.json", "report.json", "report.md", ".lease"})
 
 
 def test_plan_parts_is_stable_when_whole_parts_are_removed() -> None:
@@ -138,7 +138,7 @@ def test_store_equals_direct_encoding_and_rejects_have_reasons(ray_session, enco
         np.testing.assert_allclose(reader.read(clip.key), direct, rtol=1e-5, atol=1e-5)
     # Exact: the same call the stage made for a part (its clips in order) gives the same bytes.
     group = reader.group
-    part = sorted(p for p in (group / "parts").iterdir())[0]
+    part = part_folder(group, committed_parts(group)[0])
     keys = pq.read_table(part / "clips.parquet").column("key").to_pylist()
     sources = {r["key"]: r for r in instances}
     waves = [decode_clip(sources[k]["audio"], sources[k]["start"], sources[k]["end"], DecodeConfig()).at(16000)
@@ -239,7 +239,9 @@ def test_sigkill_then_rerun_gives_the_same_store(ray_session, encoders, tmp_path
     run_pipeline(config(whole, manifest, storage={"part_seconds": 1.0}, pools="per-encoder"))
 
     ray_tmpdir = Path(tempfile.mkdtemp(prefix="rayk", dir="/tmp"))  # short: Ray's socket paths live under it
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": str(ray_tmpdir)}
+    # This checkout's code first (a PYTHONPATH given to the tests), else the repository's.
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p)
+    env = {**os.environ, "PYTHONPATH": path, "RAY_TMPDIR": str(ray_tmpdir)}
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(killed), str(manifest)], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

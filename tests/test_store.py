@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from store_trees import part_folder
 
 from alarm.pipeline.part_writer import PartWriter
 from alarm.pipeline.shard_io import RawShardedArray
@@ -61,9 +62,9 @@ def test_round_trip_per_dtype(tmp_path: Path, dtype: str, compressor: str | None
     # The direct shard reader is used exactly when there is no compressor, and agrees with zarr.
     features, _ = reader._open(0)
     assert isinstance(features, RawShardedArray) == (compressor is None)
-    stored = zarr.open_array(str(group / "parts" / "p0" / "features"), mode="r")
+    stored = zarr.open_array(str(part_folder(group, "p0") / "features"), mode="r")
     for start, stop in [(0, 0), (0, 5), (3, 40), (31, 33), (0, stored.shape[0]), (90, 171)]:
-        raw = RawShardedArray.open(group / "parts" / "p0" / "features")
+        raw = RawShardedArray.open(part_folder(group, "p0") / "features")
         if raw is not None:
             np.testing.assert_array_equal(raw.read(start, stop), stored[start:stop])
     assert reader.keys() == sorted(data) and len(reader) == len(data)
@@ -105,7 +106,7 @@ def test_bfloat16_rounds_to_nearest() -> None:
 def test_uncommitted_part_is_invisible_and_commit_replaces_it(tmp_path: Path) -> None:
     cfg = StoreConfig(chunk_frames=8, shard_frames=32)
     group = write_part(tmp_path, cfg, clips(0, 4), "p0")
-    # A writer killed between rename and done marker leaves parts/p1 without _DONE.
+    # A writer killed between its uploads and its done marker leaves parts/p1 without _DONE.
     writer = PartWriter(group, "p1", sum(len(v) for v in clips(1, 4).values()), LAYERS, DIM, cfg)
     for key, value in clips(1, 4).items():
         writer.append(key, value, 1.0)
@@ -115,7 +116,7 @@ def test_uncommitted_part_is_invisible_and_commit_replaces_it(tmp_path: Path) ->
     assert len(open_features(tmp_path, "toy")) == 4
     report = verify_store(tmp_path)
     assert any("p1: no done marker" in p for p in report.problems)
-    # The rerun's writer replaces the half-committed folder.
+    # The rerun's writer commits a new attempt; the abandoned one stays invisible.
     writer = PartWriter(group, "p1", info.frames, LAYERS, DIM, cfg)
     for key, value in clips(1, 4).items():
         writer.append(key, value, 1.0)
@@ -170,7 +171,7 @@ def test_spec_mismatch_is_refused(tmp_path: Path) -> None:
 def test_verify_names_a_corrupted_file(tmp_path: Path) -> None:
     group = write_part(tmp_path, StoreConfig(chunk_frames=8, shard_frames=32), clips())
     assert verify_store(tmp_path).ok
-    shard = next(p for p in sorted((group / "parts" / "p0" / "features").rglob("*")) if p.is_file()
+    shard = next(p for p in sorted((part_folder(group, "p0") / "features").rglob("*")) if p.is_file()
                  and p.name != "zarr.json")
     blob = bytearray(shard.read_bytes())
     blob[10] ^= 0xFF

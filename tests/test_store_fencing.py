@@ -1,5 +1,5 @@
-"""Fencing: a job writes a token into the store when it takes the lock, and a commit carrying any
-other job's token is refused and leaves no part (a killed job's workers outlive it by a moment)."""
+"""Fencing: a job's lease on the store carries a token, and a commit carrying any other job's token
+is refused and leaves no part (a killed job's workers outlive it by a moment)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from store_fixtures import tone
 from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.part_writer import PartWriter
 from alarm.pipeline.store_fence import current_fence, store_lock
-from alarm.pipeline.store_layout import FencingError, StoreConfig, committed_parts, group_spec, init_group
+from alarm.pipeline.store_layout import (
+    STAGING,
+    FencingError,
+    StoreConfig,
+    committed_parts,
+    group_spec,
+    init_group,
+)
 
 CFG = StoreConfig(chunk_frames=8, shard_frames=32)
 
@@ -39,7 +46,7 @@ def test_commit_with_a_stale_token_is_refused_and_leaves_no_part(tmp_path: Path)
             stale.commit()
         assert committed_parts(group) == []
         assert not (group / "parts" / "p0").exists()
-        assert not any((group / ".tmp").iterdir())  # its temporary part is gone too
+        assert not any((group / STAGING).iterdir())  # its staged attempt is gone too
         writer(group, second).commit()  # the job that holds the store commits
         assert committed_parts(group) == ["p0"]
 

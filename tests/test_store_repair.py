@@ -3,7 +3,6 @@ recomputes exactly the parts verify rejects, back to the bytes of an undamaged r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import shutil
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from store_fixtures import good_corpus, write_manifest_rows
+from store_trees import part_folder, store_digest
 
 from alarm.pipeline.part_writer import PartWriter
 from alarm.pipeline.shard_io import RawShardedArray
@@ -62,7 +62,7 @@ def toy_store(root: Path, cfg: StoreConfig) -> tuple[Path, dict[str, np.ndarray]
 def test_reader_refuses_a_part_whose_chunk_bytes_changed(tmp_path: Path) -> None:
     cfg = StoreConfig(chunk_frames=8, shard_frames=32)
     group, data = toy_store(tmp_path / "store", cfg)
-    shard, offset, frame = first_chunk(group / "parts" / "p1" / "features")
+    shard, offset, frame = first_chunk(part_folder(group, "p1") / "features")
     assert json.loads((group / "parts" / "p1" / DONE).read_text())["chunks"]["features"]["0"]["chunks"]
     flip_bytes(shard, offset + 10)
     reader = open_features(tmp_path / "store", "toy")
@@ -85,7 +85,7 @@ def test_reader_refuses_a_part_whose_chunk_bytes_changed(tmp_path: Path) -> None
 def test_reader_checks_small_files_and_index_on_first_access(tmp_path: Path) -> None:
     cfg = StoreConfig(chunk_frames=8, shard_frames=32)
     group, _ = toy_store(tmp_path / "store", cfg)
-    flip_bytes(group / "parts" / "p1" / "clips.parquet", 40)
+    flip_bytes(part_folder(group, "p1") / "clips.parquet", 40)
     reader = open_features(tmp_path / "store", "toy")
     with pytest.raises(DamagedPartError, match="checksum of clips.parquet differs"):
         reader.read("p1-3")  # in no damaged chunk: the part's first access finds it
@@ -109,7 +109,7 @@ def test_compressed_parts_are_checked_whole_on_first_access(tmp_path: Path) -> N
     cfg = StoreConfig(chunk_frames=8, shard_frames=32, compressor="zstd")
     group, data = toy_store(tmp_path / "store", cfg)
     assert json.loads((group / "parts" / "p1" / DONE).read_text())["chunks"] == {}
-    shard = group / "parts" / "p1" / "features" / "c" / "0" / "0" / "0"
+    shard = part_folder(group, "p1") / "features" / "c" / "0" / "0" / "0"
     flip_bytes(shard, 12)
     reader = open_features(tmp_path / "store", "toy")
     with pytest.raises(DamagedPartError, match=r"checksum of features/c/0/0/0 differs"):
@@ -124,7 +124,7 @@ def test_dataset_skips_clips_of_a_damaged_part_and_logs_them_once(tmp_path: Path
 
     cfg = StoreConfig(chunk_frames=8, shard_frames=32)
     group, _ = toy_store(tmp_path / "store", cfg)
-    shard, offset, _ = first_chunk(group / "parts" / "p1" / "features")
+    shard, offset, _ = first_chunk(part_folder(group, "p1") / "features")
     flip_bytes(shard, offset)
     reader = open_features(tmp_path / "store", "toy")
     examples = [Example(f"i-{k}", k, "d", np.zeros(2, np.int32), np.ones(3, np.int32), {"toy": reader.num_frames(k)},
@@ -156,10 +156,9 @@ def ray_session():
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """Bytes of every file a job writes, except the summary and reports (timings) and the lock (its token)."""
-    skip = ("summary.json", "report.json", "report.md", ".lock")
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in skip}
+    """Bytes of every object a job writes, parts keyed by part id (not attempt), except the summary and
+    reports (timings) and the lease (its token)."""
+    return store_digest(root, skip={"summary.json", "report.json", "report.md", ".lease"})
 
 
 def test_rerun_and_repair_recompute_exactly_the_damaged_parts(ray_session, tiny_whisper_dir, tiny_w2vbert_dir,
@@ -189,11 +188,11 @@ def test_rerun_and_repair_recompute_exactly_the_damaged_parts(ray_session, tiny_
     for how in ("rerun", "repair"):
         copy = tmp_path / how
         shutil.copytree(original, copy)
-        shard, offset, _ = first_chunk(copy / whisper.relative_to(original) / "parts" / damaged_part / "features")
+        shard, offset, _ = first_chunk(part_folder(copy / whisper.relative_to(original), damaged_part) / "features")
         flip_bytes(shard, offset + 100)
         report = verify_store(copy)
         assert report.damaged == {f"whisper/{whisper.name}": [damaged_part]}
-        key = pq_keys(copy / whisper.relative_to(original) / "parts" / damaged_part)[0]
+        key = pq_keys(part_folder(copy / whisper.relative_to(original), damaged_part))[0]
         with pytest.raises(DamagedPartError, match=damaged_part):
             read_all(open_features(copy, "whisper"), [key])
         if how == "rerun":
