@@ -195,12 +195,12 @@ def pipeline_verify(store: str, quick: bool) -> None:
 
 def _need_store(store: str) -> object:
     """The store's location; exit 2 with one line if it cannot be reached or holds no store."""
-    from alarm.pipeline.store_layout import location, objects_at
+    from alarm.pipeline.store_layout import location, objects_at, store_exists
 
     root = location(store)
     try:
         objects_at(root).check()
-        exists = objects_at(root).exists("zarr.json")
+        exists = store_exists(root)
     except ConfigError as err:
         fail(str(err))
     if not exists:

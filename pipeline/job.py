@@ -212,6 +212,9 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineSummary:
     except Exception as err:
         if is_disk_full(err) and not isinstance(err, NotEnoughSpace):
             raise NotEnoughSpace.during_job(root, workers.bytes_needed) from None
+        cause = getattr(err, "cause", None)  # a worker's error, as Ray wraps it
+        if isinstance(cause, StoreError) and not isinstance(err, NotEnoughSpace):  # e.g. fencing: one line
+            raise type(cause)(str(cause)) from None
         failed = _request_error(err)
         if failed is not None:
             raise StoreError(f"a request to {root} failed after its retries ({failed}); the parts committed "

@@ -160,8 +160,8 @@ def run_gc(root: Location, grace_seconds: float, dry_run: bool = False) -> GcRep
 
     objects = objects_at(root)
     objects.check()
-    if not objects.exists("zarr.json"):
-        raise ConfigError(f"{objects.url} is not a feature store (no zarr.json at its root)")
+    if not objects.list_dirs("features"):
+        raise ConfigError(f"{objects.url} is not a feature store (nothing under features/)")
     if dry_run:
         return collect(root, grace_seconds, dry_run=True)
     with store_lock(root):

@@ -123,6 +123,12 @@ def location(text: str | Path) -> Location:
     return str(text) if is_url(text) else Path(text)
 
 
+def store_exists(root: Location) -> bool:
+    """True when ``root`` holds something: a local folder, or any object under the URL's prefix."""
+    objects = open_objects(root)
+    return objects.local.is_dir() if objects.local is not None else bool(objects.list_dirs())
+
+
 def objects_at(location: Location) -> Objects:
     """The objects under ``location`` (``pipeline.objects.open_objects``)."""
     return open_objects(location)

@@ -31,6 +31,7 @@ from alarm.pipeline.store_layout import (
     read_bytes,
     read_parquet,
     spec_id,
+    store_exists,
     uncommit_part,
 )
 
@@ -145,7 +146,7 @@ def verify_store(root: Location, checksums: bool = True) -> VerifyReport:
         checksums: recompute every file's checksum (reads all data; off for a quick check).
     """
     report = VerifyReport()
-    if not objects_at(root).exists("zarr.json"):
+    if not store_exists(root):
         report.problems.append(f"store {root} does not exist")
         return report
     wanted = _instance_keys(root)
