@@ -82,7 +82,7 @@ def find_audio(value: str, root: Path) -> Path:
         ValueError: The file does not exist (reason ``missing: ...``).
     """
     path = Path(os.path.expanduser(value))
-    path = path if path.is_absolute() else root / path
+    path = Path(os.path.abspath(path if path.is_absolute() else root / path))
     if not path.is_file():
         raise ValueError(f"missing: audio file not found: {path}")
     return path
