@@ -106,7 +106,7 @@ def test_cutset_offsets_channels_and_rejects(tmp_path: Path, recordings: dict, m
 
 
 def test_per_supervision_and_bad_sources(tmp_path: Path, recordings: dict) -> None:
-    from lhotse import RecordingSet, SupervisionSet
+    from lhotse import CutSet, RecordingSet, SupervisionSet
 
     RecordingSet.from_recordings([recordings["talk"]]).to_file(tmp_path / "recs.jsonl")
     SupervisionSet.from_segments(supervisions()[:2]).to_file(tmp_path / "sups.jsonl")
@@ -120,8 +120,14 @@ def test_per_supervision_and_bad_sources(tmp_path: Path, recordings: dict) -> No
     assert rows[1]["metadata"] == {"transcript": "Fine, thanks.", "speaker": "B", "language": "en",
                                    "emotion": "happy"}
     assert_checks_and_stats(out, instances=2)
+    (tmp_path / "empty.jsonl").write_text("")
+    CutSet.from_manifests(recordings=RecordingSet.from_recordings([recordings["talk"]])).to_file(tmp_path / "c.jsonl")
+    first = (tmp_path / "c.jsonl").read_text().splitlines()[0]
+    (tmp_path / "broken.jsonl").write_text(first + "\n" + '{"id": "c2", "type": "MonoCut", "start": 0}\n')
     bad = [
         ([tmp_path / "nope.jsonl"], "does not exist"),
+        ([tmp_path / "empty.jsonl"], "is empty"),
+        ([tmp_path / "broken.jsonl"], "broken.jsonl: record 2 is not one lhotse can read"),
         ([tmp_path / "sups.jsonl"], "is a SupervisionSet; give a CutSet, or a RecordingSet with --supervisions"),
         ([tmp_path / "recs.jsonl", "--supervisions", tmp_path / "recs.jsonl"], "is not a SupervisionSet"),
     ]

@@ -128,8 +128,8 @@ def import_alarm_corpora(src: Path, out: Path, raw: Path | None, splits: tuple[s
         keyed = key_clips(collected, out, instances)
 
         def write(summary: Any) -> str:
-            n = write_targets(targets, summary.rows, collected.extra["published"], keyed, ANSWERS[answer],
-                              Path(out).resolve().parent)
+            n = write_targets(targets, summary.rows, collected.extra["published"], collected.extra["answers"](),
+                              keyed, ANSWERS[answer], Path(out).resolve().parent)
             return f"targets: {n} published answers ({ANSWERS[answer]}) written to {targets}"
         return write
 

@@ -88,34 +88,46 @@ def _hf_features(schema: Any) -> dict[str, Any]:
         return {}
 
 
-def _batches(path: Path, batch_rows: int) -> tuple[Any, Iterator[Any]]:
-    """(schema, record batches) of one Parquet or Arrow (IPC stream or file) table."""
+def _batches(path: Path, batch_rows: int, columns: list[str] | None = None) -> tuple[Any, Iterator[Any]]:
+    """(schema, record batches) of one Parquet or Arrow (IPC stream or file) table, only ``columns``
+    when given (Parquet reads no other column; Arrow files are memory-mapped, so the rest is not read)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         if path.suffix == ".parquet":
             handle = pq.ParquetFile(path)
-            return handle.schema_arrow, handle.iter_batches(batch_size=batch_rows)
+            return handle.schema_arrow, handle.iter_batches(batch_size=batch_rows, columns=columns)
         source = pa.memory_map(str(path))
         try:
             reader = pa.ipc.open_stream(source)
-            return reader.schema, iter(reader)
+            batches = iter(reader)
         except pa.ArrowInvalid:
             reader = pa.ipc.open_file(source)
-            return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        if columns is not None:
+            batches = (b.select(columns) for b in batches)
+        return reader.schema, batches
     except (OSError, pa.ArrowException) as err:
         raise SourceError(f"{path} is not a readable table: {err}") from err
 
 
-def iter_rows(split: Split, batch_rows: int = 256) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """(row, features) for every row of a split, in order, one record batch in memory at a time."""
+def iter_batches(split: Split, batch_rows: int = 256, columns: list[str] | None = None
+                 ) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """(record batch, features) of a split, in order, one batch in memory at a time."""
     for path in split.files:
-        schema, batches = _batches(path, batch_rows)
+        schema, batches = _batches(path, batch_rows, columns)
         features = split.features or _hf_features(schema)
         for batch in batches:
-            for row in batch.to_pylist():
-                yield row, features
+            yield batch, features
+
+
+def iter_rows(split: Split, batch_rows: int = 256, columns: list[str] | None = None
+              ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(row, features) for every row of a split, in order (only ``columns`` when given)."""
+    for batch, features in iter_batches(split, batch_rows, columns):
+        for row in batch.to_pylist():
+            yield row, features
 
 
 def column_names(split: Split) -> list[str]:

@@ -51,20 +51,23 @@ def load_cuts(src: Path, opts: LhotseOptions) -> Any:
     Raises:
         SourceError: The files are missing, unreadable, or of the wrong manifest type.
     """
-    from lhotse import CutSet, RecordingSet, SupervisionSet, load_manifest
+    from lhotse import CutSet, RecordingSet, SupervisionSet, load_manifest, load_manifest_lazy
 
     for path in (src, opts.supervisions):
         if path is not None and not Path(path).is_file():
             raise SourceError(f"{path} does not exist")
     try:
-        manifest = load_manifest(src)
+        # JSONL is read lazily (a CutSet of millions of cuts streams); other formats are loaded whole.
+        manifest = load_manifest_lazy(src) if ".jsonl" in Path(src).name else load_manifest(src)
         sups = load_manifest(opts.supervisions) if opts.supervisions else None
     except Exception as err:  # lhotse raises ValueError/KeyError/JSON errors for a file it cannot type
         raise SourceError(f"{src} is not a lhotse manifest lhotse can read: {err}") from err
+    if manifest is None:
+        raise SourceError(f"{src} is empty")
     if isinstance(manifest, RecordingSet):
         if sups is not None and not isinstance(sups, SupervisionSet):
             raise SourceError(f"{opts.supervisions} is not a SupervisionSet")
-        cuts = CutSet.from_manifests(recordings=manifest, supervisions=sups)
+        cuts = CutSet.from_manifests(recordings=manifest.to_eager(), supervisions=sups)
     elif isinstance(manifest, CutSet):
         if sups is not None:
             raise SourceError("--supervisions pairs with a RecordingSet; a CutSet carries its own")
@@ -160,9 +163,13 @@ def import_lhotse(src: Path, out: Path, opts: LhotseOptions) -> Collected:
     root = Path(opts.audio_root) if opts.audio_root else Path.cwd()
     out_dir = out.resolve().parent
     collected = Collected()
-    for number, cut in enumerate(cuts, start=1):
-        try:
-            collected.add(number, row_of(cut, dataset, root, out_dir))
-        except ValueError as err:
-            collected.reject(number, cut.id, str(err))
+    number = 0
+    try:
+        for number, cut in enumerate(cuts, start=1):
+            try:
+                collected.add(number, row_of(cut, dataset, root, out_dir))
+            except ValueError as err:
+                collected.reject(number, cut.id, str(err))
+    except Exception as err:  # a record lhotse cannot deserialise ends its lazy iterator
+        raise SourceError(f"{src}: record {number + 1} is not one lhotse can read: {err}") from err
     return collected

@@ -2,7 +2,8 @@
 
 The file has the columns of the rephrase stage's ``targets.parquet`` (``rephrase/targets.py``), so
 ``alarm train run`` and every reader of targets take it unchanged; the generation-only columns
-(template hashes, cache keys, sampling) are null and ``model`` says ``published:<answer column>``.
+(template hashes, cache keys, sampling, and ``answer``: the corpus publishes only the final answers)
+are null and ``model`` says ``published:<answer column>``.
 
 The trainer joins targets with the feature store by **clip key**, the hash of a clip's decoded
 samples. The importer computes it the way the feature job does (``extract_stages.key_source``), so
@@ -13,6 +14,7 @@ rejected from the manifest too, with the decoder's reason (the feature job would
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -86,30 +88,42 @@ def split_of(corpus_split: str) -> str:
 
 
 def write_targets(path: Path, rows: list[dict[str, Any]], published: dict[str, dict[str, Any]],
-                  keyed: dict[str, tuple[str, float]], answer_column: str, base: Path) -> int:
-    """Write one target per manifest row that has a published answer; returns how many were written."""
+                  answers: Iterable[tuple[str, Any]], keyed: dict[str, tuple[str, float]], answer_column: str,
+                  base: Path, flush_rows: int = 8192) -> int:
+    """Write one target per manifest row with a published answer; returns how many were written.
+
+    ``answers`` streams (instance id, answer) from the corpus, so the answers (kilobytes each, millions
+    of them) are never all in memory: rows are written in Parquet row groups of ``flush_rows``.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out_rows = []
-    for row in rows:
-        info = published.get(row["id"])
-        target = (info or {}).get("target")
-        if not isinstance(target, str) or not target.strip():
-            continue
-        key, duration = keyed[row["id"]]
-        out_rows.append({
-            "instance_id": row["id"], "clip_key": key, "dataset": row["dataset"], "kind": "audio",
-            "prompt": info["prompt"], "target": target, "incomplete": "</think>" not in target,
-            "split": split_of(info["split"]), "n_tokens": None, "model": f"published:{answer_column}",
-            "model_fingerprint": None, "answer_template_hash": None, "rephrase_template_hash": None,
-            "sampling": None, "answer_key": None, "rephrase_key": None, "budget_forced": False,
-            "description": info.get("description"), "answer": info.get("answer"),
-            "audio": resolve_audio(row["audio"], base), "duration": float(duration),
-        })
+    manifest = {r["id"]: r for r in rows}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(out_rows, schema=target_schema()), tmp)
+    schema = target_schema()
+    written, pending = 0, []
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for row_id, target in answers:
+            row = manifest.pop(row_id, None)  # pop: a key repeated in the corpus gives one target
+            if row is None or not isinstance(target, str) or not target.strip():
+                continue
+            info = published[row_id]
+            key, duration = keyed[row_id]
+            pending.append({
+                "instance_id": row_id, "clip_key": key, "dataset": row["dataset"], "kind": "audio",
+                "prompt": info["prompt"], "target": target, "incomplete": "</think>" not in target,
+                "split": split_of(info["split"]), "n_tokens": None, "model": f"published:{answer_column}",
+                "model_fingerprint": None, "answer_template_hash": None, "rephrase_template_hash": None,
+                "sampling": None, "answer_key": None, "rephrase_key": None, "budget_forced": False,
+                "description": info.get("description") or None, "answer": None,
+                "audio": resolve_audio(row["audio"], base), "duration": float(duration),
+            })
+            if len(pending) >= flush_rows:
+                writer.write_table(pa.Table.from_pylist(pending, schema=schema))
+                written, pending = written + len(pending), []
+        writer.write_table(pa.Table.from_pylist(pending, schema=schema))
+        written += len(pending)
     tmp.replace(path)
-    return len(out_rows)
+    return written
