@@ -41,7 +41,7 @@ def test_esc50_style(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                                "metadata": {"labels": ["dog"], "fold": "1"}}
     assert rows["esc50/2"]["metadata"] == {"labels": ["dog"], "fold": "2"}
     assert rejects_of(tmp_path / "esc50.jsonl") == {
-        None: f"missing: audio file not found: {tmp_path}/ESC-50/audio/1-404-A-1.wav"}
+        "esc50/3": f"missing: audio file not found: {tmp_path}/ESC-50/audio/1-404-A-1.wav"}
     assert_checks_and_stats(tmp_path / "esc50.jsonl", instances=2, hours=1.5 / 3600)
 
 
@@ -124,5 +124,5 @@ def test_bad_options_fail_in_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in result.output
     result = cli("manifest", "import", "csv", tmp_path / "m.csv", tmp_path / "o.jsonl", "--map", "audio=file")
     assert result.exit_code == 2 and "no row could be imported (1 rejected" in result.output
-    assert rejects_of(tmp_path / "o.jsonl") == {None: f"missing: audio file not found: {tmp_path}/x.wav"}
+    assert rejects_of(tmp_path / "o.jsonl") == {"m/1": f"missing: audio file not found: {tmp_path}/x.wav"}
     assert not (tmp_path / "o.jsonl").exists()

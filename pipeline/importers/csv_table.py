@@ -75,12 +75,20 @@ def _seconds(text: str, key: str) -> float:
         raise ValueError(f"'{key}' must be a number of seconds, got {text!r}") from None
 
 
+def _row_id(row: dict[str, str], opts: CsvOptions, number: int, default_dataset: str) -> str:
+    """The id a row gets: its mapped id, else ``<dataset>/<row number>``."""
+    if "id" in opts.mapping and (value := _value(row, opts.mapping["id"])):
+        return value
+    dataset = (_value(row, opts.mapping["dataset"]) if "dataset" in opts.mapping else "") or default_dataset
+    return f"{dataset}/{number}"
+
+
 def row_of(row: dict[str, str], opts: CsvOptions, root: Path, out_dir: Path, number: int,
            default_dataset: str) -> dict[str, Any]:
     """The manifest row of one CSV row; raises ValueError with the reject reason."""
     values = {f: _value(row, s) for f, s in opts.mapping.items()}
-    dataset = values.get("dataset") or default_dataset
-    out: dict[str, Any] = {"id": values.get("id") or f"{dataset}/{number}", "dataset": dataset}
+    out: dict[str, Any] = {"id": _row_id(row, opts, number, default_dataset),
+                           "dataset": values.get("dataset") or default_dataset}
     if not values["audio"]:
         raise ValueError("missing: the audio cell is empty")
     out["audio"] = audio_value(find_audio(values["audio"], root), out_dir)
@@ -134,8 +142,7 @@ def import_csv(src: Path, out: Path, opts: CsvOptions) -> Collected:
                 try:
                     collected.add(line, row_of(row, opts, root, out_dir, number, default_dataset))
                 except ValueError as err:
-                    collected.reject(line, _value(row, opts.mapping["id"]) if "id" in opts.mapping else None,
-                                     str(err))
+                    collected.reject(line, _row_id(row, opts, number, default_dataset), str(err))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise SourceError(f"{src} cannot be read as CSV: {err}") from err
     return collected
