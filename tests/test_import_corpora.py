@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from importer_fixtures import assert_checks_and_stats, by_id, cli, rejects_of, wav
+from test_readme import shell_env  # noqa: F401 (fixture: a Ray of its own for subprocesses)
 from train_fixtures import write_feature_store
 
 from alarm.pipeline.extract_stages import key_source
@@ -154,3 +155,27 @@ def test_schema_is_the_rephrase_stages_and_bad_input_fails_in_one_line(tmp_path:
     for args, message in cases:
         result = cli("manifest", "import", "alarm-corpora", args[0], tmp_path / "o.jsonl", *args[1:])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
+
+
+@pytest.mark.slow  # about a minute on two busy cores: the feature cache and 4 training steps, tiny models
+def test_alarm_train_run_trains_on_published_targets(tmp_path: Path, corpus: dict, tiny_qwen3_dir: Path,
+                                                     shell_env: dict[str, str]) -> None:  # noqa: F811
+    """Import with --targets, cache the features of the imported manifest, train: the clip keys of the
+    published targets are the store's, so `alarm train run` finds every clip and trains."""
+    import subprocess
+
+    out, targets, store = tmp_path / "alarm.jsonl", tmp_path / "targets.parquet", tmp_path / "store"
+    assert cli("manifest", "import", "alarm-corpora", corpus["src"], out, "--targets", targets).exit_code == 0
+    run = subprocess.run(["alarm", "pipeline", "run", str(out), "--store", str(store), "--preset", "tiny",
+                          "--encoders", "whisper", "--num-cpus", "2", "--no-progress"],
+                         env=shell_env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    config = tmp_path / "train.yaml"
+    config.write_text(f"targets: {targets}\nstore: {store}\noutput_dir: {tmp_path / 'run'}\nencoders: [whisper]\n"
+                      "frontend: {adapter_dim: 16, conv_hidden_dim: 32}\nmax_seq_len: 512\nbatch_tokens: 1024\n"
+                      "num_workers: 0\nwarmup_steps: 1\nmax_steps: 4\nepochs: 100\neval_every: 2\nsave_every: 4\n"
+                      "log_every: 1\nsample_generations: 0\n")
+    train = subprocess.run(["alarm", "train", "run", "--config", str(config), "--llm", str(tiny_qwen3_dir)],
+                           env=shell_env, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-3000:] + train.stdout[-2000:]
+    assert (tmp_path / "run" / "checkpoints" / "step_00000004").is_dir()
