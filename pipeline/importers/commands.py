@@ -27,17 +27,22 @@ def import_command() -> None:
     """
 
 
-def _run(fmt: str, src: Path, out: Path, opts: Any, after: Any = None) -> None:
-    """Run one importer, write its outputs and print the summary (``after`` runs before writing)."""
+def _run(fmt: str, src: Path, out: Path, opts: Any, targets: Any = None) -> None:
+    """Run one importer, write its outputs and print the summary.
+
+    ``targets(collected)``, when given, runs before the manifest is written (it may reject rows) and
+    returns ``write(summary) -> note``, run after it.
+    """
     from alarm.pipeline.importers.rows import write_import
 
     importer, _ = IMPORTERS[fmt]
+    note = None
     try:
         collected = importer(src, out, opts)
-        note = after(collected) if after else None
+        write_targets = targets(collected) if targets else None
         summary = write_import(collected, out)
-        if note is not None:
-            note = note(summary)
+        if write_targets:
+            note = write_targets(summary)
     except SourceError as err:
         fail(str(err))
     click.echo(summary.line(fmt, str(src)))
@@ -124,7 +129,8 @@ def import_alarm_corpora(src: Path, out: Path, raw: Path | None, splits: tuple[s
     if instances is not None and targets is None:
         fail("--instances only applies with --targets")
 
-    def with_targets(collected: Any) -> Any:
+    def key_then_write(collected: Any) -> Any:
+        """Key every clip first (a clip that does not decode is rejected), write the targets after."""
         keyed = key_clips(collected, out, instances)
 
         def write(summary: Any) -> str:
@@ -133,9 +139,8 @@ def import_alarm_corpora(src: Path, out: Path, raw: Path | None, splits: tuple[s
             return f"targets: {n} published answers ({ANSWERS[answer]}) written to {targets}"
         return write
 
-    _run("alarm-corpora", src, out, CorporaOptions(raw=raw, splits=splits or DEFAULT_SPLITS, answer=answer,
-                                                   shards_dir=shards_dir),
-         after=with_targets if targets is not None else None)
+    opts = CorporaOptions(raw=raw, splits=splits or DEFAULT_SPLITS, answer=answer, shards_dir=shards_dir)
+    _run("alarm-corpora", src, out, opts, targets=key_then_write if targets is not None else None)
 
 
 @import_command.command("csv")
