@@ -35,6 +35,7 @@ CORPUS_COLUMNS = ("dataset_name", "context", "audio_description", "llm_answer_wi
                   "llm_answer_no_context", "unique_id_1", "unique_id_2", "dataset_index")
 ANSWERS = {"with-context": "llm_answer_with_context", "no-context": "llm_answer_no_context"}
 DEFAULT_SPLITS = ("train", "validation")
+KEY_COLUMNS = ["dataset_name", "unique_id_1", "unique_id_2"]
 
 
 @dataclass
@@ -53,9 +54,6 @@ class CorporaOptions:
     def __post_init__(self) -> None:
         if self.answer not in ANSWERS:
             raise SourceError(f"answer must be one of {sorted(ANSWERS)}, got {self.answer!r}")
-
-
-KEY_COLUMNS = ["dataset_name", "unique_id_1", "unique_id_2"]
 
 
 def key_of(row: dict[str, Any]) -> tuple[str, str, str]:
