@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from alarm.pipeline.commands import build_config, fail, manifest, pipeline, stats_command
+from alarm.pipeline.importers.commands import import_command
 from alarm.rephrase.commands import rephrase
 from alarm.trainer.commands import eval_command, infer, train
 
@@ -42,6 +43,7 @@ def main() -> None:
 
 for _command in (manifest, pipeline, rephrase, train, infer, eval_command, stats_command):
     main.add_command(_command)
+manifest.add_command(import_command)  # `alarm manifest import FORMAT SRC OUT`
 
 
 # ---------------------------------------------------------------------------------------- models
