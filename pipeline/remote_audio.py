@@ -118,7 +118,7 @@ class RangedFile(io.RawIOBase):
         return len(data)
 
 
-def open_shard(url: str, window: int = WINDOW) -> tuple[tarfile.TarFile, RangedFile, str]:
+def open_shard(url: str, window: int | None = None) -> tuple[tarfile.TarFile, RangedFile, str]:
     """A tar reader over the shard at ``url`` (headers by ranged reads) and its entity tag.
 
     Raises:
@@ -129,7 +129,7 @@ def open_shard(url: str, window: int = WINDOW) -> tuple[tarfile.TarFile, RangedF
     _count("head", 0)
     if info is None:
         raise FileNotFoundError(url)
-    handle = RangedFile(objects, key, info.size, window)
+    handle = RangedFile(objects, key, info.size, window or WINDOW)
     return tarfile.open(fileobj=handle, mode="r:"), handle, f"{info.etag}-{info.size}"
 
 
