@@ -118,8 +118,8 @@ class RangedFile(io.RawIOBase):
         return len(data)
 
 
-def open_shard(url: str, window: int | None = None) -> tuple[tarfile.TarFile, RangedFile, str]:
-    """A tar reader over the shard at ``url`` (headers by ranged reads) and its entity tag.
+def _shard_version(url: str) -> tuple[Objects, str, int, str]:
+    """(objects, key, size, version) of the shard at ``url``; the version is its entity tag and size.
 
     Raises:
         FileNotFoundError: no such object.
@@ -129,8 +129,18 @@ def open_shard(url: str, window: int | None = None) -> tuple[tarfile.TarFile, Ra
     _count("head", 0)
     if info is None:
         raise FileNotFoundError(url)
-    handle = RangedFile(objects, key, info.size, window or WINDOW)
-    return tarfile.open(fileobj=handle, mode="r:"), handle, f"{info.etag}-{info.size}"
+    return objects, key, info.size, f"{info.etag}-{info.size}"
+
+
+def open_shard(url: str, window: int | None = None) -> tuple[tarfile.TarFile, RangedFile, str]:
+    """A tar reader over the shard at ``url`` (headers by ranged reads) and the shard's version.
+
+    Raises:
+        FileNotFoundError: no such object.
+    """
+    objects, key, size, version = _shard_version(url)
+    handle = RangedFile(objects, key, size, window or WINDOW)
+    return tarfile.open(fileobj=handle, mode="r:"), handle, version
 
 
 def remember_table(url: str, version: str, table: dict[str, tuple[int, int]]) -> None:
@@ -163,7 +173,7 @@ def shard_table(url: str) -> dict[str, tuple[int, int]]:
         table = _TABLES.get(url)
     if table is not None:
         return table
-    tar, _, version = open_shard(url)
+    objects, key, size, version = _shard_version(url)
     path = _table_path(url, version)
     if path.is_file():
         try:
@@ -171,7 +181,7 @@ def shard_table(url: str) -> dict[str, tuple[int, int]]:
         except (ValueError, TypeError, OSError):
             table = None
     if table is None:
-        with tar:
+        with tarfile.open(fileobj=RangedFile(objects, key, size, WINDOW), mode="r:") as tar:
             table = {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isfile()}
     remember_table(url, version, table)
     return table
