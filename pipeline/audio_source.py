@@ -85,3 +85,18 @@ def audio_bytes(audio: str) -> bytes:
     if not path.is_file():
         raise DecodeError(f"missing: audio file not found: {audio}")
     return path.read_bytes()
+
+
+def audio_stat(audio: str) -> tuple[int, int]:
+    """(size, modification time in ns) of what holds ``audio`` (the shard for a tar member), local or on
+    a URL (one HEAD); (-1, -1) when it is missing. What a cache of keyed sources checks for changes."""
+    holder = audio.split("#", 1)[0] if TAR_SEPARATOR in audio else audio
+    if is_url(holder):
+        from alarm.pipeline.remote_audio import object_stat
+
+        return object_stat(holder) or (-1, -1)
+    try:
+        st = os.stat(holder)
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns

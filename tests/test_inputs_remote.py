@@ -96,6 +96,22 @@ def test_unreachable_store_fails_at_once_in_one_line(corpus, monkeypatch) -> Non
 
     result = CliRunner().invoke(main, ["manifest", "check", elsewhere])
     assert result.exit_code == 2 and "cannot reach" in result.output and "Traceback" not in result.output
+    monkeypatch.undo()  # the right server, a bucket that does not exist
+    with pytest.raises(ConfigError, match=r"^cannot reach s3://no-such-bucket-"):
+        read_manifest(f"s3://no-such-bucket-{port}/m.jsonl")
+    with pytest.raises(ConfigError, match=r"^cannot reach s3://no-such-bucket-"):
+        read_webdataset(f"s3://no-such-bucket-{port}/shards/{{000..001}}.tar")
+
+
+def test_audio_stat_of_objects_and_files(corpus) -> None:
+    from alarm.pipeline.audio_source import audio_stat
+
+    local_path, url = corpus
+    prefix = url.rsplit("/", 1)[0]
+    size, mtime = audio_stat(f"{prefix}/audio/x.flac")
+    assert size == (local_path.parent / "audio" / "x.flac").stat().st_size and mtime > 0
+    assert audio_stat(f"{prefix}/audio/nowhere.wav") == (-1, -1)
+    assert audio_stat(str(local_path.parent / "audio" / "x.flac"))[0] == size
 
 
 def test_cli_check_and_stats_accept_a_manifest_url(corpus) -> None:
