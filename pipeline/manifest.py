@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import math
 import posixpath
 from collections import Counter
@@ -22,9 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.manifest_io import ManifestError, read_raw_rows
 from alarm.pipeline.objects import is_url
 
+log = logging.getLogger(__name__)
 __all__ = ["ManifestError", "read_raw_rows"]  # re-exported: every reader imports them from here
 
 KINDS = ("audio", "instruction")
@@ -297,7 +300,11 @@ def parse_rows(path: Path | str, parse: Callable[[Any, Path | str, int], Any], r
     if rejects:
         written = rejects_path if rejects_path else default_rejects_path(path)
         written = str(written) if is_url(written) else Path(written)
-        write_rejects(rejects, written)
+        try:
+            write_rejects(rejects, written)
+        except ConfigError as err:  # a read-only bucket: the rejects stay in the result, not beside it
+            log.warning("rejects of %s not written: %s", path, err)
+            written = None
     if not items:
         raise ManifestError(f"{what} {path} has no valid row ({len(rejects)} rejected; reasons in {written})")
     return items, rejects, written

@@ -22,7 +22,7 @@ from alarm.pipeline.report import (
     write_report,
 )
 from alarm.rephrase.cache import PassCache
-from alarm.rephrase.run_folder import cache_location
+from alarm.rephrase.run_folder import cache_location, published_location
 from alarm.rephrase.show import run_status
 
 
@@ -170,7 +170,7 @@ def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
     before = stats.get("rejected_before_generation", stages["input"])
     after = stats.get("rejected_after_generation", stages["generate"] + stages["validate"])
     data = {
-        "kind": "rephrase", "out_dir": str(out.resolve()),
+        "kind": "rephrase", "out_dir": published_location(out),
         "manifest_rows": inputs + before if inputs is not None else None,
         "inputs": inputs, "input_rejects": run.get("input_rejects"),
         "passes": passes, "kept": stats.get("kept", len(targets)), "rejected": stats.get("rejected", len(rejects)),

@@ -24,11 +24,11 @@ CACHE = "cache"
 
 
 def published_location(out: str | Path) -> str:
-    """Where a run folder lives: its URL for a work folder of a URL run, else the folder itself."""
-    marker = Path(out) / MARKER if not is_url(out) else None
-    if marker is not None and marker.is_file():
-        return marker.read_text().strip()
-    return str(out)
+    """Where a run folder lives: its URL for a work folder of a URL run, else the folder itself (absolute)."""
+    if is_url(out):
+        return str(out)
+    marker = Path(out) / MARKER
+    return marker.read_text().strip() if marker.is_file() else str(Path(out).resolve())
 
 
 def cache_location(out: str | Path, cache_dir: str | None) -> str:
