@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import tarfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from alarm.pipeline.manifest import Instance, Reject, parse_row
 from alarm.pipeline.objects import is_url
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+SHARD_THREADS = 16
 
 
 def expand_shards(patterns: list[str] | str) -> list[Path | str]:
@@ -107,6 +109,23 @@ def _sample_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
+def _shard_samples(shard: Path | str) -> tuple[dict[str, dict[str, str]], str | None]:
+    """key -> {"json": text, "audio": member name} of one shard's samples, or the reason it is unreadable."""
+    samples: dict[str, dict[str, str]] = {}
+    try:
+        for name, key, ext, text in _members(shard):
+            entry = samples.setdefault(key, {})
+            if text is not None:
+                entry["json"] = text
+            elif "." + ext.rsplit(".", 1)[-1] in AUDIO_EXTENSIONS:
+                entry["audio"] = name
+    except FileNotFoundError:
+        return {}, f"tar shard not found: {shard}"
+    except (tarfile.TarError, OSError) as err:
+        return {}, f"unreadable tar shard {shard}: {err}"
+    return samples, None
+
+
 def read_webdataset(patterns: list[str] | str) -> tuple[list[Instance], list[Reject]]:
     """Read the samples of WebDataset shards as instances (and the samples that are unusable).
 
@@ -119,20 +138,12 @@ def read_webdataset(patterns: list[str] | str) -> tuple[list[Instance], list[Rej
     line = 0
     shards = expand_shards(patterns)
     _check_buckets(shards)
-    for shard in shards:
-        samples: dict[str, dict[str, str]] = {}
-        try:
-            for name, key, ext, text in _members(shard):
-                entry = samples.setdefault(key, {})
-                if text is not None:
-                    entry["json"] = text
-                elif "." + ext.rsplit(".", 1)[-1] in AUDIO_EXTENSIONS:
-                    entry["audio"] = name
-        except FileNotFoundError:
-            rejects.append(Reject(0, None, f"tar shard not found: {shard}"))
-            continue
-        except (tarfile.TarError, OSError) as err:
-            rejects.append(Reject(0, None, f"unreadable tar shard {shard}: {err}"))
+    # Shards are read in parallel: a remote one is read header by header, so it waits on requests.
+    with ThreadPoolExecutor(max_workers=max(1, min(SHARD_THREADS, len(shards)))) as pool:
+        read = list(pool.map(_shard_samples, shards))
+    for shard, (samples, problem) in zip(shards, read, strict=True):
+        if problem is not None:
+            rejects.append(Reject(0, None, problem))
             continue
         stem, base = _shard_name(shard)
         for key, entry in samples.items():
