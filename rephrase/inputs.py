@@ -80,8 +80,9 @@ def _read_table(location: str | Path) -> Any:
 
     if not is_url(location):
         return pq.read_table(location) if Path(location).is_file() else None
-    from alarm.pipeline.remote_audio import read_object
+    from alarm.pipeline.remote_audio import locate, read_object
 
+    locate(str(location))[0].check()  # a wrong endpoint or bad credentials: one line, at once
     try:
         return pq.read_table(pa.BufferReader(read_object(str(location))))
     except FileNotFoundError:

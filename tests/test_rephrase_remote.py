@@ -144,3 +144,20 @@ def test_a_killed_run_on_s3_resumes_without_generating_a_request_twice(tmp_path,
     run_rephrase(manifest, tmp_path / "local", _cfg(tiny_qwen3_dir), progress=False)
     assert sorted(before + after) == sorted(rf.ScriptedEngine.calls)  # every request, exactly once
     assert _rows(objects.get("targets.parquet")) == _rows((tmp_path / "local" / "targets.parquet").read_bytes())
+
+
+def test_clip_keys_and_store_rejects_from_a_store_on_s3(tmp_path, s3_url, tiny_qwen3_dir) -> None:
+    manifest = rf.write_manifest(tmp_path, n_audio=2, n_instruction=0)
+    store = tmp_path / "store"
+    store.mkdir()
+    pq.write_table(pa.table({"id": ["a0"], "key": ["k0"]}), store / "instances.parquet")
+    pq.write_table(pa.table({"id": ["a1"], "audio": ["x.wav"], "reason": ["truncated: the WAV data chunk is short"]}),
+                   store / "rejects.parquet")
+    _upload(store, s3_url)
+    out = tmp_path / "out"
+    run_rephrase(manifest, out, _cfg(tiny_qwen3_dir), instances=f"{s3_url}/instances.parquet", progress=False)
+    targets = _rows((out / "targets.parquet").read_bytes())
+    assert [(t["instance_id"], t["clip_key"]) for t in targets] == [("a0", "k0")]
+    rejects = {r["instance_id"]: r["reason"] for r in pq.read_table(out / "rejects.parquet").to_pylist()}
+    assert rejects["a1"] == "rejected_by_store: truncated: the WAV data chunk is short"
+    assert json.loads((out / "run.json").read_text())["instances"] == f"{s3_url}/instances.parquet"
