@@ -252,6 +252,8 @@ def test_cli_run_status_show_retry(tmp_path, tiny_qwen3_dir):
     assert shown.exit_code == 0 and shown.output.count("== ") == 2 and shown.output.count("chosen") == 4
     assert len(sample_clips(out, 5)) == 3
     assert runner.invoke(main, ["prompts", "retry-failed", str(out)]).exit_code == 0
+    reported = runner.invoke(main, ["report", str(tmp_path)])  # `alarm report` knows a prompts run
+    assert reported.exit_code == 0 and reported.output.startswith("prompts: "), reported.output
     bad = runner.invoke(main, ["prompts", "run", str(manifest), "--out", str(out), "--choose", "9",
                                "--model", str(tiny_qwen3_dir)])
     assert bad.exit_code == 2 and "choose (9) must not exceed candidates (5)" in bad.output
