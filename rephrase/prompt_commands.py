@@ -59,7 +59,7 @@ def prompts_status(out_dir: Path) -> None:
 
     try:
         click.echo(json.dumps(prompt_status(out_dir), indent=2))
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:  # ValueError: a saved config this version refuses
         fail(str(err))
 
 
@@ -73,7 +73,7 @@ def prompts_show(out_dir: Path, count: int, seed: int | None) -> None:
 
     try:
         clips = sample_clips(out_dir, count, seed)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     if not clips:
         click.echo("no generation gave candidates; see rejects.parquet and report.md in the run folder")

@@ -16,6 +16,7 @@ from typing import Any
 from alarm.rephrase.engines import EngineConfig, model_sampling
 from alarm.rephrase.passes import PassSpec
 from alarm.rephrase.prompt_templates import (
+    BUDGET_FORCING_CLOSER,
     CHECK_SYSTEM_PROMPT,
     CHECK_USER_TEMPLATE,
     DOMAINS,
@@ -48,6 +49,9 @@ class PromptsConfig:
             clip, with ids ``<id>-p1`` ... ``<id>-pk``.
         generate_max_tokens: cap of a generation reply, thinking included.
         check_max_tokens: cap of a checker reply, thinking included.
+        think_budget: thinking tokens of either pass before budget forcing closes the thinking (the rephrase
+            stage's two-step round, ``execute.forced_chunk``), so a thinking model always gets to write its
+            ``<answer>`` block within its cap; None: no forcing.
         temperature: overrides the model's generation config when set (both passes).
         top_p: overrides the model's generation config when set.
         top_k: overrides the model's generation config when set.
@@ -71,6 +75,7 @@ class PromptsConfig:
     choose: int = 1
     generate_max_tokens: int = 2048
     check_max_tokens: int = 2048
+    think_budget: int | None = 1536
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -89,6 +94,10 @@ class PromptsConfig:
         for name in ("candidates", "choose", "generate_max_tokens", "check_max_tokens", "chunk_size", "max_words"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.think_budget is not None and not 1 <= self.think_budget <= min(self.generate_max_tokens,
+                                                                              self.check_max_tokens):
+            raise ValueError(f"think_budget ({self.think_budget}) must be in 1..min(generate_max_tokens, "
+                             "check_max_tokens), or null for no budget forcing")
         if self.choose > self.candidates:
             raise ValueError(f"choose ({self.choose}) must not exceed candidates ({self.candidates})")
         if self.max_audio_seconds <= 0:
@@ -109,6 +118,11 @@ class PromptsConfig:
         return generate_system_prompt(text, self.candidates)
 
 
+def _caps(cfg: PromptsConfig, max_tokens: int) -> dict[str, int]:
+    """A pass's token caps: the total, and the thinking budget when budget forcing is on."""
+    return {"max_tokens": max_tokens, **({"think_budget": cfg.think_budget} if cfg.think_budget else {})}
+
+
 def _sampling(cfg: PromptsConfig, model: str):
     return model_sampling(model, {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k})
 
@@ -118,8 +132,8 @@ def generate_spec(cfg: PromptsConfig, fingerprint: str, dataset: str, domain: st
     so editing one domain's prompt reruns only that domain's clips)."""
     system = cfg.system_prompt(dataset, domain)
     return PassSpec(GENERATE, model=cfg.engine.model, fingerprint=fingerprint, system_prompt=system,
-                    template_hash=template_hash(system, GENERATE_USER_TEMPLATE), sampling=_sampling(cfg, cfg.engine.model),
-                    seed=cfg.seed, caps={"max_tokens": cfg.generate_max_tokens})
+                    template_hash=template_hash(system, GENERATE_USER_TEMPLATE, BUDGET_FORCING_CLOSER), sampling=_sampling(cfg, cfg.engine.model),
+                    seed=cfg.seed, caps=_caps(cfg, cfg.generate_max_tokens))
 
 
 def check_spec(cfg: PromptsConfig, fingerprint: str) -> PassSpec:
@@ -127,8 +141,8 @@ def check_spec(cfg: PromptsConfig, fingerprint: str) -> PassSpec:
     system = cfg.check_system_prompt or CHECK_SYSTEM_PROMPT
     model = cfg.checker_engine.model
     return PassSpec(CHECK, model=model, fingerprint=fingerprint, system_prompt=system,
-                    template_hash=template_hash(system, CHECK_USER_TEMPLATE), sampling=_sampling(cfg, model),
-                    seed=cfg.seed, caps={"max_tokens": cfg.check_max_tokens})
+                    template_hash=template_hash(system, CHECK_USER_TEMPLATE, BUDGET_FORCING_CLOSER), sampling=_sampling(cfg, model),
+                    seed=cfg.seed, caps=_caps(cfg, cfg.check_max_tokens))
 
 
 def cache_root(out: Path, cfg: PromptsConfig) -> Path:

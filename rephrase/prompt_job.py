@@ -10,13 +10,14 @@ request is an error row; ``retry_failed`` regenerates only those.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
 from alarm.pipeline.configs import save_config
 from alarm.rephrase.cache import PassCache
-from alarm.rephrase.execute import LazyPool, PassStats, execute_pass, plain_chunk
+from alarm.rephrase.execute import LazyPool, PassStats, execute_pass, forced_chunk, plain_chunk
 from alarm.rephrase.generation import Engine
 from alarm.rephrase.prompt_clips import collect_clips, write_rows
 from alarm.rephrase.prompt_config import (
@@ -35,6 +36,7 @@ from alarm.rephrase.prompt_config import (
 from alarm.rephrase.prompt_passes import Models, check_requests, generation_requests, plan_run
 from alarm.rephrase.prompt_report import write_prompts_report
 from alarm.rephrase.prompt_results import write_results
+from alarm.rephrase.prompt_templates import BUDGET_FORCING_CLOSER
 
 
 def run_prompts(manifest: str | Path, out_dir: str | Path, cfg: PromptsConfig | None = None,
@@ -79,7 +81,7 @@ def run_prompts(manifest: str | Path, out_dir: str | Path, cfg: PromptsConfig | 
         plan = check_requests(cfg, models, clips, plan, gen_cache.read())
         report[CHECK] = dataclasses.asdict(execute_pass(
             check_spec(cfg, models.check_fingerprint), list(plan.check.values()), PassCache(root, CHECK), checker,
-            plain_chunk, cfg.chunk_size, retry_failed, progress))
+            _chunk_fn(cfg, cfg.check_max_tokens), cfg.chunk_size, retry_failed, progress))
     finally:
         generator.close()
         checker.close()
@@ -87,6 +89,13 @@ def run_prompts(manifest: str | Path, out_dir: str | Path, cfg: PromptsConfig | 
     (out / "run_report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_prompts_report(out)
     return report
+
+
+def _chunk_fn(cfg: PromptsConfig, max_tokens: int) -> Any:
+    """What a replica runs per chunk: budget forcing when a thinking budget is set, else plain generation."""
+    if cfg.think_budget is None:
+        return plain_chunk
+    return functools.partial(forced_chunk, total_max_tokens=max_tokens, closer=BUDGET_FORCING_CLOSER)
 
 
 def _generate(plan: Any, cache: PassCache, pool: LazyPool, cfg: PromptsConfig, retry_failed: bool,
@@ -98,7 +107,8 @@ def _generate(plan: Any, cache: PassCache, pool: LazyPool, cfg: PromptsConfig, r
         by_spec.setdefault(spec.template_hash, (spec, []))[1].append(request)
     total = PassStats()
     for spec, requests in by_spec.values():
-        stats = execute_pass(spec, requests, cache, pool, plain_chunk, cfg.chunk_size, retry_failed, progress)
+        stats = execute_pass(spec, requests, cache, pool, _chunk_fn(cfg, cfg.generate_max_tokens), cfg.chunk_size,
+                             retry_failed, progress)
         for name, value in dataclasses.asdict(stats).items():
             setattr(total, name, getattr(total, name) + value)
     return dataclasses.asdict(total)

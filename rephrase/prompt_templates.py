@@ -63,6 +63,10 @@ CHECK_SYSTEM_PROMPT = (
 CHECK_USER_TEMPLATE = "Description of the clip:\n{description}\n\nCandidates:\n{candidates}"
 
 
+# Budget forcing: appended when a reply's thinking reaches its budget, so the model goes on to its answer.
+BUDGET_FORCING_CLOSER = "\n\nI have thought about this enough; now I will write my answer.\n</think>\n\n"
+
+
 def generate_system_prompt(template: str, n: int) -> str:
     """A generation system prompt with its candidate count filled in (a template without ``{n}`` as is)."""
     return template.replace("{n}", str(n))

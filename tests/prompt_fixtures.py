@@ -57,6 +57,8 @@ class PromptScriptedEngine:
       else ``<answer>`` with ``DEFAULT_CANDIDATES`` (numbered, to exercise marker stripping);
     * a checker request keeps every candidate, except that one containing ``BADQ`` is rejected
       under ``answerable`` and one containing ``NOVERDICT`` gets no line;
+    * a generation whose description holds ``PONDER`` thinks past any budget until budget forcing
+      closes its thinking, then answers;
     * a prompt containing ``fail_marker`` fails with an error;
     * ``delay`` seconds of sleep per request (the kill test needs a slow job).
     """
@@ -75,6 +77,11 @@ class PromptScriptedEngine:
 
     def _script(self, prompt: str) -> str:
         user = self._user(prompt)
+        generated = prompt.split("<|im_start|>assistant\n", 1)[-1]
+        if "PONDER" in user and "You check prompts" not in prompt:  # thinks past any budget until forced
+            if "</think>" not in generated:
+                return "hmm " * 5000
+            return "<answer>\nWhat do you hear?\nHow long does it last?\n</answer>"
         if "You check prompts" in prompt:
             lines = []
             for number, text in re.findall(r"^(\d+)\. (.*)$", user.split("Candidates:\n", 1)[1], re.M):

@@ -54,10 +54,12 @@ def test_tiny_random_llm_keeps_nothing_and_the_report_says_why(tmp_path, tiny_qw
     manifest = pf.write_clips(tmp_path, pf.sound_rows(3))
     cfg = PromptsConfig(engine=EngineConfig(name="transformers", model=str(tiny_qwen3_dir), dtype="float32",
                                             max_model_len=2048, batch_size=4),
-                        generate_max_tokens=24, check_max_tokens=24, chunk_size=8)
+                        generate_max_tokens=24, check_max_tokens=24, think_budget=12, chunk_size=8)
     out = tmp_path / "out"
     report = run_prompts(manifest, out, cfg, progress=False)
     assert report["prompt"]["generated"] == 3 and report["prompt"]["errors"] == 0
+    forced = [r for p in (out / "cache" / "prompt").glob("part-*.parquet") for r in pq.read_table(p).to_pylist()]
+    assert all(r["forced"] and r["n_tokens"] <= 24 for r in forced)  # never closed its thinking: forced
     assert report["check"]["requested"] == 0  # no candidates: nothing to check
     stats = report["results"]
     assert stats["clips_prompted"] == 0 and stats["instances_written"] == 0
@@ -189,6 +191,23 @@ def test_errors_become_rows_and_retry_failed_retries_only_them(tmp_path, tiny_qw
     assert report["prompt"]["generated"] == 1 and report["check"]["generated"] == 1
     assert len(pf.PromptScriptedEngine.calls) == 2
     assert report["results"]["clips_prompted"] == 3 and prompt_status(out)["prompt"]["error"] == 0
+
+
+def test_budget_forcing_lets_a_long_thinker_answer(tmp_path, tiny_qwen3_dir):
+    from alarm.rephrase.prompt_templates import BUDGET_FORCING_CLOSER
+
+    rows = pf.sound_rows(1) + [{"id": "ponder", "audio": "audio/p.wav", "dataset": "sounds",
+                                "metadata": {"caption": "PONDER bells"}}]
+    manifest = pf.write_clips(tmp_path, rows)
+    out = tmp_path / "out"
+    report = run_prompts(manifest, out, _cfg(tiny_qwen3_dir, think_budget=20, generate_max_tokens=200), progress=False)
+    rows = {r["text"][:4]: r for p in (out / "cache" / "prompt").glob("part-*.parquet")
+            for r in pq.read_table(p).to_pylist()}
+    assert rows["hmm "]["forced"] and BUDGET_FORCING_CLOSER in rows["hmm "]["text"]
+    assert rows["hmm "]["n_tokens"] <= 200 and rows["hmm "]["text"].count("hmm") == 20
+    assert report["results"]["clips_prompted"] == 2
+    ponder = read_manifest(out / "manifest.jsonl").instances[1]
+    assert ponder.id == "ponder" and ponder.prompt in ("What do you hear?", "How long does it last?")
 
 
 _KILLED_RUN = """

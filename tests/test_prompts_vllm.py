@@ -28,7 +28,7 @@ def test_prompts_run_on_vllm_keeps_nothing_from_a_random_model_and_resumes(tmp_p
     config = tmp_path / "cfg.yaml"
     # eager mode: torch.compile warm-up costs ~30 s on two cores and buys nothing for a tiny model
     config.write_text("engine: {dtype: float32, max_model_len: 1024, max_num_seqs: 16, extra: {enforce_eager: true}}\n"
-                      "generate_max_tokens: 24\ncheck_max_tokens: 24\nchunk_size: 2\n")
+                      "generate_max_tokens: 24\ncheck_max_tokens: 24\nthink_budget: 12\nchunk_size: 2\n")
     out = tmp_path / "out"
     args = ["prompts", "run", str(manifest), "--out", str(out), "--config", str(config), "--engine", "vllm",
             "--model", str(tiny_qwen3_dir)]
