@@ -76,7 +76,7 @@ def _sections(data: dict[str, Any], stats: dict[str, Any], candidates: list[dict
     rules = stats.get("rules") or {}
     leaks = stats.get("leaks") or {}
     ratio = stats.get("unique_per_instance")
-    no_candidates = (data["states"].get(GENERATE) or {}).get("no_candidates") or {}
+    no_candidates = (data["states"].get(GENERATE) or {}).get("clips_without_candidates") or {}
     examples = [[c["clip_id"], c["prompt"], "yes" if c["accepted"] else "no", c["rule"] or "", truncate(c["reason"] or "", 80)]
                 for c in (candidates[:6])]
     return [
@@ -88,7 +88,7 @@ def _sections(data: dict[str, Any], stats: dict[str, Any], candidates: list[dict
                 headers=["pass", "requests", "finished", "error", "pending", "length-capped", "cached", "generated",
                          "tokens/s"], rows=_pass_rows(data["run"], data["states"])),
         Section("Candidates per clip",
-                text=("Generations without candidates: " + ", ".join(f"{k} {v}" for k, v in no_candidates.items())
+                text=("Clips whose generation gave no candidate: " + ", ".join(f"{k} {v}" for k, v in no_candidates.items())
                       + " (a reply needs an `<answer>` block with one prompt per line).") if no_candidates else "",
                 headers=["candidates", "clips"],
                 rows=[[n, c] for n, c in (stats.get("candidates_per_clip") or {}).items()]),

@@ -27,7 +27,9 @@ def prompt_status(out_dir: str | Path) -> dict[str, Any]:
     Each request of the run is in exactly one state, so ``finished + error + pending == requests``:
     *finished* (generated without error), *error* (the engine failed on it; ``alarm prompts
     retry-failed`` retries these) or *pending* (not generated yet). The checker's requests exist only
-    for clips whose generation gave candidates. ``outputs`` repeats ``stats.json``.
+    for clips whose generation gave candidates; ``clips_without_candidates`` counts the others by why
+    (clips, not requests: rows with the same description share one request). ``outputs`` repeats
+    ``stats.json``.
     """
     out = Path(out_dir)
     cfg, _ = load_prompt_run(out)
@@ -50,7 +52,7 @@ def prompt_status(out_dir: str | Path) -> dict[str, Any]:
     for found in plan.candidates.values():
         if found.problem:
             problems[found.problem] = problems.get(found.problem, 0) + 1
-    status[GENERATE]["no_candidates"] = problems
+    status[GENERATE]["clips_without_candidates"] = problems
     if (out / STATS_FILE).is_file():
         status["outputs"] = json.loads((out / STATS_FILE).read_text())
     return status

@@ -67,7 +67,7 @@ def test_tiny_random_llm_keeps_nothing_and_the_report_says_why(tmp_path, tiny_qw
     assert {r["reason"] for r in _rejects(out).values()} == {"no_candidates: no_answer_block"}
     assert (out / "manifest.jsonl").read_text() == ""
     status = prompt_status(out)
-    assert status["prompt"]["finished"] == 3 and status["prompt"]["no_candidates"] == {"no_answer_block": 3}
+    assert status["prompt"]["finished"] == 3 and status["prompt"]["clips_without_candidates"] == {"no_answer_block": 3}
     assert status["check"]["requests"] == 0
     md = (out / "report.md").read_text()
     assert "| prompt | 3 | 3 | 0 | 0 |" in md and "no_answer_block 3" in md
