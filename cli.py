@@ -15,7 +15,9 @@ from pathlib import Path
 import click
 
 from alarm.pipeline.commands import build_config, fail, manifest, pipeline, stats_command
+from alarm.pipeline.importers.commands import import_command
 from alarm.rephrase.commands import rephrase
+from alarm.rephrase.prompt_commands import prompts
 from alarm.trainer.commands import eval_command, infer, train
 
 DISTRIBUTION = "alarm-audio-lm"
@@ -40,8 +42,9 @@ def main() -> None:
     """
 
 
-for _command in (manifest, pipeline, rephrase, train, infer, eval_command, stats_command):
+for _command in (manifest, pipeline, prompts, rephrase, train, infer, eval_command, stats_command):
     main.add_command(_command)
+manifest.add_command(import_command)  # `alarm manifest import FORMAT SRC OUT`
 
 
 # ---------------------------------------------------------------------------------------- models

@@ -51,10 +51,12 @@ def write_demo_report(run: DemoRun, stages: list[dict[str, Any]], wall: float) -
 
 
 def report_kind(folder: str | Path) -> str | None:
-    """What wrote ``folder``: ``pipeline``, ``rephrase``, ``train``, ``eval``, ``stats``, or None."""
+    """What wrote ``folder``: ``pipeline``, ``prompts``, ``rephrase``, ``train``, ``eval``, ``stats``, or None."""
     root = Path(folder)
     if (root / "summary.json").is_file() or (root / "instances.parquet").is_file() or (root / "features").is_dir():
         return "pipeline"
+    if (root / "config.yaml").is_file() and (root / "clips.parquet").is_file():  # before rephrase: both have run.json
+        return "prompts"
     if (root / "config.yaml").is_file() and ((root / "run.json").is_file() or (root / "inputs.parquet").is_file()):
         return "rephrase"
     if (root / "logs.jsonl").is_file() or (root / "checkpoints").is_dir():
@@ -85,13 +87,14 @@ def write_any_report(folder: str | Path, depth: int = 3) -> list[tuple[str, Path
     """(Re)write the report of ``folder`` by its kind; a folder of no known kind: of each output folder below it.
 
     Args:
-        folder: an output folder (store, rephrase run, training run, evaluation, statistics), or a folder
-            holding some (a demo output; ``runs/`` with one training run per stage).
+        folder: an output folder (store, prompts run, rephrase run, training run, evaluation, statistics), or
+            a folder holding some (a demo output; ``runs/`` with one training run per stage).
         depth: how many levels of unknown folders to look through.
 
     Returns:
         (kind, report.md path) per report written; empty when nothing was recognised.
     """
+    from alarm.rephrase.prompt_report import write_prompts_report
     from alarm.rephrase.report import write_rephrase_report
     from alarm.trainer.evaluate import rewrite_eval_report
     from alarm.trainer.report import write_train_report
@@ -101,8 +104,8 @@ def write_any_report(folder: str | Path, depth: int = 3) -> list[tuple[str, Path
         return report.report_json, report.report_md
 
     writers: dict[str, Callable[[Path], tuple[Path, Path]]] = {
-        "pipeline": write_pipeline_report, "rephrase": write_rephrase_report, "train": write_train_report,
-        "eval": write_eval_report, "stats": write_stats_report_again,
+        "pipeline": write_pipeline_report, "prompts": write_prompts_report, "rephrase": write_rephrase_report,
+        "train": write_train_report, "eval": write_eval_report, "stats": write_stats_report_again,
     }
     root = Path(folder)
     kind = report_kind(root)

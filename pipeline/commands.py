@@ -40,16 +40,16 @@ def manifest() -> None:
 
 
 @manifest.command("check")
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--rejects", type=click.Path(path_type=Path), default=None,
+@click.argument("path", type=click.Path())
+@click.option("--rejects", type=click.Path(), default=None,
               help="Where to write rejected rows (default: PATH.rejects.jsonl).")
-def manifest_check(path: Path, rejects: Path | None) -> None:
-    """Validate every row of a manifest; write rejected rows with line and reason."""
+def manifest_check(path: str, rejects: str | None) -> None:
+    """Validate every row of a manifest (a path or an s3:// URL); write rejected rows with line and reason."""
     from alarm.pipeline.manifest import ManifestError, read_manifest
 
     try:
         result = read_manifest(path, rejects_path=rejects)
-    except ManifestError as err:
+    except (ManifestError, ConfigError) as err:
         fail(str(err))
     from alarm.pipeline.counts import input_counts
 
@@ -69,7 +69,7 @@ def pipeline() -> None:
     """Feature cache: run the four encoders once into a content-addressed Zarr store."""
 
 
-def _pipeline_config(manifest: Path | None, shards: tuple[str, ...], store: str | None, config: Path | None,
+def _pipeline_config(manifest: str | None, shards: tuple[str, ...], store: str | None, config: Path | None,
                      need_store: bool = False, **overrides: object) -> object:
     """A PipelineConfig from an optional YAML file plus the command-line values that were given.
 
@@ -90,7 +90,7 @@ def _pipeline_config(manifest: Path | None, shards: tuple[str, ...], store: str 
     return cfg
 
 
-_INPUT = [click.argument("manifest", required=False, type=click.Path(path_type=Path)),
+_INPUT = [click.argument("manifest", required=False, type=click.Path()),  # a path or an s3:// URL
           click.option("--shards", multiple=True, help="WebDataset shards instead of a manifest "
                        "(brace patterns such as 'shards/{000..127}.tar'; repeatable).")]
 
@@ -126,7 +126,7 @@ def _with_input(fn):  # noqa: ANN001, ANN202 - click decorator plumbing
               help="Do not reread the committed parts' checksums before planning (at 96 TB that read takes "
                    "hours); damaged parts are then left to readers, which refuse them, and `pipeline repair`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job's full summary as JSON (also in STORE/summary.json).")
-def pipeline_run(manifest: Path | None, shards: tuple[str, ...], store: str | None, encoders: str | None,
+def pipeline_run(manifest: str | None, shards: tuple[str, ...], store: str | None, encoders: str | None,
                  preset: str | None, config: Path | None, address: str | None, num_cpus: int | None,
                  device: str | None, gpus_per_actor: float | None, pools: str | None, shared_actors: int | None,
                  no_progress: bool, force: bool, no_verify: bool,
@@ -227,7 +227,7 @@ def _end_with(report: object) -> None:
               help="PipelineConfig YAML of the job that wrote the store; command-line options override it.")
 @click.option("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def pipeline_repair(manifest: Path | None, shards: tuple[str, ...], store: str, encoders: str | None,
+def pipeline_repair(manifest: str | None, shards: tuple[str, ...], store: str, encoders: str | None,
                     preset: str | None, config: Path | None, num_cpus: int | None, no_progress: bool) -> None:
     """Recompute the parts `verify` rejects, then verify again; exit 1 naming what is still wrong.
 
@@ -290,7 +290,7 @@ def pipeline_gc(store: str, grace: str, dry_run: bool) -> None:
               help="Stored value type (default float16).")
 @click.option("--gpu-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100: 989).")
 @click.option("--mfu", type=float, default=0.35, help="Fraction of peak the encoders sustain.")
-def pipeline_plan(manifest: Path | None, shards: tuple[str, ...], encoders: str | None, config: Path | None,
+def pipeline_plan(manifest: str | None, shards: tuple[str, ...], encoders: str | None, config: Path | None,
                   dtype: str | None, gpu_tflops: float, mfu: float) -> None:
     """Clips, hours, predicted store bytes per encoder and GPU time, from file headers only."""
     from alarm.pipeline.manifest import ManifestError
@@ -299,7 +299,7 @@ def pipeline_plan(manifest: Path | None, shards: tuple[str, ...], encoders: str 
     cfg = _pipeline_config(manifest, shards, None, config, encoders=encoders, **{"storage.dtype": dtype})
     try:
         report = plan_job(cfg, gpu_peak_tflops=gpu_tflops, mfu=mfu)
-    except ManifestError as err:
+    except (ManifestError, ConfigError) as err:
         fail(str(err))
     click.echo(report.headline())
     for e, size in report.bytes_per_encoder.items():
@@ -313,13 +313,13 @@ def pipeline_plan(manifest: Path | None, shards: tuple[str, ...], encoders: str 
 
 
 @click.command("stats")
-@click.argument("manifest", type=click.Path(path_type=Path))
+@click.argument("manifest", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Also write report.json, report.md and durations.png into this folder.")
 @click.option("--workers", type=click.IntRange(min=1), default=8, show_default=True,
               help="Threads probing file headers.")
-def stats_command(manifest: Path, as_json: bool, out: Path | None, workers: int) -> None:
+def stats_command(manifest: str, as_json: bool, out: Path | None, workers: int) -> None:
     """Hours, clips and instances per dataset and domain of a manifest, with a totals row.
 
     Durations come from file headers (cuts count only their part); unreadable audio is counted,
@@ -331,7 +331,7 @@ def stats_command(manifest: Path, as_json: bool, out: Path | None, workers: int)
 
     try:
         result = manifest_stats(manifest, workers=workers)
-    except ManifestError as err:
+    except (ManifestError, ConfigError) as err:
         fail(str(err))
     click.echo(stats_json(result) if as_json else format_stats(result))
     if out is not None:

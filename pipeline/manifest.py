@@ -5,18 +5,30 @@ A manifest is JSONL (optionally gzipped) or Parquet with the columns documented 
 dies on a bad row: each malformed line, missing field, wrong type or duplicate id becomes a
 ``Reject`` with its line number and reason, written to a rejects file beside the manifest, and the
 rest is read. Only a manifest that is missing, empty, or has no valid row at all raises.
+
+A manifest, and each row's ``audio``, may be an object-store URL (``s3://bucket/m.jsonl``). A
+relative ``audio`` resolves against the manifest's folder, or against its URL prefix.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import logging
 import math
+import posixpath
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.manifest_io import ManifestError, read_raw_rows
+from alarm.pipeline.objects import is_url
+
+log = logging.getLogger(__name__)
+__all__ = ["ManifestError", "read_raw_rows"]  # re-exported: every reader imports them from here
 
 KINDS = ("audio", "instruction")
 REQUIRED = ("id", "audio", "dataset")
@@ -26,16 +38,12 @@ KNOWN = set(REQUIRED) | set(OPTIONAL_STR) | {"metadata", "start", "end", "kind"}
 TAR_SEPARATOR = ".tar#"
 
 
-class ManifestError(ValueError):
-    """The manifest as a whole cannot be used (missing, empty, unreadable, nothing valid)."""
-
-
 @dataclass(frozen=True)
 class Instance:
     """One training instance: a clip (or a cut of one) plus, optionally, a prompt.
 
-    ``audio`` is resolved at read time: an absolute path, or ``/abs/shard.tar#member`` for a member
-    of a WebDataset tar shard.
+    ``audio`` is resolved at read time: an absolute path or an object URL, or ``shard.tar#member``
+    (``/abs/shard.tar#member``, ``s3://bucket/shard.tar#member``) for a member of a WebDataset tar shard.
     """
 
     id: str
@@ -74,10 +82,10 @@ class Reject:
 class ManifestResult:
     """What ``read_manifest`` found: the valid instances, the rejects, and where those went."""
 
-    path: Path
+    path: Path | str
     instances: list[Instance]
     rejects: list[Reject]
-    rejects_path: Path | None = None
+    rejects_path: Path | str | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -86,48 +94,6 @@ class ManifestResult:
             "rejected": len(self.rejects),
             "per_dataset": dict(Counter(i.dataset for i in self.instances)),
         }
-
-
-def read_raw_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """Read a JSONL, JSONL.gz or Parquet file row by row, without validating the rows.
-
-    Shared by every reader of a manifest-like file (the eval manifest included), so they accept the
-    same formats and number lines the same way.
-
-    Yields:
-        ``(line number, parsed row or None, parse error or None)`` for each non-blank row.
-
-    Raises:
-        ManifestError: The file cannot be read at all.
-    """
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as err:  # pyarrow raises several types for a broken file
-            raise ManifestError(f"manifest {path} is not a readable Parquet file: {err}") from err
-        for number, row in enumerate(table.to_pylist(), start=1):
-            if isinstance(row.get("metadata"), str):  # Parquet manifests may hold metadata as JSON text
-                try:
-                    row["metadata"] = json.loads(row["metadata"])
-                except json.JSONDecodeError as err:
-                    yield number, None, f"metadata is not valid JSON: {err.msg}"
-                    continue
-            yield number, {k: v for k, v in row.items() if v is not None}, None
-        return
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for number, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    yield number, json.loads(text), None
-                except json.JSONDecodeError as err:
-                    yield number, None, f"malformed JSON: {err.msg} at column {err.colno}"
-    except (OSError, UnicodeDecodeError, EOFError) as err:
-        raise ManifestError(f"manifest {path} cannot be read: {err}") from err
 
 
 def optional_seconds(row: dict[str, Any], key: str) -> float | None:
@@ -146,18 +112,32 @@ def optional_seconds(row: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def resolve_audio(audio: str, base: Path) -> str:
-    """Resolve a manifest's ``audio`` value against the manifest's folder."""
+def resolve_audio(audio: str, base: Path | str) -> str:
+    """Resolve a manifest's ``audio`` value against the manifest's folder (or URL prefix).
+
+    An object URL stays as it is; a relative path under a URL manifest becomes a URL beside it.
+    """
     if TAR_SEPARATOR in audio:
         shard, member = audio.split("#", 1)
         if not member:
             raise ValueError(f"'audio' names a tar shard without a member: {audio!r}")
         return f"{resolve_audio(shard, base)}#{member}"
+    if is_url(audio):
+        return audio
     path = Path(audio).expanduser()
-    return str(path if path.is_absolute() else (base / path).resolve())
+    if path.is_absolute():
+        return str(path)
+    if is_url(base):
+        scheme, rest = str(base).split("://", 1)
+        bucket, _, prefix = rest.partition("/")
+        key = posixpath.normpath(posixpath.join(prefix, audio))
+        if key.startswith(".."):
+            raise ValueError(f"'audio' {audio!r} points outside the bucket of {base}")
+        return f"{scheme}://{bucket}/{key}"
+    return str((Path(base) / path).resolve())
 
 
-def parse_row(row: Any, base: Path, line: int) -> Instance:
+def parse_row(row: Any, base: Path | str, line: int) -> Instance:
     """Validate one raw row and build its ``Instance``; raises ``ValueError`` with the reason."""
     if not isinstance(row, dict):
         raise ValueError(f"row must be a JSON object, got {type(row).__name__}")
@@ -225,20 +205,21 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
             raise ValueError(f"metadata.segments[{n}].text must be a string")
 
 
-def default_rejects_path(path: Path) -> Path:
-    name = path.name
+def default_rejects_path(path: Path | str) -> Path | str:
+    """``<name>.rejects.jsonl`` beside a manifest (a path, or an object URL for a URL manifest)."""
+    folder, _, name = str(path).rpartition("/") if is_url(path) else ("", "", Path(path).name)
     for suffix in (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".gz"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    return path.with_name(f"{name}.rejects.jsonl")
+    return f"{folder}/{name}.rejects.jsonl" if folder else Path(path).with_name(f"{name}.rejects.jsonl")
 
 
 def read_manifest(path: str | Path, rejects_path: str | Path | None = None) -> ManifestResult:
     """Read and validate a manifest.
 
     Args:
-        path: a ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` manifest.
+        path: a ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` manifest, a path or an object URL.
         rejects_path: where rejected rows go (JSONL: line, id, reason); default
             ``<name>.rejects.jsonl`` beside the manifest. Written only when something was rejected.
 
@@ -247,14 +228,30 @@ def read_manifest(path: str | Path, rejects_path: str | Path | None = None) -> M
 
     Raises:
         ManifestError: the manifest is missing, unreadable, empty, or has no valid row.
+        ConfigError: an object store it names cannot be reached (one line naming the URL).
     """
-    path = Path(path)
+    path = str(path) if is_url(path) else Path(path)
     instances, rejects, written = parse_rows(path, parse_row, rejects_path, "manifest")
+    check_audio_stores(instances)
     return ManifestResult(path=path, instances=instances, rejects=rejects, rejects_path=written)
 
 
-def parse_rows(path: Path, parse: Callable[[Any, Path, int], Any], rejects_path: str | Path | None,
-               what: str) -> tuple[list[Any], list[Reject], Path | None]:
+def check_audio_stores(instances: Iterable[Instance]) -> None:
+    """Probe each bucket the instances' audio lives in, once, so a wrong endpoint or bad credentials
+    fail at once in one line naming the URL, not clip by clip after minutes of retries.
+
+    Raises:
+        ConfigError: a bucket cannot be reached.
+    """
+    from alarm.pipeline.remote_audio import locate
+
+    roots = {"/".join(i.audio.split("/", 3)[:3]): i.audio for i in instances if is_url(i.audio)}
+    for audio in roots.values():
+        locate(audio)[0].check()
+
+
+def parse_rows(path: Path | str, parse: Callable[[Any, Path | str, int], Any], rejects_path: str | Path | None,
+               what: str) -> tuple[list[Any], list[Reject], Path | str | None]:
     """Parse every row of a manifest-like file, rejecting bad rows and repeated ids with a reason.
 
     Args:
@@ -269,11 +266,14 @@ def parse_rows(path: Path, parse: Callable[[Any, Path, int], Any], rejects_path:
     Raises:
         ManifestError: the file is missing, a folder, unreadable, empty, or has no valid row.
     """
-    if not path.exists():
+    if is_url(path):
+        base: Path | str = _check_url_manifest(str(path), what)
+    elif not Path(path).exists():
         raise ManifestError(f"{what} {path} does not exist")
-    if path.is_dir():
+    elif Path(path).is_dir():
         raise ManifestError(f"{what} {path} is a folder; pass the .jsonl/.parquet file inside it")
-    base = path.resolve().parent
+    else:
+        base = Path(path).resolve().parent
     items: list[Any] = []
     rejects: list[Reject] = []
     seen: dict[str, int] = {}
@@ -298,8 +298,13 @@ def parse_rows(path: Path, parse: Callable[[Any, Path, int], Any], rejects_path:
         raise ManifestError(f"{what} {path} is empty")
     written = None
     if rejects:
-        written = Path(rejects_path) if rejects_path else default_rejects_path(path)
-        write_rejects(rejects, written)
+        written = rejects_path if rejects_path else default_rejects_path(path)
+        written = str(written) if is_url(written) else Path(written)
+        try:
+            write_rejects(rejects, written)
+        except ConfigError as err:  # a read-only bucket: the rejects stay in the result, not beside it
+            log.warning("rejects of %s not written: %s", path, err)
+            written = None
     if not items:
         raise ManifestError(f"{what} {path} has no valid row ({len(rejects)} rejected; reasons in {written})")
     return items, rejects, written
@@ -310,8 +315,26 @@ def reason_kind(reason: str) -> str:
     return str(reason).split(":", 1)[0].strip()
 
 
-def write_rejects(rejects: Iterable[Reject], path: Path) -> None:
-    """Write rejects as JSONL (temporary file, then rename, so a reader never sees half a file)."""
+def _check_url_manifest(url: str, what: str) -> str:
+    """The URL prefix a manifest object's relative audio resolves against; fails at once if unreachable."""
+    from alarm.pipeline.remote_audio import locate
+
+    objects, key = locate(url)
+    objects.check()
+    if not objects.exists(key):
+        raise ManifestError(f"{what} {url} does not exist")
+    return url.rsplit("/", 1)[0]
+
+
+def write_rejects(rejects: Iterable[Reject], path: Path | str) -> None:
+    """Write rejects as JSONL (temporary file, then rename, so a reader never sees half a file; an
+    object URL gets one whole put)."""
+    if is_url(path):
+        from alarm.pipeline.remote_audio import locate
+
+        objects, key = locate(str(path))
+        objects.put(key, "".join(json.dumps(asdict(r)) + "\n" for r in rejects).encode())
+        return
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         for reject in rejects:

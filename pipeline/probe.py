@@ -1,4 +1,8 @@
-"""Cheap facts about audio without decoding it: bytes of a tar member, duration from the header."""
+"""Cheap facts about audio without decoding it: bytes of a tar member, duration from the header.
+
+Audio on object storage (``s3://...``, a plain object or a shard member) is read whole: a header
+alone is not enough for every format (an MP3's duration needs its frames), and clips are short.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from alarm.pipeline.manifest import TAR_SEPARATOR
+from alarm.pipeline.objects import is_url
 
 
 class AudioUnreadable(ValueError):
@@ -21,13 +26,13 @@ def split_tar(audio: str) -> tuple[str, str]:
 
 def open_audio_bytes(audio: str) -> bytes:
     """The raw bytes of an audio location (a file, or a member of a tar shard)."""
-    if TAR_SEPARATOR in audio:
+    if TAR_SEPARATOR in audio or is_url(audio):
         # The shard's member table is built once and cached, so probing every member of a big
         # shard stays linear (tarfile.getmember rescans the whole shard per call).
-        from alarm.pipeline.audio_source import DecodeError, member_bytes
+        from alarm.pipeline.audio_source import DecodeError, audio_bytes
 
         try:
-            return member_bytes(audio)
+            return audio_bytes(audio)
         except DecodeError as err:
             raise AudioUnreadable(str(err).split(": ", 1)[-1]) from err
     path = Path(audio)
@@ -41,7 +46,7 @@ def probe_duration(audio: str) -> float:
     import soundfile as sf
 
     source: Any
-    if TAR_SEPARATOR in audio:
+    if TAR_SEPARATOR in audio or is_url(audio):
         source = io.BytesIO(open_audio_bytes(audio))
     else:
         if not Path(audio).is_file():

@@ -1,8 +1,10 @@
 """Content-addressed generation cache: Parquet parts, written atomically, one writer per part.
 
-Each pass keeps a folder of immutable parts (``part-<time>-<uuid>.parquet``). A part is written to a
-hidden temporary file and renamed into place, so a killed job leaves either a whole part or none;
-an orphaned temporary file is ignored (and removed by the next writer). Rows are keyed by
+Each pass keeps a folder (or an object-store prefix) of immutable parts
+(``part-<time>-<uuid>.parquet``). On disk a part is written to a hidden temporary file and renamed
+into place; on object storage it is one PUT, which is atomic too. Either way a killed job leaves a
+whole part or none; an orphaned temporary file is ignored (and removed by the next writer). A part
+never changes once written, so one read of it serves the life of the ``PassCache``. Rows are keyed by
 ``request_key``: a hash of everything that determines the output, so a rerun skips every key it
 already holds and a changed template or model simply misses.
 
@@ -15,11 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+PART_NAME = re.compile(r"part-\d+-[0-9a-f]+\.parquet")
 
 
 def request_key(**parts: Any) -> str:
@@ -69,45 +74,63 @@ def _schema():
 
 
 class PassCache:
-    """The parts folder of one pass (``answer``, ``rephrase`` or ``judge``)."""
+    """The parts of one pass (``answer``, ``rephrase`` or ``judge``) under a folder or a URL prefix."""
 
     def __init__(self, root: str | Path, pass_name: str) -> None:
-        self.folder = Path(root) / pass_name
-        self.folder.mkdir(parents=True, exist_ok=True)
+        from alarm.pipeline.objects import join, open_objects
 
-    def parts(self) -> list[Path]:
-        return sorted(self.folder.glob("part-*.parquet"))
+        self.location = join(root, pass_name)
+        self.objects = open_objects(self.location)
+        self.folder = self.objects.local  # None on object storage
+        self._rows: dict[str, list[dict[str, Any]]] = {}
+
+    def parts(self) -> list[str]:
+        """The keys of the finished parts, oldest first."""
+        return sorted(info.key for info in self.objects.list() if PART_NAME.fullmatch(info.key))
 
     def read(self) -> dict[str, CachedGeneration]:
         """Every key's best row: a success beats an error; among equals the newest wins."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         best: dict[str, CachedGeneration] = {}
         for part in self.parts():
-            for row in pq.read_table(part, schema=_schema()).to_pylist():
+            if part not in self._rows:
+                data = self.objects.get(part)
+                self._rows[part] = pq.read_table(pa.BufferReader(data), schema=_schema()).to_pylist()
+            for row in self._rows[part]:
                 gen = CachedGeneration(**row)
                 old = best.get(gen.key)
                 if old is None or (gen.ok, gen.created) > (old.ok, old.created):
                     best[gen.key] = gen
         return best
 
-    def write(self, rows: list[CachedGeneration]) -> Path | None:
-        """Write ``rows`` as one new part: temporary file, fsync, rename. Returns the part."""
+    def write(self, rows: list[CachedGeneration]) -> str | None:
+        """Write ``rows`` as one new part (a file: temporary, fsync, rename; an object: one PUT).
+
+        Returns:
+            The part's key, None when there was nothing to write.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         if not rows:
             return None
-        self._remove_stale_temporaries()
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = self.folder / f".{name}.{os.getpid()}.tmp"
         table = pa.Table.from_pylist([row.__dict__ for row in rows], schema=_schema())
+        if self.folder is None:
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, compression="zstd")
+            self.objects.put(name, sink.getvalue().to_pybytes())
+            return name
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temporaries()
+        tmp = self.folder / f".{name}.{os.getpid()}.tmp"
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        final = self.folder / name
-        os.replace(tmp, final)
-        return final
+        os.replace(tmp, self.folder / name)
+        return name
 
     def _remove_stale_temporaries(self, older_than_s: float = 3600.0) -> None:
         """Temporary files of killed writers; only old ones, a live writer's file is young."""

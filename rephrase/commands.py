@@ -19,19 +19,20 @@ def rephrase() -> None:
 
 
 @rephrase.command("run")
-@click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Run folder: config, cache, targets.parquet, rejects.parquet, stats.json.")
+@click.argument("manifest", type=click.Path())
+@click.option("--out", "out_dir", type=click.Path(), required=True,
+              help="Run folder (a path or an s3:// URL): config, cache, targets.parquet, rejects.parquet, "
+                   "stats.json.")
 @click.option("--config", type=click.Path(path_type=Path), default=None,
               help="RephraseConfig YAML (defaults: docs/method.md §5).")
 @click.option("--engine", default=None, help="LLM engine: vllm or transformers (overrides the config).")
 @click.option("--model", default=None, help="Model folder or id (overrides the config).")
 @click.option("--workers", type=int, default=None,
               help="Engine replicas as Ray actors, each with its GPU share (0: in this process).")
-@click.option("--instances", type=click.Path(path_type=Path), default=None,
+@click.option("--instances", type=click.Path(), default=None,
               help="The feature store's instances.parquet, to fill clip_key (null without it).")
-def rephrase_run(manifest: Path, out_dir: Path, config: Path | None, engine: str | None,
-                 model: str | None, workers: int | None, instances: Path | None) -> None:
+def rephrase_run(manifest: str, out_dir: str, config: Path | None, engine: str | None,
+                 model: str | None, workers: int | None, instances: str | None) -> None:
     """Answer (pass 1), rephrase (pass 2) and validate into targets; cached and resumable."""
     import json
 
@@ -42,14 +43,14 @@ def rephrase_run(manifest: Path, out_dir: Path, config: Path | None, engine: str
                        {"engine.name": engine, "engine.model": model, "engine.workers": workers})
     try:
         report = run_rephrase(manifest, out_dir, cfg, instances=instances)
-    except (ManifestError, FileNotFoundError, ValueError) as err:
+    except (ManifestError, FileNotFoundError, ValueError) as err:  # ConfigError is a ValueError
         fail(str(err))
     click.echo(json.dumps(report, indent=2))
 
 
 @rephrase.command("status")
-@click.argument("out_dir", type=click.Path(path_type=Path))
-def rephrase_status(out_dir: Path) -> None:
+@click.argument("out_dir", type=click.Path())
+def rephrase_status(out_dir: str) -> None:
     """Counts per pass and state (ok, incomplete, error, pending), tokens and throughput."""
     import json
 
@@ -57,15 +58,15 @@ def rephrase_status(out_dir: Path) -> None:
 
     try:
         click.echo(json.dumps(run_status(out_dir), indent=2))
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         fail(str(err))
 
 
 @rephrase.command("validate")
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path())
 @click.option("--config", type=click.Path(path_type=Path), default=None,
               help="ValidateConfig YAML (default: the run's own validate settings).")
-def rephrase_validate(out_dir: Path, config: Path | None) -> None:
+def rephrase_validate(out_dir: str, config: Path | None) -> None:
     """Re-filter cached generations into targets (never generates, unless the judge is on)."""
     import json
 
@@ -79,16 +80,16 @@ def rephrase_validate(out_dir: Path, config: Path | None) -> None:
 
 
 @rephrase.command("show")
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path())
 @click.option("-n", "count", type=int, default=3, help="How many random targets.")
 @click.option("--seed", type=int, default=None, help="Seed of the random choice.")
-def rephrase_show(out_dir: Path, count: int, seed: int | None) -> None:
+def rephrase_show(out_dir: str, count: int, seed: int | None) -> None:
     """N random targets: description, prompt, answer, and the target with the edits highlighted."""
     from alarm.rephrase.show import highlight_changes, sample_targets
 
     try:
         rows = sample_targets(out_dir, count, seed)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     if not rows:
         click.echo("no targets were kept; see rejects.parquet and stats.json in the run folder")
@@ -103,8 +104,8 @@ def rephrase_show(out_dir: Path, count: int, seed: int | None) -> None:
 
 
 @rephrase.command("retry-failed")
-@click.argument("out_dir", type=click.Path(path_type=Path))
-def rephrase_retry_failed(out_dir: Path) -> None:
+@click.argument("out_dir", type=click.Path())
+def rephrase_retry_failed(out_dir: str) -> None:
     """Regenerate only the requests whose cached result is an error, then validate again."""
     import json
 

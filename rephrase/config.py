@@ -115,11 +115,22 @@ def load_tokenizer(model: str) -> Any:
 
 
 def load_run(out_dir: str | Path) -> tuple[RephraseConfig, dict[str, Any]]:
-    """The config and run record saved in a run folder."""
-    from alarm.pipeline.configs import load_config
+    """The config and run record saved in a run folder (a folder or an object-store URL)."""
+    import yaml
 
+    from alarm.pipeline.configs import from_dict, load_config
+    from alarm.pipeline.objects import is_url, open_objects, text_of
+
+    missing = FileNotFoundError(f"{out_dir} is not a rephrase run folder (no {CONFIG_FILE}); "
+                                f"start one with `alarm rephrase run`")
+    if is_url(out_dir):
+        objects = open_objects(out_dir)
+        objects.check()
+        config, record = text_of(objects, CONFIG_FILE), text_of(objects, RUN_FILE)
+        if config is None or record is None:
+            raise missing
+        return from_dict(RephraseConfig, yaml.safe_load(config) or {}), json.loads(record)
     out = Path(out_dir)
     if not (out / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{out} is not a rephrase run folder (no {CONFIG_FILE}); "
-                                f"start one with `alarm rephrase run`")
+        raise missing
     return load_config(RephraseConfig, out / CONFIG_FILE), json.loads((out / RUN_FILE).read_text())

@@ -44,9 +44,9 @@ def read_clip_keys(path: str | Path | None) -> dict[str, str]:
     """
     if path is None:
         return {}
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
+    table = _read_table(path)
+    if table is None:
+        raise FileNotFoundError(f"{path} does not exist")
     names = set(table.column_names)
     id_col = "instance_id" if "instance_id" in names else "id"
     key_col = "clip_key" if "clip_key" in names else "key"
@@ -59,14 +59,34 @@ def read_clip_keys(path: str | Path | None) -> dict[str, str]:
 
 def read_store_rejects(instances_path: str | Path | None) -> dict[str, str]:
     """instance id -> reason from the ``rejects.parquet`` beside a store's ``instances.parquet``."""
-    if instances_path is None or not (Path(instances_path).parent / "rejects.parquet").is_file():
+    if instances_path is None:
         return {}
-    import pyarrow.parquet as pq
+    from alarm.pipeline.objects import is_url
 
-    table = pq.read_table(Path(instances_path).parent / "rejects.parquet")
-    if not {"id", "reason"} <= set(table.column_names):
+    beside = (f"{str(instances_path).rsplit('/', 1)[0]}/rejects.parquet" if is_url(instances_path)
+              else Path(instances_path).parent / "rejects.parquet")
+    table = _read_table(beside)
+    if table is None or not {"id", "reason"} <= set(table.column_names):
         return {}
     return dict(zip(table.column("id").to_pylist(), table.column("reason").to_pylist(), strict=True))
+
+
+def _read_table(location: str | Path) -> Any:
+    """A Parquet table from a path or an object URL (one GET); None when it does not exist."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from alarm.pipeline.objects import is_url
+
+    if not is_url(location):
+        return pq.read_table(location) if Path(location).is_file() else None
+    from alarm.pipeline.remote_audio import locate, read_object
+
+    locate(str(location))[0].check()  # a wrong endpoint or bad credentials: one line, at once
+    try:
+        return pq.read_table(pa.BufferReader(read_object(str(location))))
+    except FileNotFoundError:
+        return None
 
 
 def _probe(instance: Any) -> tuple[float | None, str | None]:

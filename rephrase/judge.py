@@ -15,6 +15,7 @@ from alarm.rephrase.config import pass_specs
 from alarm.rephrase.engines import weights_fingerprint
 from alarm.rephrase.execute import LazyPool, execute_pass, plain_chunk
 from alarm.rephrase.passes import JUDGE, judge_request
+from alarm.rephrase.run_folder import cache_location
 
 _VERDICT_RE = re.compile(r"<answer>\s*(yes|no)\s*</answer>", re.I)
 
@@ -36,7 +37,7 @@ def judge_candidates(candidates: list[Any], out: Path, run_cfg: Any, tokenizer: 
     ``judge_no_verdict`` in the candidate's extras.
     """
     spec = pass_specs(run_cfg, weights_fingerprint(run_cfg.engine.model))[JUDGE]
-    cache = PassCache(Path(run_cfg.cache_dir) if run_cfg.cache_dir else out / "cache", JUDGE)
+    cache = PassCache(cache_location(out, run_cfg.cache_dir), JUDGE)
     requests = {id(c): judge_request(spec, tokenizer, c.target) for c in candidates}
     own_pool = pool is None
     pool = pool or LazyPool(run_cfg.engine)

@@ -22,10 +22,11 @@ from alarm.pipeline.report import (
     write_report,
 )
 from alarm.rephrase.cache import PassCache
+from alarm.rephrase.run_folder import cache_location, published_location
 from alarm.rephrase.show import run_status
 
 
-def _cache_counts(root: Path, name: str) -> dict[str, int]:
+def _cache_counts(root: str, name: str) -> dict[str, int]:
     """ok / error / budget-forced / token counts of one pass's cache (its best row per key)."""
     rows = PassCache(root, name).read().values()
     return {"rows": len(rows), "ok": sum(r.ok for r in rows), "errors": sum(not r.ok for r in rows),
@@ -47,14 +48,14 @@ def _run_record(out: Path, missing: list[str]) -> dict[str, Any]:
     return record
 
 
-def _pass_statistics(out: Path, run: dict[str, Any], cache_root: Path,
+def _pass_statistics(out: Path, run: dict[str, Any], cache_root: str,
                      missing: list[str]) -> dict[str, dict[str, Any]]:
     """Per pass: this run's statistics, its request states and its cache's counts."""
     # The states of this run's requests, exactly as `alarm rephrase status` counts them.
     states = attempt("pass states (as `alarm rephrase status`)", lambda: _run_states(out), missing, {}) or {}
     passes: dict[str, dict[str, Any]] = {}
     for name in ("answer", "rephrase", "judge"):
-        in_cache = _cache_counts(cache_root, name) if (cache_root / name).is_dir() else None
+        in_cache = _cache_counts(cache_root, name) if PassCache(cache_root, name).parts() else None
         if run.get(name) or in_cache:
             passes[name] = {"run": run.get(name), "states": states.get(name), "cache": in_cache}
     if not passes:
@@ -146,7 +147,7 @@ def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
         out / "targets.parquet", ["instance_id", "dataset", "split", "n_tokens", "budget_forced", "target"]),
         missing, [])
     rejects = attempt("rejects.parquet", lambda: read_parquet_rows(out / "rejects.parquet"), missing, [])
-    passes = _pass_statistics(out, run, Path(config.get("cache_dir") or out / "cache"), missing)
+    passes = _pass_statistics(out, run, cache_location(out, config.get("cache_dir")), missing)
     lengths = _target_lengths(targets, rejects)
     figures = {}
     validate_cfg = config.get("validate") or {}
@@ -169,7 +170,7 @@ def write_rephrase_report(out_dir: str | Path) -> tuple[Path, Path]:
     before = stats.get("rejected_before_generation", stages["input"])
     after = stats.get("rejected_after_generation", stages["generate"] + stages["validate"])
     data = {
-        "kind": "rephrase", "out_dir": str(out.resolve()),
+        "kind": "rephrase", "out_dir": published_location(out),
         "manifest_rows": inputs + before if inputs is not None else None,
         "inputs": inputs, "input_rejects": run.get("input_rejects"),
         "passes": passes, "kept": stats.get("kept", len(targets)), "rejected": stats.get("rejected", len(rejects)),

@@ -4,6 +4,9 @@ Every generation is cached by content (``cache.py``), chunk by chunk, so the job
 any moment and rerun: finished chunks are skipped, nothing is generated twice, and a changed
 rephrase template only misses pass 2's keys. A request that fails becomes an error row; the job
 goes on, and ``retry_failed`` (or ``run_rephrase(retry_failed=True)``) retries only those.
+
+The run folder may be an object-store URL (``run_folder``): the cache is written there chunk by
+chunk, the other files are published there after the inputs, after each pass and at the end.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from alarm.rephrase.execute import LazyPool, execute_pass, forced_chunk, plain_c
 from alarm.rephrase.generation import Engine
 from alarm.rephrase.passes import ANSWER, REPHRASE, answer_request, rephrase_request
 from alarm.rephrase.report import write_rephrase_report
+from alarm.rephrase.run_folder import cache_location, run_folder
 from alarm.rephrase.validate import validate_run
 
 log = logging.getLogger(__name__)
@@ -54,7 +58,8 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
 
     Args:
         manifest: the manifest (JSONL or Parquet).
-        out_dir: the run folder: config, inputs, cache (unless ``cfg.cache_dir``), targets, rejects.
+        out_dir: the run folder (a path or an object-store URL): config, inputs, cache (unless
+            ``cfg.cache_dir``), targets, rejects.
         cfg: the job config (defaults: docs/method.md §5).
         instances: the feature store's ``instances.parquet``, to fill each target's clip key
             (left null without it).
@@ -66,28 +71,44 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
     Returns:
         Per-pass statistics and the validation report.
     """
-    from alarm.pipeline.configs import local_llm, save_config
-    from alarm.rephrase.inputs import collect_inputs
+    from alarm.pipeline.configs import local_llm
 
     cfg = cfg or RephraseConfig()
     # A model that is not on disk fails here, in one line, before any work (a hub id in the local cache
     # resolves to its snapshot folder; downloads only with ALARM_ALLOW_DOWNLOAD=1).
     cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, model=local_llm(cfg.engine.model)))
-    out = Path(out_dir)
+    with run_folder(out_dir) as (out, work):
+        publish = work.publish if work is not None else (lambda: 0)
+        return _run_in(manifest, out, cfg, instances, retry_failed, progress, engine, publish)
+
+
+def _resolved(location: str | Path | None) -> str | None:
+    from alarm.pipeline.objects import is_url
+
+    if location is None or is_url(location):
+        return None if location is None else str(location)
+    return str(Path(location).resolve())
+
+
+def _run_in(manifest: str | Path, out: Path, cfg: RephraseConfig, instances: str | Path | None,
+            retry_failed: bool, progress: bool, engine: Engine | None, publish: Any) -> dict[str, Any]:
+    """``run_rephrase`` in a local folder (the run's own, or the work folder of a URL run)."""
+    from alarm.pipeline.configs import save_config
+    from alarm.rephrase.inputs import collect_inputs
+
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / CONFIG_FILE)
-    (out / RUN_FILE).write_text(json.dumps({
-        "manifest": str(Path(manifest).resolve()),
-        "instances": str(Path(instances).resolve()) if instances else None,
-    }, indent=2) + "\n")
+    (out / RUN_FILE).write_text(json.dumps({"manifest": _resolved(manifest), "instances": _resolved(instances)},
+                                           indent=2) + "\n")
 
     rows, input_rejects = collect_inputs(manifest, cfg.max_audio_seconds, instances)
     _write_table(rows, out / INPUTS_FILE)
     _write_table(input_rejects, out / INPUT_REJECTS_FILE)
+    publish()
 
     tokenizer = load_tokenizer(cfg.engine.model)
     specs = pass_specs(cfg, weights_fingerprint(cfg.engine.model))
-    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    cache_root = cache_location(out, cfg.cache_dir)
     pool = LazyPool(cfg.engine, engine)
     report: dict[str, Any] = {"inputs": len(rows), "input_rejects": len(input_rejects)}
     try:
@@ -96,6 +117,7 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
         report[ANSWER] = dataclasses.asdict(execute_pass(
             specs[ANSWER], list(answers.values()), answer_cache, pool, plain_chunk, cfg.chunk_size,
             retry_failed, progress))
+        publish()
 
         done = answer_cache.read()
         rephrase_requests = [
@@ -109,6 +131,7 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
         report[REPHRASE] = dataclasses.asdict(execute_pass(
             specs[REPHRASE], rephrase_requests, PassCache(cache_root, REPHRASE), pool, forcing,
             cfg.chunk_size, retry_failed, progress))
+        publish()
         report["validation"] = validate_run(out, cfg.validate, tokenizer=tokenizer, pool=pool,
                                             progress=progress)
     finally:

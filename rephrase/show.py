@@ -14,6 +14,7 @@ from alarm.rephrase.engines import weights_fingerprint
 from alarm.rephrase.inputs import InputRow
 from alarm.rephrase.parse import is_incomplete
 from alarm.rephrase.passes import ANSWER, REPHRASE, answer_request, rephrase_request
+from alarm.rephrase.run_folder import run_folder
 from alarm.rephrase.targets import STATS_FILE, TARGETS_FILE, _cache_root
 
 
@@ -32,9 +33,14 @@ def run_status(out_dir: str | Path) -> dict[str, Any]:
     ``finished`` is ``complete + incomplete``: what the run report counts as generated. The
     ``targets`` entry repeats the validation counts of ``stats.json``.
     """
+    with run_folder(out_dir, publish=False) as (out, _):
+        return _status_in(out)
+
+
+def _status_in(out: Path) -> dict[str, Any]:
+    """``run_status`` of a local folder (the run's own, or the work folder of a URL run)."""
     import pyarrow.parquet as pq
 
-    out = Path(out_dir)
     cfg, _ = load_run(out)
     tokenizer = load_tokenizer(cfg.engine.model)
     specs = pass_specs(cfg, weights_fingerprint(cfg.engine.model))
@@ -80,10 +86,17 @@ def highlight_changes(before: str, after: str, mark: Any = None) -> str:
 
 def sample_targets(out_dir: str | Path, n: int = 3, seed: int | None = None) -> list[dict[str, Any]]:
     """``n`` random kept targets with their description, prompt, pass-1 answer and target."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(out_dir) / TARGETS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `alarm rephrase run` or `validate` first")
-    rows = pq.read_table(path).to_pylist()
+    from alarm.pipeline.objects import join, open_objects
+
+    objects = open_objects(out_dir)
+    objects.check()
+    try:
+        data = objects.get(TARGETS_FILE)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{join(out_dir, TARGETS_FILE)} does not exist; run `alarm rephrase run` or "
+                                f"`validate` first") from None
+    rows = pq.read_table(pa.BufferReader(data)).to_pylist()
     return random.Random(seed).sample(rows, min(n, len(rows)))

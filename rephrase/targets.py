@@ -19,6 +19,7 @@ from alarm.rephrase.inputs import InputRow
 from alarm.rephrase.parse import answer_target, extract_last_answer, is_incomplete, restore_tags
 from alarm.rephrase.passes import ANSWER, REPHRASE, answer_request, rephrase_request, template_opens_thinking
 from alarm.rephrase.rules import split_for
+from alarm.rephrase.run_folder import cache_location
 
 TARGETS_FILE = "targets.parquet"
 REJECTS_FILE = "rejects.parquet"
@@ -40,8 +41,8 @@ class Candidate:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _cache_root(out: Path, run_cfg: Any) -> Path:
-    return Path(run_cfg.cache_dir) if run_cfg.cache_dir else out / "cache"
+def _cache_root(out: Path, run_cfg: Any) -> str:
+    return cache_location(out, run_cfg.cache_dir)
 
 
 def collect_candidates(out: Path, run_cfg: Any, tokenizer: Any) -> tuple[list[Any], list[str]]:

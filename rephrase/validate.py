@@ -14,6 +14,7 @@ from alarm.rephrase import targets as target_io
 from alarm.rephrase.config import INPUT_REJECTS_FILE, INPUTS_FILE, load_run, load_tokenizer
 from alarm.rephrase.judge import judge_candidates
 from alarm.rephrase.rules import ValidateConfig, rule_hits
+from alarm.rephrase.run_folder import run_folder
 
 
 def validate_run(out_dir: str | Path, cfg: ValidateConfig | None = None, tokenizer: Any = None,
@@ -21,7 +22,7 @@ def validate_run(out_dir: str | Path, cfg: ValidateConfig | None = None, tokeniz
     """Filter a run folder's cached generations into ``targets.parquet`` and ``rejects.parquet``.
 
     Args:
-        out_dir: the run folder (``run_rephrase`` wrote its config and inputs there).
+        out_dir: the run folder (``run_rephrase`` wrote its config and inputs there); a path or a URL.
         cfg: the filters; default: the run config's.
         tokenizer: the model's tokenizer (loaded from the run config when None).
         pool: an engine pool for the judge pass (made on demand when the judge is on).
@@ -30,9 +31,14 @@ def validate_run(out_dir: str | Path, cfg: ValidateConfig | None = None, tokeniz
     Returns:
         Counts: kept, per split, pending, rejected per reason, hits per rule.
     """
+    with run_folder(out_dir) as (out, _):
+        return _validate_in(out, cfg, tokenizer, pool, progress)
+
+
+def _validate_in(out: Path, cfg: ValidateConfig | None, tokenizer: Any, pool: Any, progress: bool) -> dict[str, Any]:
+    """``validate_run`` in a local folder (the run's own, or the work folder of a URL run)."""
     import pyarrow.parquet as pq
 
-    out = Path(out_dir)
     run_cfg, _ = load_run(out)
     cfg = cfg or run_cfg.validate
     tokenizer = tokenizer or load_tokenizer(run_cfg.engine.model)

@@ -23,7 +23,7 @@ def test_help_lists_every_group_and_is_fast() -> None:
                           cwd=Path(__file__).parents[1])
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
-    for group in ("pipeline", "rephrase", "train", "demo", "manifest", "models"):
+    for group in ("pipeline", "prompts", "rephrase", "train", "demo", "manifest", "models"):
         assert group in proc.stdout
     # Heavy libraries stay out of start-up: importing the CLI must not import them.
     probe = subprocess.run(
@@ -42,7 +42,7 @@ def test_version_and_group_help() -> None:
         assert f"alarm, version {version(DISTRIBUTION)}" in result.output
     except PackageNotFoundError:
         pass
-    for group in ("pipeline", "rephrase", "train", "demo"):
+    for group in ("pipeline", "prompts", "rephrase", "train", "demo"):
         result = runner.invoke(main, [group, "--help"])
         assert result.exit_code == 0, result.output
 

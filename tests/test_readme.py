@@ -88,7 +88,7 @@ def run_script(commands_: list[str], cwd: Path, env: dict[str, str], timeout: fl
 
 def test_readme_block_parses_into_every_stage() -> None:
     cmds = commands(readme_block())
-    for needed in ("alarm manifest check", "alarm pipeline run", "alarm rephrase run", "alarm train run",
+    for needed in ("alarm manifest check", "alarm prompts run", "alarm pipeline run", "alarm rephrase run", "alarm train run",
                    "alarm train export", "alarm infer", "alarm eval", "alarm report"):
         assert any(c.startswith(needed) for c in cmds), needed
     assert all("/tmp/" not in c for c in cmds), "the block writes under the current folder, not /tmp"
@@ -114,7 +114,9 @@ def test_readme_stage_by_stage_block_runs_verbatim(tmp_path: Path, shell_env: di
     eval_doc = json.loads((out / "eval" / "report.json").read_text())
     assert eval_doc["data"]["overall"]["questions"] == 6
     assert "-- answer" in result.stdout  # alarm infer answered
-    for kind in ("pipeline", "rephrase", "train", "eval"):
+    prompts = json.loads((out / "prompts" / "stats.json").read_text())
+    assert prompts["to_prompt"] > 0 and prompts["rejected_clips_per_rule"] == {"no_candidates": prompts["to_prompt"]}
+    for kind in ("prompts", "pipeline", "rephrase", "train", "eval"):
         assert re.search(rf"^{kind}: out/", result.stdout, flags=re.M), kind  # `alarm report out` found each
     print(f"README block: {len(cmds)} commands in {wall:.0f} s")
 
