@@ -279,3 +279,21 @@ def test_gc_removes_only_abandoned_attempts_older_than_grace(root: str) -> None:
         from alarm.pipeline.store_gc import parse_seconds
 
         parse_seconds("soon")
+
+
+def test_a_client_error_in_a_workers_chain_is_reported_in_one_line(s3_server, monkeypatch) -> None:
+    from datetime import timedelta
+
+    from alarm.pipeline.job import _request_error
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    dead = RemoteObjects("s3://some-bucket/store", retry={"max_retries": 0, "retry_timeout": timedelta(seconds=2)})
+    try:
+        try:
+            dead.put("x", b"1")
+        except Exception as err:  # as a worker's error reaches the driver: wrapped in another
+            raise RuntimeError("worker failed") from err
+    except RuntimeError as wrapped:
+        line = _request_error(wrapped)
+    assert line is not None and "\n" not in line and "127.0.0.1:9" in line
+    assert _request_error(RuntimeError("not a client error")) is None
