@@ -1,0 +1,190 @@
+"""A real two-node Ray cluster on this machine, for the cluster tests.
+
+Two ``ray start --block`` processes, a head and a worker node, each in its own session (one process
+group), its own temp dir and its own free ports: nothing is shared with another cluster or test on
+the machine, and both are ended by their process groups, never by ``ray stop``.
+
+The head has the machine's address, the one Ray gives a driver here (it turns 127.0.0.1 into it);
+the worker node listens on 127.0.0.2 (all of 127/8 is loopback). A driver on this machine therefore
+attaches to the head's raylet, and killing the worker node never takes the driver with it. Token
+authentication is off (``RAY_AUTH_MODE=disabled`` in ``env``, which the job's process must get too):
+a cluster started by ``ray start`` would otherwise take whatever token ``~/.ray`` holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORKER_IP = "127.0.0.2"
+START_SECONDS = 240
+"""How long a node may take to come up on a loaded two-core machine."""
+
+_NODES = """
+import json, sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False, configure_logging=False)
+print(json.dumps([{"id": n["NodeID"], "ip": n["NodeManagerAddress"], "alive": n["Alive"]} for n in ray.nodes()]))
+"""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def free_port_range(count: int, host: str = "127.0.0.1") -> tuple[int, int]:
+    """``count`` consecutive free ports (the workers' range of one node)."""
+    for _ in range(200):
+        base = free_port(host)
+        if base + count > 65000:
+            continue
+        try:
+            socks = []
+            for p in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((host, p))
+            return base, base + count - 1
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def _node_ports(host: str) -> list[str]:
+    low, high = free_port_range(40, host)
+    # No ray-client-server-port: the client server needs ray[client], which is not installed.
+    ports = {flag: free_port(host) for flag in ("node-manager-port", "object-manager-port",
+                                                "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                "runtime-env-agent-port", "metrics-export-port")}
+    return [*(f"--{k}={v}" for k, v in ports.items()), f"--min-worker-port={low}", f"--max-worker-port={high}"]
+
+
+class RayNode:
+    """One ``ray start --block`` process and the Ray processes it starts, all in one process group."""
+
+    def __init__(self, name: str, root: Path, args: list[str], env: dict[str, str]) -> None:
+        self.name, self.root = name, root
+        self.tmp = root / name
+        self.tmp.mkdir()
+        self.log_path = self.tmp / "start.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
+        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--block", f"--temp-dir={self.tmp / 'ray'}",
+               "--num-cpus=1", "--disable-usage-stats", *args]
+        self.proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def pids(self) -> list[int]:
+        """Every live process of this node's group (its ``ray start``, raylet, workers, agents)."""
+        out = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid and fields[0] != "Z":  # process group, not a zombie
+                out.append(int(entry.name))
+        return out
+
+    def raylet_pid(self) -> int:
+        """The pid of this node's raylet."""
+        for pid in self.pids():
+            try:
+                exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if exe.endswith(b"/raylet"):
+                return pid
+        raise RuntimeError(f"{self.name}: no raylet among {self.pids()}")
+
+    def tail(self) -> str:
+        return self.log_path.read_text()[-2000:] if self.log_path.is_file() else ""
+
+    def stop(self) -> None:
+        """End the node by its process group: SIGTERM, then SIGKILL what is left."""
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 30.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while self.pids() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not self.pids():
+                break
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.log.close()
+
+
+class TwoNodeCluster:
+    """A head and a worker node of one CPU each; ``address`` is the head's GCS (host:port)."""
+
+    def __init__(self) -> None:
+        # Short: Ray's unix socket paths live under it and must stay under ~107 characters.
+        self.root = Path(tempfile.mkdtemp(prefix="rayc", dir="/tmp"))
+        self.env = dict(os.environ, RAY_TMPDIR=str(self.root), RAY_AUTH_MODE="disabled")
+        self.env.pop("RAY_ADDRESS", None)
+        self.nodes: list[RayNode] = []
+        self.address = ""
+        try:
+            self.head = self._start("head", ["--head", f"--port={free_port()}", "--include-dashboard=false",
+                                             *_node_ports("0.0.0.0")], 1)
+            self.worker = self._start("worker", [f"--address={self.address}", f"--node-ip-address={WORKER_IP}",
+                                                 *_node_ports(WORKER_IP)], 2)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, name: str, args: list[str], nodes: int) -> RayNode:
+        node = RayNode(name, self.root, args, self.env)
+        self.nodes.append(node)
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            if node.proc.poll() is not None:
+                raise RuntimeError(f"ray start ({name}) exited: {node.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ray start ({name}) not up after {START_SECONDS} s: {node.tail()}")
+            current = self.root / "head" / "ray" / "ray_current_cluster"
+            if not self.address and current.is_file():
+                self.address = current.read_text().strip()
+            if self.address and "Ray runtime started" in node.tail():
+                alive = [n for n in self.node_table() if n["alive"]]
+                if len(alive) >= nodes:
+                    return node
+            time.sleep(1.0)
+
+    def node_table(self) -> list[dict]:
+        """Every node the head's GCS knows: id, ip, alive (asked by a short driver process)."""
+        out = subprocess.run([sys.executable, "-c", _NODES, self.address], capture_output=True, text=True,
+                             timeout=180, env=self.env)
+        if out.returncode != 0:
+            raise RuntimeError(f"asking the cluster for its nodes failed: {out.stderr[-2000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def node_ids(self) -> dict[str, str]:
+        """``head`` and ``worker`` -> Ray node id (by each node's ip)."""
+        by_ip = {n["ip"]: n["id"] for n in self.node_table()}
+        return {"head": by_ip[self.address.rsplit(":", 1)[0]], "worker": by_ip[WORKER_IP]}
+
+    def stop(self) -> None:
+        """Stop the worker node, then the head, by their process groups; remove the temp dir."""
+        for node in reversed(self.nodes):
+            node.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
