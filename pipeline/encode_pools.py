@@ -9,6 +9,7 @@ decode tasks and one actor pool per encoder (GPU clusters). Both count what they
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -205,7 +206,10 @@ class SharedPool:
             actor, unit = inflight.pop(ready[0])
             try:
                 out = ray.get(ready[0])
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.RayActorError as err:
+                logging.getLogger(__name__).warning(
+                    "an encoder actor was lost while computing part %s (%s); another actor takes it over",
+                    unit.part, type(err).__name__)
                 losses[unit.part] += 1
                 if losses[unit.part] >= MAX_LOSSES_PER_UNIT:
                     raise RuntimeError(f"part {unit.part}: {MAX_LOSSES_PER_UNIT} encoder actors were lost while "

@@ -87,8 +87,11 @@ class RayNode:
                                      stderr=subprocess.STDOUT)
 
     def pids(self) -> list[int]:
-        """Every live process of this node's group (its ``ray start``, raylet, workers, agents)."""
-        out = []
+        """Every live process of this node: its ``ray start`` and all it started (raylet, workers, agents).
+
+        The raylet starts workers in sessions of their own, so they are found by parent, not by group.
+        """
+        parent: dict[int, int] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -96,9 +99,15 @@ class RayNode:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == self.proc.pid and fields[0] != "Z":  # process group, not a zombie
-                out.append(int(entry.name))
-        return out
+            if fields[0] != "Z":  # zombies are dead already
+                parent[int(entry.name)] = int(fields[1])
+        ours = {self.proc.pid} if self.proc.pid in parent else set()
+        grew = True
+        while grew:
+            more = {pid for pid, ppid in parent.items() if ppid in ours and pid not in ours}
+            ours |= more
+            grew = bool(more)
+        return sorted(ours)
 
     def raylet_pid(self) -> int:
         """The pid of this node's raylet."""
@@ -115,17 +124,23 @@ class RayNode:
         return self.log_path.read_text()[-2000:] if self.log_path.is_file() else ""
 
     def stop(self) -> None:
-        """End the node by its process group: SIGTERM, then SIGKILL what is left."""
+        """End the node: SIGTERM to its process group and every process it started, then SIGKILL what is left."""
         for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 30.0)):
+            pids = self.pids()
+            if not pids:
+                break
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
-                break
+                pass
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
             deadline = time.monotonic() + wait
             while self.pids() and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if not self.pids():
-                break
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -184,7 +199,26 @@ class TwoNodeCluster:
         return {"head": by_ip[self.address.rsplit(":", 1)[0]], "worker": by_ip[WORKER_IP]}
 
     def stop(self) -> None:
-        """Stop the worker node, then the head, by their process groups; remove the temp dir."""
+        """Stop the worker node, then the head; then any process left with this cluster's ``RAY_TMPDIR``
+        (a killed node's workers, which lost their parent); remove the temp dir."""
         for node in reversed(self.nodes):
             node.stop()
+        marker = f"RAY_TMPDIR={self.root}".encode()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            left = []
+            for entry in Path("/proc").iterdir():
+                try:
+                    if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                        left.append(int(entry.name))
+                except OSError:  # gone meanwhile, or not ours to read
+                    continue
+            if not left:
+                break
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
         shutil.rmtree(self.root, ignore_errors=True)
