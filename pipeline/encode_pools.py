@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,8 +170,9 @@ class SharedPool:
         except ray.exceptions.RayTaskError as err:
             raise err.cause from None  # the error itself, as building on the driver would raise it
 
-    def run(self, groups: dict[str, Path], units: list[WorkUnit]) -> EncodeStats:
-        """Encode and write every unit; return the time, clips and bytes it took.
+    def run(self, groups: dict[str, Path], units: list[WorkUnit], on_unit: Callable[[], None] | None = None
+            ) -> EncodeStats:
+        """Encode and write every unit; return the time, clips and bytes it took (``on_unit``: after each).
 
         A unit whose actor is lost (its node died, its process was killed) goes to another actor; it
         rewrites only the parts not yet committed. A unit that loses ``MAX_LOSSES_PER_UNIT`` actors
@@ -223,6 +225,8 @@ class SharedPool:
                            dict.fromkeys(unit.encoders, out.get("node", "")))
             clips_done += len(unit.keys)
             _advance(bar, unit, clips_done, t_start)
+            if on_unit:
+                on_unit()
         bar.close()
         return stats
 
@@ -255,8 +259,12 @@ class SharedPool:
 
 
 def encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str, dict],
-                 units: list[WorkUnit]) -> EncodeStats:
-    """Run decode + one actor pool per encoder over the units; return the time, clips and bytes it took."""
+                 units: list[WorkUnit], on_unit: Callable[[], None] | None = None) -> EncodeStats:
+    """Run decode + one actor pool per encoder over the units; return the time, clips and bytes it took.
+
+    A lost actor is restarted by Ray Data where there is room for it (its tasks are retried);
+    ``on_unit`` is called after each unit.
+    """
     import ray
 
     ctx = quiet_ray_data()
@@ -300,6 +308,8 @@ def encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str, 
         stats.add_unit(unit, float(row["decode_s"]), parts, {e: str(row[f"{e}_node"]) for e in unit.encoders})
         clips_done += len(unit.keys)
         _advance(bar, unit, clips_done, t_start)
+        if on_unit:
+            on_unit()
     bar.close()
     return stats
 
@@ -338,12 +348,22 @@ class JobWorkers:
 
     def encode(self, groups: dict[str, Path], facts: dict[str, dict], units: list[WorkUnit]) -> EncodeStats:
         """Encode and write every unit in the layout the job chose (``pools``); nothing to do starts nothing."""
+        from alarm.pipeline.cluster import NodeLossWatch, joins_cluster
+
         if not units:
             return EncodeStats()
-        if self.cfg.shared_pools():
-            return self.shared_pool().run(groups, units)
+        pool = self.shared_pool() if self.cfg.shared_pools() else None
         self.ray()
-        return encode_units(self.cfg, groups, facts, units)
+        # On a cluster, say so when the job waits for room for the actors of a node that died.
+        watch = NodeLossWatch(self.cfg.stall_warning_seconds) if joins_cluster(self.cfg.address) else None
+        on_unit = watch.progress if watch else None
+        try:
+            if pool is not None:
+                return pool.run(groups, units, on_unit)
+            return encode_units(self.cfg, groups, facts, units, on_unit)
+        finally:
+            if watch:
+                watch.close()
 
     def close(self) -> None:
         """End this job's own Ray (with its actors), or stop the shared pool in a caller's Ray."""

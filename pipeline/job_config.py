@@ -54,6 +54,8 @@ class PipelineConfig:
             redo the parts that differ from their done marker (reads the store once); False checks
             only each part's files and shapes.
         force: start even when the store's disk has less free space than the job's estimate.
+        stall_warning_seconds: on a cluster, warn when no part has finished for this long since a node
+            died (the job then waits for room for that node's actors).
     """
 
     store: str
@@ -81,6 +83,7 @@ class PipelineConfig:
     progress: bool = True
     verify_checksums: bool = True
     force: bool = False
+    stall_warning_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         from alarm.pipeline.cluster import joins_cluster
@@ -109,6 +112,8 @@ class PipelineConfig:
             raise ConfigError(f"pools must be one of {', '.join(POOLS)}, got {self.pools!r}")
         if self.shared_actors < 0:
             raise ConfigError("shared_actors must be >= 0 (0: automatic)")
+        if self.stall_warning_seconds <= 0:
+            raise ConfigError("stall_warning_seconds must be positive")
         if self.cpus_per_task <= 0:
             raise ConfigError("cpus_per_task must be positive")
         if self.inflight_parts is not None and self.inflight_parts < 1:

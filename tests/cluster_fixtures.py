@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-WORKER_IP = "127.0.0.2"
+WORKER_IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+"""One per worker node started (a node's ip tells it apart from the others on this machine)."""
 START_SECONDS = 240
 """How long a node may take to come up on a loaded two-core machine."""
 
@@ -76,7 +77,7 @@ class RayNode:
     """One ``ray start --block`` process and the Ray processes it starts, all in one process group."""
 
     def __init__(self, name: str, root: Path, args: list[str], env: dict[str, str]) -> None:
-        self.name, self.root = name, root
+        self.name, self.root, self.ip = name, root, ""
         self.tmp = root / name
         self.tmp.mkdir()
         self.log_path = self.tmp / "start.log"
@@ -161,11 +162,19 @@ class TwoNodeCluster:
         try:
             self.head = self._start("head", ["--head", f"--port={free_port()}", "--include-dashboard=false",
                                              *_node_ports("0.0.0.0")], 1)
-            self.worker = self._start("worker", [f"--address={self.address}", f"--node-ip-address={WORKER_IP}",
-                                                 *_node_ports(WORKER_IP)], 2)
+            self.worker = self.add_worker()
         except BaseException:
             self.stop()
             raise
+
+    def add_worker(self) -> RayNode:
+        """Start another worker node (after one was lost); it becomes ``worker``."""
+        ip = WORKER_IPS[len(self.nodes) - 1]
+        alive = sum(n["alive"] for n in self.node_table())
+        self.worker = self._start(f"worker{len(self.nodes)}", [f"--address={self.address}", f"--node-ip-address={ip}",
+                                                                *_node_ports(ip)], alive + 1)
+        self.worker.ip = ip
+        return self.worker
 
     def _start(self, name: str, args: list[str], nodes: int) -> RayNode:
         node = RayNode(name, self.root, args, self.env)
@@ -194,9 +203,9 @@ class TwoNodeCluster:
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def node_ids(self) -> dict[str, str]:
-        """``head`` and ``worker`` -> Ray node id (by each node's ip)."""
+        """``head`` and ``worker`` (the latest) -> Ray node id (by each node's ip)."""
         by_ip = {n["ip"]: n["id"] for n in self.node_table()}
-        return {"head": by_ip[self.address.rsplit(":", 1)[0]], "worker": by_ip[WORKER_IP]}
+        return {"head": by_ip[self.address.rsplit(":", 1)[0]], "worker": by_ip[self.worker.ip]}
 
     def stop(self) -> None:
         """Stop the worker node, then the head; then any process left with this cluster's ``RAY_TMPDIR``

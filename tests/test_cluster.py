@@ -55,6 +55,14 @@ def committed(location: str) -> dict[str, str]:
     return out
 
 
+def done_markers(location: str) -> int:
+    """Committed parts in the store so far."""
+    from alarm.pipeline.objects import open_objects
+    from alarm.pipeline.store_layout import DONE
+
+    return sum(o.key.endswith(f"/{DONE}") for o in open_objects(location).list("features"))
+
+
 def summary_of(location: str) -> dict:
     from alarm.pipeline.objects import open_objects
 
@@ -122,11 +130,11 @@ def test_a_job_on_two_nodes_uses_both_and_equals_an_embedded_run(cluster, job_in
     assert committed(store) == embedded
 
 
-def _encoding_on(node: object) -> bool:
-    """Whether an encoder actor on ``node`` is in the middle of a unit (Ray titles it by the method)."""
+def _process_on(node: object, title: bytes) -> bool:
+    """Whether a process of ``node`` has ``title`` in its command line (Ray titles a worker by what it runs)."""
     for pid in node.pids():
         try:
-            if b"SharedEncodeStage.__call__" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if title in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return True
         except OSError:
             continue
@@ -148,10 +156,11 @@ def test_losing_a_node_mid_job_finishes_on_the_other_and_equals_an_embedded_run(
                                env=job_env(cluster.env), stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + JOB_SECONDS
-            while not (list(Path(store).glob("features/*/*/parts/*/_DONE")) and _encoding_on(cluster.worker)):
+            # The shared pool's actor there is in the middle of a unit (Ray titles it by the method).
+            while not (_process_on(cluster.worker, b"SharedEncodeStage.__call__") and done_markers(store)):
                 assert job.poll() is None, f"the job ended before the worker node encoded: {log.read_text()[-3000:]}"
                 assert time.monotonic() < deadline, "the worker node never took a unit"
-                time.sleep(0.02)
+                time.sleep(0.05)
             os.kill(cluster.worker.raylet_pid(), signal.SIGKILL)
             assert job.wait(JOB_SECONDS) == 0, log.read_text()[-3000:]
             assert "an encoder actor was lost while computing part" in log.read_text()
@@ -159,9 +168,48 @@ def test_losing_a_node_mid_job_finishes_on_the_other_and_equals_an_embedded_run(
             if job.poll() is None:
                 job.kill()
                 job.wait()
-    alive = {n["id"]: n["alive"] for n in cluster.node_table()}
+    deadline = time.monotonic() + 120  # the head marks the node dead after missed heartbeats
+    while (alive := {n["id"]: n["alive"] for n in cluster.node_table()})[ids["worker"]]:
+        assert time.monotonic() < deadline, alive
+        time.sleep(2)
     assert alive == {ids["head"]: True, ids["worker"]: False}
     nodes = summary_of(store)["nodes"]
     assert nodes[ids["head"]]["parts"] > 0 and set(nodes) <= {ids["head"], ids["worker"]}, nodes
     assert committed(store) == embedded
-    assert verify_store(Path(store)).ok
+    assert verify_store(store).ok
+
+
+def test_per_encoder_pools_that_lose_a_node_say_so_and_a_rerun_finishes(cluster, job_input, embedded, tmp_path):
+    """One Ray Data actor pool per encoder: Ray restarts a lost actor only where there is room, and a
+    one-CPU head has none. The job warns that it waits; stopped and run again on the nodes left, it
+    resumes and ends with the store an embedded run writes."""
+    manifest, config = job_input
+    per_encoder = tmp_path / "per-encoder.yaml"
+    per_encoder.write_text(config.read_text() + "pools: per-encoder\nstall_warning_seconds: 15\n")
+    store = store_location(tmp_path, "store")
+    worker = cluster.add_worker()  # the previous test's worker node is gone
+    log = tmp_path / "job.log"
+    with open(log, "w") as out:
+        job = subprocess.Popen(job_command(manifest, store, per_encoder, "--address", cluster.address),
+                               env=job_env(cluster.env), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + JOB_SECONDS
+            while not (_process_on(worker, b"EncodeStage") and done_markers(store)):
+                assert job.poll() is None, f"the job ended before the worker node encoded: {log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, "the worker node never took a unit"
+                time.sleep(0.05)
+            os.kill(worker.raylet_pid(), signal.SIGKILL)
+            while "no part finished for" not in log.read_text():
+                assert job.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "no warning that the job waits for the lost node's actors"
+                time.sleep(1)
+        finally:
+            job.kill()
+            job.wait()
+    assert "(add a node), or stop the job and run it again on the nodes left" in log.read_text()
+    before = done_markers(store)
+    again = subprocess.run(job_command(manifest, store, config, "--address", cluster.address, "--pools", "shared"),
+                           env=job_env(cluster.env), capture_output=True, text=True, timeout=JOB_SECONDS)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert before < done_markers(store)
+    assert committed(store) == embedded
