@@ -32,7 +32,7 @@ START_SECONDS = 240
 _NODES = """
 import json, sys, ray
 ray.init(address=sys.argv[1], log_to_driver=False, configure_logging=False)
-print(json.dumps([{"id": n["NodeID"], "ip": n["NodeManagerAddress"], "alive": n["Alive"]} for n in ray.nodes()]))
+print("NODES", json.dumps([{"id": n["NodeID"], "ip": n["NodeManagerAddress"], "alive": n["Alive"]} for n in ray.nodes()]))
 """
 
 
@@ -200,7 +200,9 @@ class TwoNodeCluster:
                              timeout=180, env=self.env)
         if out.returncode != 0:
             raise RuntimeError(f"asking the cluster for its nodes failed: {out.stderr[-2000:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        # Ray prints notices of its own to a driver's stdout (a dead node's, for one): take our line.
+        line = next(x for x in reversed(out.stdout.splitlines()) if x.startswith("NODES "))
+        return json.loads(line.removeprefix("NODES "))
 
     def node_ids(self) -> dict[str, str]:
         """``head`` and ``worker`` (the latest) -> Ray node id (by each node's ip)."""
