@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 WORKER_IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -43,34 +44,45 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def free_port_range(count: int, host: str = "127.0.0.1") -> tuple[int, int]:
-    """``count`` consecutive free ports (the workers' range of one node)."""
-    for _ in range(200):
-        base = free_port(host)
-        if base + count > 65000:
-            continue
+class PortPicker:
+    """Free ports for the nodes of one cluster, never the same port twice (a worker range that no
+    process listens on yet is still taken)."""
+
+    def __init__(self) -> None:
+        self.taken: set[int] = set()
+
+    def _bindable(self, ports: range) -> bool:
+        held = []
         try:
-            socks = []
-            for p in range(base, base + count):
+            for p in ports:
                 s = socket.socket()
-                socks.append(s)
-                s.bind((host, p))
-            return base, base + count - 1
+                held.append(s)
+                s.bind(("0.0.0.0", p))
+            return True
         except OSError:
-            continue
+            return False
         finally:
-            for s in socks:
+            for s in held:
                 s.close()
-    raise RuntimeError(f"no {count} consecutive free ports")
 
+    def take(self, count: int = 1) -> int:
+        """The first of ``count`` consecutive free ports, now taken."""
+        for _ in range(500):
+            base = free_port("0.0.0.0")
+            ports = range(base, base + count)
+            if base + count < 65000 and not self.taken.intersection(ports) and self._bindable(ports):
+                self.taken.update(ports)
+                return base
+        raise RuntimeError(f"no {count} consecutive free ports")
 
-def _node_ports(host: str) -> list[str]:
-    low, high = free_port_range(40, host)
-    # No ray-client-server-port: the client server needs ray[client], which is not installed.
-    ports = {flag: free_port(host) for flag in ("node-manager-port", "object-manager-port",
-                                                "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                "runtime-env-agent-port", "metrics-export-port")}
-    return [*(f"--{k}={v}" for k, v in ports.items()), f"--min-worker-port={low}", f"--max-worker-port={high}"]
+    def node_flags(self) -> list[str]:
+        """``ray start`` flags giving a node its own ports: its services and a range for its workers."""
+        low = self.take(40)
+        # No ray-client-server-port: the client server needs ray[client], which is not installed.
+        flags = [f"--{flag}={self.take()}" for flag in ("node-manager-port", "object-manager-port",
+                                                          "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                          "runtime-env-agent-port", "metrics-export-port")]
+        return [*flags, f"--min-worker-port={low}", f"--max-worker-port={low + 39}"]
 
 
 class RayNode:
@@ -158,10 +170,12 @@ class TwoNodeCluster:
         self.env = dict(os.environ, RAY_TMPDIR=str(self.root), RAY_AUTH_MODE="disabled")
         self.env.pop("RAY_ADDRESS", None)
         self.nodes: list[RayNode] = []
+        self.ports = PortPicker()
         self.address = ""
+        self.workers = 0
         try:
-            self.head = self._start("head", ["--head", f"--port={free_port()}", "--include-dashboard=false",
-                                             *_node_ports("0.0.0.0")], 1)
+            self.head = self._start("head", lambda: ["--head", f"--port={self.ports.take()}",
+                                                     "--include-dashboard=false", *self.ports.node_flags()], 1)
             self.worker = self.add_worker()
         except BaseException:
             self.stop()
@@ -169,30 +183,34 @@ class TwoNodeCluster:
 
     def add_worker(self) -> RayNode:
         """Start another worker node (after one was lost); it becomes ``worker``."""
-        ip = WORKER_IPS[len(self.nodes) - 1]
+        ip = WORKER_IPS[self.workers]
+        self.workers += 1
         alive = sum(n["alive"] for n in self.node_table())
-        self.worker = self._start(f"worker{len(self.nodes)}", [f"--address={self.address}", f"--node-ip-address={ip}",
-                                                                *_node_ports(ip)], alive + 1)
+        self.worker = self._start(f"worker{self.workers}", lambda: [f"--address={self.address}",
+                                                                   f"--node-ip-address={ip}",
+                                                                   *self.ports.node_flags()], alive + 1)
         self.worker.ip = ip
         return self.worker
 
-    def _start(self, name: str, args: list[str], nodes: int) -> RayNode:
-        node = RayNode(name, self.root, args, self.env)
-        self.nodes.append(node)
-        deadline = time.monotonic() + START_SECONDS
-        while True:
-            if node.proc.poll() is not None:
-                raise RuntimeError(f"ray start ({name}) exited: {node.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ray start ({name}) not up after {START_SECONDS} s: {node.tail()}")
-            current = self.root / "head" / "ray" / "ray_current_cluster"
-            if not self.address and current.is_file():
-                self.address = current.read_text().strip()
-            if self.address and "Ray runtime started" in node.tail():
-                alive = [n for n in self.node_table() if n["alive"]]
-                if len(alive) >= nodes:
+    def _start(self, name: str, args: Callable[[], list[str]], nodes: int) -> RayNode:
+        """Start a node, then wait until the head counts ``nodes`` alive. A ``ray start`` that exits at
+        once (a port taken meanwhile by another process on the machine) is tried again with new ports."""
+        for attempt in range(3):
+            node = RayNode(f"{name}.{attempt}" if attempt else name, self.root, args(), self.env)
+            self.nodes.append(node)
+            deadline = time.monotonic() + START_SECONDS
+            while node.proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"ray start ({name}) not up after {START_SECONDS} s: {node.tail()}")
+                current = node.tmp / "ray" / "ray_current_cluster"
+                if not self.address and current.is_file():
+                    self.address = current.read_text().strip()
+                if self.address and "Ray runtime started" in node.tail() and \
+                        sum(n["alive"] for n in self.node_table()) >= nodes:
                     return node
-            time.sleep(1.0)
+                time.sleep(1.0)
+            node.stop()
+        raise RuntimeError(f"ray start ({name}) exited three times; the last: {node.tail()}")
 
     def node_table(self) -> list[dict]:
         """Every node the head's GCS knows: id, ip, alive (asked by a short driver process)."""
