@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import Any
 
 from alarm.pipeline.configs import ConfigError
@@ -78,3 +79,49 @@ def _check_reachable(address: str) -> None:
         raise ConfigError(f"no Ray cluster answers at {address} ({err.strerror or err}): start one there with "
                           "`ray start --head`, pass --address auto for this machine's cluster, or leave "
                           "--address out for an embedded Ray") from None
+
+
+class NodeLossWatch:
+    """Warns, once, when a job has made no progress for a while since a node of its cluster died.
+
+    Ray restarts a lost node's actors elsewhere only where there is room for them: on a fixed
+    cluster without it, the job waits (for an autoscaler's new node, or a node that rejoins) and
+    says nothing. This tells the user what it waits for and what to do. Ray's node table is read
+    from a daemon thread every few seconds, and only once the job has stalled.
+    """
+
+    def __init__(self, stall_seconds: float) -> None:
+        import threading
+
+        import ray
+
+        self.stall_seconds = stall_seconds
+        self.last = time.monotonic()
+        self.warned = ""
+        self.started = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="node-loss-watch", daemon=True)
+        self._thread.start()
+
+    def progress(self) -> None:
+        """A unit finished."""
+        self.last = time.monotonic()
+
+    def _watch(self) -> None:
+        import ray
+
+        while not self._stop.wait(min(10.0, self.stall_seconds / 4)):
+            stalled = time.monotonic() - self.last
+            if stalled < self.stall_seconds:
+                continue
+            dead = sorted(n["NodeID"] for n in ray.nodes() if n["NodeID"] in self.started and not n["Alive"])
+            if dead:
+                self.warned = (f"no part finished for {stalled:.0f} s since node(s) {', '.join(d[:8] for d in dead)} "
+                               "died: their actors wait for room on the cluster (add a node), or stop the job and "
+                               "run it again on the nodes left (it resumes from the committed parts)")
+                logging.getLogger(__name__).warning(self.warned)
+                return
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._stop.set()

@@ -288,25 +288,46 @@ def pipeline_gc(store: str, grace: str, dry_run: bool) -> None:
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None, help="PipelineConfig YAML.")
 @click.option("--dtype", type=click.Choice(STORE_DTYPES), default=None,
               help="Stored value type (default float16).")
-@click.option("--gpu-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100: 989).")
-@click.option("--mfu", type=float, default=0.35, help="Fraction of peak the encoders sustain.")
+@click.option("--part-seconds", type=float, default=None, help="Audio-seconds per part (storage.part_seconds).")
+@click.option("--shard-frames", type=int, default=None,
+              help="Frames per shard file, i.e. per object (storage.shard_frames; default 4096).")
+@click.option("--hours", type=float, default=None,
+              help="Plan for this many hours of audio instead of a manifest (clips of --clip-seconds).")
+@click.option("--clip-seconds", type=float, default=10.0, show_default=True, help="Clip length with --hours.")
+@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs the job runs on: the wall time.")
+@click.option("--bench", type=click.Path(path_type=Path), default=None,
+              help="JSON-lines results of bench/gpu_extract.py: GPU time from its measured throughput.")
+@click.option("--gpu-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100: 989), without --bench.")
+@click.option("--mfu", type=float, default=0.35, help="Fraction of peak the encoders sustain, without --bench.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def pipeline_plan(manifest: str | None, shards: tuple[str, ...], encoders: str | None, config: Path | None,
-                  dtype: str | None, gpu_tflops: float, mfu: float) -> None:
-    """Clips, hours, predicted store bytes per encoder and GPU time, from file headers only."""
-    from alarm.pipeline.manifest import ManifestError
-    from alarm.pipeline.plan import plan_job
+                  dtype: str | None, part_seconds: float | None, shard_frames: int | None, hours: float | None,
+                  clip_seconds: float, gpus: int, bench: Path | None, gpu_tflops: float, mfu: float,
+                  as_json: bool) -> None:
+    """Clips, hours, store bytes and objects per encoder, GPU-hours and the wall time on --gpus GPUs.
 
-    cfg = _pipeline_config(manifest, shards, None, config, encoders=encoders, **{"storage.dtype": dtype})
+    Reads file headers only. With --hours, plans a corpus not yet at hand. GPU time comes from
+    --bench (measured) when given, else from a FLOP estimate, and says which.
+    """
+    import json
+
+    from alarm.pipeline.manifest import ManifestError
+    from alarm.pipeline.plan import plan_hours, plan_job, plan_lines
+
+    if hours is not None and not (manifest or shards):
+        manifest = "(--hours)"  # a config needs an input; plan_hours reads none
+    cfg = _pipeline_config(manifest, shards, None, config, encoders=encoders,
+                           **{"storage.dtype": dtype, "storage.part_seconds": part_seconds,
+                              "storage.shard_frames": shard_frames})
+    how = {"gpu_peak_tflops": gpu_tflops, "mfu": mfu, "gpus": gpus, "bench": str(bench) if bench else None}
     try:
-        report = plan_job(cfg, gpu_peak_tflops=gpu_tflops, mfu=mfu)
+        report = plan_hours(cfg, hours, clip_seconds, **how) if hours is not None else plan_job(cfg, **how)
     except (ManifestError, ConfigError) as err:
         fail(str(err))
-    click.echo(report.headline())
-    for e, size in report.bytes_per_encoder.items():
-        click.echo(f"  {e}: {size / 1e9:.3f} GB, ~{report.gpu_hours_per_encoder[e]:.3f} GPU-hours")
-    click.echo(f"total: {report.bytes_total / 1e9:.3f} GB ({report.bytes_per_audio_second / 1e6:.3f} MB per "
-               f"audio-second), ~{report.gpu_hours_total:.3f} GPU-hours at {mfu:.0%} of {gpu_tflops:g} TFLOP/s")
-
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    click.echo("\n".join(plan_lines(report)))
 
 
 # ---------------------------------------------------------------------------------------- stats

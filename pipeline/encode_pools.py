@@ -9,8 +9,10 @@ decode tasks and one actor pool per encoder (GPU clusters). Both count what they
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,9 @@ from alarm.pipeline.configs import ConfigError, to_dict
 from alarm.pipeline.extract_stages import EncodeStage, SharedEncodeStage, decode_unit
 from alarm.pipeline.job_config import PipelineConfig
 from alarm.pipeline.work_units import WorkUnit
+
+MAX_LOSSES_PER_UNIT = 3
+"""Actors a unit may lose (node or process deaths while it runs) before the job gives up on it."""
 
 
 def quiet_ray_data() -> Any:
@@ -60,8 +65,12 @@ class EncodeStats:
     """encoder -> clips encoded by this job."""
     written: Counter = field(default_factory=Counter)
     """encoder -> bytes written by this job."""
+    nodes: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Ray node id -> ``{"parts": n, "clips": n}``: the parts (one per encoder) its workers wrote in
+    this job, and the clips in them."""
 
-    def add_unit(self, unit: WorkUnit, decode_s: float, stats: dict[str, tuple[float, int, float]]) -> None:
+    def add_unit(self, unit: WorkUnit, decode_s: float, stats: dict[str, tuple[float, int, float]],
+                 nodes: dict[str, str] | None = None) -> None:
         """Add a finished unit.
 
         Args:
@@ -69,6 +78,7 @@ class EncodeStats:
             decode_s: seconds spent decoding it.
             stats: encoder -> (encode seconds, bytes written, write seconds), as ``write_part`` returns;
                 all zero for a part an earlier run committed (its clips are not counted as encoded).
+            nodes: encoder -> id of the Ray node whose worker wrote the unit's part for it.
         """
         stage_s = self.seconds
         stage_s["decode"] = stage_s.get("decode", 0.0) + decode_s
@@ -76,6 +86,10 @@ class EncodeStats:
             encode_s, nbytes, write_s = stats[e]
             if encode_s > 0 or nbytes > 0:
                 self.encoded[e] += len(unit.keys)
+                if nodes and nodes.get(e):
+                    done = self.nodes.setdefault(nodes[e], {"parts": 0, "clips": 0})
+                    done["parts"] += 1
+                    done["clips"] += len(unit.keys)
             self.written[e] += nbytes
             stage_s[e] = stage_s.get(e, 0.0) + encode_s
             stage_s[f"{e}_write"] = stage_s.get(f"{e}_write", 0.0) + write_s
@@ -131,12 +145,17 @@ class SharedPool:
         size = cfg.shared_actors or (min(cpus, 8) if cfg.preset == "tiny" else 1)
         # From the CPUs, not from the work left: a resumed job must run the same kernels.
         threads = cfg.torch_threads or max(1, cpus // size)
+        # No restarts by Ray: a lost actor's restart would wait for room on its own node's kind, and
+        # its unit with it, forever once the node is gone. ``run`` gives the unit to another actor and
+        # starts a replacement, which joins once it is up (wherever there is room).
         remote = ray.remote(SharedEncodeStage).options(
-            num_cpus=actor_cpus(cfg, size, cpus), num_gpus=cfg.gpus_per_actor or None,
-            max_restarts=2, max_task_retries=2)  # a retried unit rewrites only parts not yet done
-        encoders = [cfg.encoder_config(e) for e in cfg.encoders]
-        self.actors = [remote.remote(encoders, to_dict(cfg.storage), threads, cfg.decode.resample_quality)
-                       for _ in range(size)]
+            num_cpus=actor_cpus(cfg, size, cpus), num_gpus=cfg.gpus_per_actor or None, max_restarts=0)
+        args = ([cfg.encoder_config(e) for e in cfg.encoders], to_dict(cfg.storage), threads,
+                cfg.decode.resample_quality)
+        self._start = lambda: remote.remote(*args)
+        self.actors = [self._start() for _ in range(size)]
+        self.lost = 0
+        """Actors lost while the job ran (their node died, or their process)."""
 
     def facts(self) -> dict[str, dict[str, Any]]:
         """``encoder_facts`` of every encoder, from the first actor (the actors check theirs match).
@@ -151,34 +170,85 @@ class SharedPool:
         except ray.exceptions.RayTaskError as err:
             raise err.cause from None  # the error itself, as building on the driver would raise it
 
-    def run(self, groups: dict[str, Path], units: list[WorkUnit]) -> EncodeStats:
-        """Encode and write every unit; return the time, clips and bytes it took."""
+    def run(self, groups: dict[str, Path], units: list[WorkUnit], on_unit: Callable[[], None] | None = None
+            ) -> EncodeStats:
+        """Encode and write every unit; return the time, clips and bytes it took (``on_unit``: after each).
+
+        A unit whose actor is lost (its node died, its process was killed) goes to another actor; it
+        rewrites only the parts not yet committed. A unit that loses ``MAX_LOSSES_PER_UNIT`` actors
+        ends the job, naming it.
+        """
         import ray
 
         # Costliest units first, so the last ones to run are small and no actor idles long at the end
         # (a few actors share a few units). Whisper pads every clip to a 30 s window, so a unit of many
         # short clips costs more than its audio-seconds say: count a window per clip plus its length.
         todo = sorted(units, key=lambda u: (unit_cost(u), u.part))
-        by_part = {u.part: u for u in units}
         paths = {e: str(g) for e, g in groups.items()}
-        inflight: dict[Any, Any] = {}  # object ref -> the actor computing it
+        inflight: dict[Any, tuple[Any, WorkUnit]] = {}  # object ref -> (the actor computing it, its unit)
+        starting: dict[Any, Any] = {}  # readiness ref -> a replacement actor not yet up
+        losses: Counter = Counter()  # part -> actors lost while computing it
         idle = list(self.actors)
         bar = progress_bar(self.cfg, units)
         t_start, clips_done = time.perf_counter(), 0
         stats = EncodeStats(seconds={"decode": 0.0})
         while todo or inflight:
             while todo and idle:
+                unit = todo.pop()
                 actor = idle.pop(0)
-                inflight[actor.__call__.remote(todo.pop().to_row(), paths)] = actor
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            idle.append(inflight.pop(ready[0]))
-            out = ray.get(ready[0])
-            unit = by_part[out["part"]]
-            stats.add_unit(unit, out["decode_s"], {e: out[e] for e in unit.encoders})
+                inflight[actor.__call__.remote(unit.to_row(), paths)] = (actor, unit)
+            if not inflight and not starting:
+                raise RuntimeError(f"every encoder actor was lost, {len(todo)} units left; rerun the job")
+            ready, _ = ray.wait([*inflight, *starting], num_returns=1)
+            if ready[0] in starting:
+                actor = starting.pop(ready[0])
+                if self._alive(ready[0], actor):
+                    idle.append(actor)
+                continue
+            actor, unit = inflight.pop(ready[0])
+            try:
+                out = ray.get(ready[0])
+            except ray.exceptions.RayActorError as err:
+                logging.getLogger(__name__).warning(
+                    "an encoder actor was lost while computing part %s (%s); another actor takes it over",
+                    unit.part, type(err).__name__)
+                losses[unit.part] += 1
+                if losses[unit.part] >= MAX_LOSSES_PER_UNIT:
+                    raise RuntimeError(f"part {unit.part}: {MAX_LOSSES_PER_UNIT} encoder actors were lost while "
+                                       "computing it; see the Ray logs of their nodes") from None
+                todo.append(unit)
+                ref, new = self._replace(actor)
+                starting[ref] = new
+                continue
+            idle.append(actor)
+            stats.add_unit(unit, out["decode_s"], {e: out[e] for e in unit.encoders},
+                           dict.fromkeys(unit.encoders, out.get("node", "")))
             clips_done += len(unit.keys)
             _advance(bar, unit, clips_done, t_start)
+            if on_unit:
+                on_unit()
         bar.close()
         return stats
+
+    def _replace(self, lost: Any) -> tuple[Any, Any]:
+        """Count ``lost``, start an actor in its place; returns (its readiness ref, the new actor)."""
+        self.lost += 1
+        self.actors.remove(lost)
+        actor = self._start()
+        self.actors.append(actor)
+        return actor.facts.remote(), actor
+
+    def _alive(self, ref: Any, actor: Any) -> bool:
+        """Whether a replacement actor came up (its readiness call returned); a lost one is dropped."""
+        import ray
+
+        try:
+            ray.get(ref)
+            return True
+        except ray.exceptions.RayActorError:
+            self.lost += 1
+            self.actors.remove(actor)
+            return False
 
     def close(self) -> None:
         """Stop the actors (a caller's own Ray session gets its CPUs back)."""
@@ -189,8 +259,12 @@ class SharedPool:
 
 
 def encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str, dict],
-                 units: list[WorkUnit]) -> EncodeStats:
-    """Run decode + one actor pool per encoder over the units; return the time, clips and bytes it took."""
+                 units: list[WorkUnit], on_unit: Callable[[], None] | None = None) -> EncodeStats:
+    """Run decode + one actor pool per encoder over the units; return the time, clips and bytes it took.
+
+    A lost actor is restarted by Ray Data where there is room for it (its tasks are retried);
+    ``on_unit`` is called after each unit.
+    """
     import ray
 
     ctx = quiet_ray_data()
@@ -231,9 +305,11 @@ def encode_units(cfg: PipelineConfig, groups: dict[str, Path], facts: dict[str, 
         unit = by_part[json.loads(row["unit"])["part"]]
         parts = {e: (float(row[f"{e}_encode_s"]), int(row[f"{e}_bytes"]), float(row[f"{e}_write_s"]))
                  for e in unit.encoders}
-        stats.add_unit(unit, float(row["decode_s"]), parts)
+        stats.add_unit(unit, float(row["decode_s"]), parts, {e: str(row[f"{e}_node"]) for e in unit.encoders})
         clips_done += len(unit.keys)
         _advance(bar, unit, clips_done, t_start)
+        if on_unit:
+            on_unit()
     bar.close()
     return stats
 
@@ -272,12 +348,22 @@ class JobWorkers:
 
     def encode(self, groups: dict[str, Path], facts: dict[str, dict], units: list[WorkUnit]) -> EncodeStats:
         """Encode and write every unit in the layout the job chose (``pools``); nothing to do starts nothing."""
+        from alarm.pipeline.cluster import NodeLossWatch, joins_cluster
+
         if not units:
             return EncodeStats()
-        if self.cfg.shared_pools():
-            return self.shared_pool().run(groups, units)
+        pool = self.shared_pool() if self.cfg.shared_pools() else None
         self.ray()
-        return encode_units(self.cfg, groups, facts, units)
+        # On a cluster, say so when the job waits for room for the actors of a node that died.
+        watch = NodeLossWatch(self.cfg.stall_warning_seconds) if joins_cluster(self.cfg.address) else None
+        on_unit = watch.progress if watch else None
+        try:
+            if pool is not None:
+                return pool.run(groups, units, on_unit)
+            return encode_units(self.cfg, groups, facts, units, on_unit)
+        finally:
+            if watch:
+                watch.close()
 
     def close(self) -> None:
         """End this job's own Ray (with its actors), or stop the shared pool in a caller's Ray."""

@@ -181,6 +181,7 @@ class EncodeStage:
         out[f"{self.name}_encode_s"] = np.array([s[0] for s in stats], dtype=np.float64)
         out[f"{self.name}_bytes"] = np.array([s[1] for s in stats], dtype=np.int64)
         out[f"{self.name}_write_s"] = np.array([s[2] for s in stats], dtype=np.float64)
+        out[f"{self.name}_node"] = np.array([node_id()] * len(stats), dtype=object)
         return out
 
 
@@ -233,7 +234,7 @@ class SharedEncodeStage:
         # Parts committed by an earlier run (or a retried call) need no audio at all.
         todo = [e for e in unit["encoders"] if not is_committed(groups[e], unit["part"])]
         waves = decode_waves(unit, sorted({self.encoders[e].sample_rate for e in todo}), self.quality)
-        out: dict[str, Any] = {"part": unit["part"], "decode_s": time.perf_counter() - t0}
+        out: dict[str, Any] = {"part": unit["part"], "decode_s": time.perf_counter() - t0, "node": node_id()}
         for e in unit["encoders"]:
             enc, group = self.encoders[e], location(groups[e])
             if e not in self.checked:
@@ -245,6 +246,13 @@ class SharedEncodeStage:
         del waves
         release_memory()
         return out
+
+
+def node_id() -> str:
+    """The id of the Ray node this worker runs on ("" outside Ray): the job summary counts parts by node."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def facts_of(enc: Any) -> dict[str, Any]:

@@ -81,6 +81,8 @@ class PipelineSummary:
     spec_ids: dict[str, str]
     repaired: dict[str, list[str]] = field(default_factory=dict)
     """encoder -> damaged parts that were taken out and recomputed."""
+    nodes: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Ray node id -> the parts (one per encoder) and clips its workers wrote in this job."""
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-able data, floats to 6 significant digits (timings are not finer)."""
@@ -171,7 +173,7 @@ def summarize(cfg: PipelineConfig, root: Location, instances: int, keyed: KeySta
         skipped=plan.skipped, stored=index.stored, bytes_written={e: encoded.written[e] for e in cfg.encoders},
         stage_seconds=stage_s, throughput=throughput, wall_seconds=wall,
         spec_ids={e: spec_id(group_spec(facts[e]["spec"], cfg.storage)) for e in cfg.encoders},
-        repaired={e: parts for e, parts in plan.repaired.items() if parts})
+        repaired={e: parts for e, parts in plan.repaired.items() if parts}, nodes=encoded.nodes)
 
 
 def write_summary(root: Location, summary: PipelineSummary) -> None:

@@ -58,6 +58,8 @@ class PipelineConfig:
         lease_seconds: how long the job's lease on the store lasts unless renewed (every third of it);
             a killed job's lease blocks the next job on another host this long, and a job that cannot
             renew it for this long can no longer commit.
+        stall_warning_seconds: on a cluster, warn when no part has finished for this long since a node
+            died (the job then waits for room for that node's actors).
     """
 
     store: str
@@ -86,6 +88,7 @@ class PipelineConfig:
     verify_checksums: bool = True
     force: bool = False
     lease_seconds: float = 60.0
+    stall_warning_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         from alarm.pipeline.cluster import joins_cluster
@@ -114,6 +117,8 @@ class PipelineConfig:
             raise ConfigError(f"pools must be one of {', '.join(POOLS)}, got {self.pools!r}")
         if self.shared_actors < 0:
             raise ConfigError("shared_actors must be >= 0 (0: automatic)")
+        if self.stall_warning_seconds <= 0:
+            raise ConfigError("stall_warning_seconds must be positive")
         if self.cpus_per_task <= 0:
             raise ConfigError("cpus_per_task must be positive")
         if self.inflight_parts is not None and self.inflight_parts < 1:

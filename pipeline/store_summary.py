@@ -43,6 +43,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         rejected: 3 instances (too short 1, unreadable 2)
         encoders: whisper 31, w2vbert 31 clips stored; 62 clip encodings computed now, 0 already stored
         written: 1.2 MiB in 12.3 s
+        nodes: 2 wrote parts: 5f3c9a0e 7 parts / 21 clips, 8b1d44c2 5 parts / 10 clips
+
+    The nodes line (Ray node ids, shortened) appears when the job wrote parts.
     """
     audio_s = float(summary.get("audio_hours") or 0.0) * 3600
     rejected = summary.get("rejected") or {}
@@ -50,7 +53,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     stored = summary.get("stored") or {}
     encoded = sum((summary.get("encoded") or {}).values())
     skipped = sum((summary.get("skipped") or {}).values())
-    return [
+    lines = [
         f"stored: {summary.get('clips', 0):,} clips, {human_duration(audio_s)} of audio ({audio_s / 3600:.3g} h), "
         f"{summary.get('instances', 0):,} instances read",
         f"rejected: {sum(rejected.values()):,} instances" + (f" ({by_kind})" if by_kind else ""),
@@ -59,3 +62,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"written: {human_bytes(sum((summary.get('bytes_written') or {}).values()))} "
         f"in {human_duration(summary.get('wall_seconds'))}",
     ]
+    nodes = summary.get("nodes") or {}
+    if nodes:
+        lines.append(f"nodes: {len(nodes)} wrote parts: " + ", ".join(
+            f"{node[:8]} {n['parts']:,} parts / {n['clips']:,} clips" for node, n in sorted(nodes.items())))
+    return lines

@@ -189,7 +189,7 @@ def test_rerun_with_nothing_to_do_starts_no_ray_and_loads_no_model(manifest, tmp
     assert not ray.is_initialized()
     timing = ("stage_seconds", "throughput", "wall_seconds")
     expected = {k: v for k, v in first.to_dict().items() if k not in timing}
-    expected.update(encoded={"whisper": 0}, skipped={"whisper": 3}, bytes_written={"whisper": 0})
+    expected.update(encoded={"whisper": 0}, skipped={"whisper": 3}, bytes_written={"whisper": 0}, nodes={})
     assert {k: v for k, v in again.to_dict().items() if k not in timing} == expected
 
 
