@@ -8,7 +8,6 @@ The results are cached in ``sources.parquet`` (by path, cut, size and mtime), so
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,13 +31,11 @@ class KeyStats:
 
 
 def source_stat(audio: str) -> tuple[int, int]:
-    """(size, mtime_ns) of the file holding ``audio`` (the shard for a tar member); (-1, -1) if missing."""
-    path = audio.split("#", 1)[0] if ".tar#" in audio else audio
-    try:
-        st = os.stat(path)
-    except OSError:
-        return -1, -1
-    return st.st_size, st.st_mtime_ns
+    """(size, mtime_ns) of the file or object holding ``audio`` (the shard for a tar member); (-1, -1)
+    if missing. A URL costs one HEAD, so a rerun's keyed sources are served from the cache there too."""
+    from alarm.pipeline.audio_source import audio_stat
+
+    return audio_stat(audio)
 
 
 def source_order(src: tuple) -> tuple:
