@@ -9,7 +9,7 @@ Layout under the folder::
 
     files/<ab>/<hash>        one cached object; the name hashes (URL, key, version), so another
                              version of an object (a re-committed part) is another entry
-    tmp/<hash>.<pid>.<rand>  downloads in progress
+    tmp/<pid>/<hash>.<rand>  downloads in progress, per process
     pinned/<pid>-<rand>/     hard links one process holds (zarr reads a whole folder lazily)
     .lock                    held while evicting
 
@@ -139,7 +139,7 @@ class PartCache:
                 pass
             else:
                 return
-        tmp = self.folder / "tmp" / f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp = self.folder / "tmp" / str(os.getpid()) / f"{path.name}.{uuid.uuid4().hex[:8]}"
         tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
             objects.get_file(key, tmp)
@@ -208,14 +208,16 @@ class PartCache:
         import shutil
 
         now = time.time()
-        for item in (self.folder / "tmp").glob("*") if (self.folder / "tmp").is_dir() else []:
-            pid = _pid_of(item.name.rsplit(".", 2)[-2] if item.name.count(".") >= 2 else "")
-            try:
-                old = now - item.stat().st_mtime > STALE_TMP_S
-            except FileNotFoundError:
+        for folder in (self.folder / "tmp").glob("*") if (self.folder / "tmp").is_dir() else []:
+            if not _alive(_pid_of(folder.name)):
+                shutil.rmtree(folder, ignore_errors=True)
                 continue
-            if not _alive(pid) or old:
-                item.unlink(missing_ok=True)
+            for item in folder.glob("*"):  # a live process id may be a new process reusing a dead one's
+                try:
+                    if now - item.stat().st_mtime > STALE_TMP_S:
+                        item.unlink(missing_ok=True)
+                except FileNotFoundError:
+                    continue
         for item in (self.folder / "pinned").glob("*") if (self.folder / "pinned").is_dir() else []:
             if not _alive(_pid_of(item.name.split("-", 1)[0])):
                 shutil.rmtree(item, ignore_errors=True)
