@@ -160,6 +160,12 @@ class FeatureReader:
         state["_damaged"] = {}  # a repaired store is checked afresh
         return state
 
+    @property
+    def fork_safe(self) -> bool:
+        """Whether a forked child may read through this reader: not for a store on object storage,
+        whose client does not survive a fork (DataLoader workers then start with ``forkserver``)."""
+        return not is_url(self.root)
+
     def keys(self) -> list[str]:
         """All clip keys, sorted."""
         return list(self._keys)

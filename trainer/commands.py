@@ -13,6 +13,7 @@ import click
 from alarm.pipeline.commands import build_config, fail
 from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.encoders import ENCODERS
+from alarm.pipeline.objects import is_url, join
 from alarm.pipeline.store_layout import DTYPES as STORE_DTYPES
 
 
@@ -85,7 +86,10 @@ def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tu
         result = run_training(cfg, fresh=fresh, allow_changed_data=allow_changed_data)
     except (ConfigError, DataError, DataChangedError) as err:
         fail(str(err))
-    click.echo(f"step {result.step}; checkpoint {result.checkpoint}")
+    checkpoint = result.checkpoint
+    if checkpoint is not None and is_url(cfg.output_dir):  # the copy that counts is the one on object storage
+        checkpoint = join(cfg.output_dir, "checkpoints", checkpoint.name)
+    click.echo(f"step {result.step}; checkpoint {checkpoint}")
     for dataset, loss in sorted(result.eval_losses.items()):
         click.echo(f"  eval loss {dataset}: {loss:.4f}")
 
