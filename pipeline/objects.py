@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.fork_guard import runtime_pid
 
 URL_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss", "azure")
 # Bounded retries with exponential backoff for every request on a URL (throttling, 5xx, resets):
@@ -239,7 +240,7 @@ class RemoteObjects:
 
         self.url, self.local = url.rstrip("/"), None
         self._retry = RETRY if retry is None else retry
-        self._pid = _runtime_pid(self.url)
+        self._pid = runtime_pid(self.url)
         try:
             self._client = from_url(self.url, retry_config=self._retry, client_options=_client_options())
         except Exception as err:  # unknown scheme, malformed bucket, bad config keys
@@ -250,9 +251,7 @@ class RemoteObjects:
 
     @property
     def _store(self) -> Any:
-        if self._pid != os.getpid():
-            _runtime_pid(self.url)  # raises: this is a forked child
-        return self._client
+        return self._client if self._pid == os.getpid() else runtime_pid(self.url)  # raises in a fork
 
     def _call(self, what: str, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         import obstore.exceptions as oe
@@ -371,31 +370,13 @@ class RemoteObjects:
         import obstore
         from obstore.store import from_url
 
-        _runtime_pid(self.url)
+        runtime_pid(self.url)
         probe = from_url(self.url, retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=5)},
                          client_options={**_client_options(), "connect_timeout": "3s", "timeout": "10s"})
         try:
             obstore.list_with_delimiter(probe)
         except Exception as err:  # any failure here is the user's URL, endpoint or credentials
             raise ConfigError(f"cannot reach {self.url}: {_one_line(err)}") from None
-
-
-_RUNTIME_PID: int | None = None  # the process that started obstore's runtime (its first client)
-
-
-def _runtime_pid(url: str = "") -> int:
-    """This process's id, refusing a forked child of a process that used obstore.
-
-    obstore's runtime threads do not survive a fork: a request in such a child, even through a new
-    client, waits forever. A clear error instead of a hang.
-    """
-    global _RUNTIME_PID
-    if _RUNTIME_PID is None:
-        _RUNTIME_PID = os.getpid()
-    elif _RUNTIME_PID != os.getpid():
-        raise RuntimeError(f"{url or 'object storage'}: used in a process forked after its parent used object "
-                           "storage (obstore does not survive fork); start it with 'spawn' or 'forkserver'")
-    return _RUNTIME_PID
 
 
 def _client_options() -> dict:

@@ -276,11 +276,13 @@ class FeatureReader:
 
 def _open_array(files: LocalPart | RemotePart, name: str) -> Any:
     """The fast direct reader when the layout allows it, else the zarr array (of a local folder)."""
-    import zarr
-
     meta = json.loads(files.read(f"{name}/zarr.json"))
     raw = RawShardedArray.from_meta(meta, Path(files.where) / name, lambda rel: files.open(f"{name}/{rel}"))
-    return raw or zarr.open_array(str(files.array_folder(name)), mode="r")
+    if raw is not None:
+        return raw
+    import zarr  # only here: a second of import a worker process need not pay for the direct reads
+
+    return zarr.open_array(str(files.array_folder(name)), mode="r")
 
 
 def fd_checksum(fd: int) -> str:
