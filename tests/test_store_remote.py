@@ -174,3 +174,18 @@ def test_a_damaged_remote_part_is_refused(tmp_path: Path, s3_url: str) -> None:
     assert not cache.entry(objects.url, f"features/toy/{reader.spec_id}/{part.subdir}/{rel}",
                            part.marker["files"][rel]).exists()  # the bad download was not kept
     assert not list((tmp_path / "cache" / "tmp").rglob("*.*"))
+
+
+def test_a_stale_remote_index_is_rebuilt_from_the_committed_parts(tmp_path: Path, s3_url: str) -> None:
+    data = write_parts(tmp_path / "store", parts=3, dtype="float32")
+    to_attempt_layout(tmp_path / "store")
+    upload_tree(tmp_path / "store", s3_url)
+    objects = open_objects(s3_url)
+    (index_key,) = [i.key for i in objects.list("features") if i.key.endswith("index.parquet")]
+    objects.delete(index_key)  # as if the job was killed before writing it
+    marker = next(i.key for i in objects.list("features") if i.key.endswith("part-002/_DONE"))
+    objects.delete(marker)  # an uncommitted part: invisible
+    reader = open_features(s3_url, "toy", cache=PartCache(tmp_path / "cache", 10**9))
+    assert reader.keys() == sorted(k for k in data if not k.startswith("p2-"))
+    for key in reader.keys():
+        np.testing.assert_array_equal(reader.read(key), data[key])

@@ -83,3 +83,11 @@ def test_training_from_s3_equals_local_and_resumes_from_an_s3_run(data, tiny_qwe
     assert [r["step"] for r in logs if "loss" in r] == [1, 2, 3, 4]
     assert [r["loss"] for r in logs if "loss" in r] == local.losses
     assert run.exists("report.json") and run.exists("config.yaml")
+
+    # --fresh sets the run on s3 aside (copied under previous-<time>/) and starts at step 0.
+    fresh = train(make_cfg(store_url, targets_url, run_url, tiny_qwen3_dir, tmp_path / "cache", max_steps=1),
+                  fresh=True)
+    assert fresh.step == 1 and fresh.losses == local.losses[:1]
+    keys = [info.key for info in run.list()]
+    assert "checkpoints/step_00000001/meta.json" in keys and "checkpoints/step_00000004/meta.json" not in keys
+    assert any(k.startswith("previous-") and k.endswith("checkpoints/step_00000004/meta.json") for k in keys)
