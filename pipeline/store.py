@@ -57,7 +57,15 @@ import numpy as np
 from alarm.pipeline.objects import is_url
 from alarm.pipeline.part_cache import CacheChecksumError, PartCache
 from alarm.pipeline.shard_io import DamagedChunk, RawShardedArray
-from alarm.pipeline.store_files import LocalGroup, LocalPart, RemotePart, list_groups, open_group, read_spec
+from alarm.pipeline.store_files import (
+    LocalGroup,
+    LocalPart,
+    RemoteGroup,
+    RemotePart,
+    list_groups,
+    open_group,
+    read_spec,
+)
 from alarm.pipeline.store_layout import (
     DamagedPartError,
     StoreError,
@@ -65,6 +73,8 @@ from alarm.pipeline.store_layout import (
     spec_id,
 )
 from alarm.pipeline.store_values import dequantize
+
+OPEN_REMOTE_PARTS = 8  # parts a process keeps open when they come from object storage (see _open)
 
 __all__ = ["DamagedPartError", "FeatureReader", "StoreError", "StoreSpecError", "list_groups", "open_features"]
 
@@ -217,6 +227,15 @@ class FeatureReader:
                 if isinstance(array, RawShardedArray):
                     array.checksums = chunks.get(name)
             self._arrays[part] = (features, scales)
+            if isinstance(self.files, RemoteGroup) and len(self._arrays) > OPEN_REMOTE_PARTS:
+                # Open descriptors keep evicted cache files on disk: hold few parts open, so that
+                # the cache's limit bounds the disk a long epoch uses.
+                oldest = next(iter(self._arrays))
+                for array in self._arrays.pop(oldest):
+                    if isinstance(array, RawShardedArray):
+                        array.close()
+        else:
+            self._arrays[part] = self._arrays.pop(part)  # most recently used last
         return self._arrays[part]
 
     def _check_part(self, part: int, files: LocalPart | RemotePart) -> dict[str, dict]:

@@ -57,7 +57,11 @@ def test_compressed_remote_store_reads_through_pinned_files(tmp_path: Path, s3_u
     assert len(list((tmp_path / "cache" / "pinned").iterdir())) == 2  # one folder per part opened
 
 
-def test_cache_evicts_least_recently_used_and_stays_under_its_limit(tmp_path: Path, s3_url: str) -> None:
+def test_cache_evicts_least_recently_used_and_stays_under_its_limit(tmp_path: Path, s3_url: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import alarm.pipeline.store
+
+    monkeypatch.setattr(alarm.pipeline.store, "OPEN_REMOTE_PARTS", 2)  # open files hold evicted ones on disk
     data = write_parts(tmp_path / "store", parts=4, dtype="float32")
     upload_tree(tmp_path / "store", s3_url)
     big = PartCache(tmp_path / "big", 10**9)
@@ -67,7 +71,7 @@ def test_cache_evicts_least_recently_used_and_stays_under_its_limit(tmp_path: Pa
     reader = open_features(s3_url, "toy", cache=small)
     for key in reader.keys():
         assert reader.read(key, stored=True).tobytes() == everything[key]
-        assert 0 < small.size() <= limit
+        assert 0 < small.size() <= limit and len(reader._arrays) <= 2
     assert small.stats.evicted > 0
     # What is left is what was used last: the last part's files are all there, the first part's gone.
     last = reader.files.part(reader.part_of(reader.keys()[-1]).rsplit("/", 1)[-1])
