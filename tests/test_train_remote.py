@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from remote_store_fixtures import upload_tree
 from safetensors.torch import load_file
 from train_fixtures import target_rows, tiny_clips, write_feature_store, write_targets
 
+from alarm.cli import main
+from alarm.pipeline.configs import save_config
 from alarm.pipeline.objects import open_objects
 from alarm.trainer.config import TrainConfig
 from alarm.trainer.run_remote import working_copy
@@ -66,10 +69,13 @@ def test_training_from_s3_equals_local_and_resumes_from_an_s3_run(data, tiny_qwe
     assert run.exists("checkpoints/step_00000002/meta.json") and run.exists("logs.jsonl")
     assert any(p.is_file() for p in (tmp_path / "cache" / "files").rglob("*"))  # the store came through the cache
 
-    # Another machine (no local copy of the run) resumes from the run on s3 and finishes it.
+    # Another machine (no local copy of the run) resumes from the run on s3 and finishes it: `alarm train run`.
     shutil.rmtree(working_copy(run_url, 0).parent)
-    second = train(make_cfg(store_url, targets_url, run_url, tiny_qwen3_dir, tmp_path / "cache", max_steps=4))
-    assert second.step == 4 and first.losses + second.losses == local.losses
+    cfg_path = tmp_path / "remote.yaml"
+    save_config(make_cfg(store_url, targets_url, run_url, tiny_qwen3_dir, tmp_path / "cache", max_steps=4), cfg_path)
+    out = CliRunner().invoke(main, ["train", "run", "--config", str(cfg_path)], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert f"step 4; checkpoint {run_url}/checkpoints/step_00000004" in out.output
 
     assert [info.key for info in run.list("checkpoints")] == [
         f"checkpoints/step_00000004/{n}" for n in ("meta.json", "optimizer.safetensors", "trainable.safetensors")]
