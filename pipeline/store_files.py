@@ -204,6 +204,7 @@ def list_groups(root: str | Path, encoder: str) -> list[str]:
     if not is_url(root):
         return list_local(root, encoder)
     objects = open_objects(root)
+    objects.check()  # a wrong URL or bad credentials: one line naming it, at once, not minutes of retries
     return [sid for sid in objects.list_dirs(f"features/{encoder}")
             if objects.exists(f"features/{encoder}/{sid}/spec.json")]
 

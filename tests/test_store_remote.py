@@ -193,3 +193,23 @@ def test_a_stale_remote_index_is_rebuilt_from_the_committed_parts(tmp_path: Path
     assert reader.keys() == sorted(k for k in data if not k.startswith("p2-"))
     for key in reader.keys():
         np.testing.assert_array_equal(reader.read(key), data[key])
+
+
+def test_a_wrong_url_or_cache_setting_fails_at_once_in_one_line(tmp_path: Path, s3_server,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from alarm.pipeline.configs import ConfigError
+    from alarm.pipeline.part_cache import default_cache
+
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="cannot reach s3://no-such-bucket-here/store") as err:
+        open_features("s3://no-such-bucket-here/store", "toy")
+    assert "\n" not in str(err.value) and time.perf_counter() - start < 20
+    monkeypatch.setenv("ALARM_PART_CACHE_GB", "lots")
+    with pytest.raises(ConfigError, match="ALARM_PART_CACHE_GB must be a number"):
+        default_cache()
+    monkeypatch.setenv("ALARM_PART_CACHE_GB", "0.5")
+    monkeypatch.setenv("ALARM_PART_CACHE", str(tmp_path / "here"))
+    assert default_cache() == PartCache(tmp_path / "here", 500_000_000)
+    assert default_cache(tmp_path / "there", 2).limit == 2_000_000_000

@@ -97,3 +97,10 @@ def test_training_from_s3_equals_local_and_resumes_from_an_s3_run(data, tiny_qwe
     keys = [info.key for info in run.list()]
     assert "checkpoints/step_00000001/meta.json" in keys and "checkpoints/step_00000004/meta.json" not in keys
     assert any(k.startswith("previous-") and k.endswith("checkpoints/step_00000004/meta.json") for k in keys)
+
+
+def test_cache_settings_are_checked():
+    from alarm.pipeline.configs import ConfigError
+
+    with pytest.raises(ConfigError, match="cache_gb must be >= 0"):
+        TrainConfig(cache_gb=-1)
