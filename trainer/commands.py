@@ -57,14 +57,14 @@ def train_convert(src: Path, dst: Path, direction: str, encoder: str | None) -> 
               help="Start at step 0; earlier checkpoints and logs move to output_dir/previous-<time>/.")
 @click.option("--allow-changed-data", is_flag=True,
               help="Resume even if the targets or the feature store changed since the checkpoint.")
-@click.option("--init", "init", multiple=True, type=click.Path(path_type=Path),
-              help="Initialise the front end from these checkpoints (added to the config's init).")
+@click.option("--init", "init", multiple=True,
+              help="Initialise the front end from these checkpoints, paths or URLs (added to the config's init).")
 @click.option("--freeze", "freeze", multiple=True, type=click.Choice(["adapters", "fusion", "delimiters"]),
               help="Keep these front-end parts frozen (added to the config's freeze).")
 @click.option("--llm", default=None,
               help="Frozen LLM folder (overrides the config's llm; a hub id only when cached or "
                    "ALARM_ALLOW_DOWNLOAD=1).")
-def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tuple[Path, ...],
+def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tuple[str, ...],
               freeze: tuple[str, ...], llm: str | None) -> None:
     """Train from cached features; resumes from the latest checkpoint in output_dir unless --fresh.
 

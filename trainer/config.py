@@ -50,7 +50,8 @@ class TrainConfig:
     """Causal LM folder, or a hub id already in the local Hugging Face cache (``local_llm``), loaded with
     AutoModelForCausalLM.from_pretrained and frozen; a hub download only with ALARM_ALLOW_DOWNLOAD=1."""
     init: list[str] = field(default_factory=list)
-    """Checkpoint folders or .safetensors files whose weights initialise the front end (later wins)."""
+    """Checkpoint folders, run folders (their latest checkpoint) or .safetensors files, paths or URLs,
+    whose weights initialise the front end (later wins)."""
     freeze: list[str] = field(default_factory=list)
     """Front-end parts kept frozen: any of "adapters", "fusion", "delimiters"."""
     adapter_cache: str = ""

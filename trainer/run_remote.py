@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alarm.trainer.checkpoint import META_FILE, STEP_PREFIX
+from alarm.trainer.checkpoint import META_FILE, STEP_PREFIX, WEIGHTS_FILE, load_weights
 
 
 def is_remote(output_dir: str) -> bool:
@@ -117,3 +117,24 @@ def set_aside_remote(url: str) -> None:
             objects.put_file(f"{aside}/{info.key}", scratch)
             objects.delete(info.key)
     scratch.unlink(missing_ok=True)
+
+
+def weights_from(source: str | Path) -> dict[str, Any]:
+    """Front-end weights as ``checkpoint.load_weights`` reads them, from a path or a URL: a
+    .safetensors object, a checkpoint folder, or a run folder (its latest complete checkpoint)."""
+    if not is_remote(str(source)):
+        return load_weights(source)
+    from safetensors.torch import load
+
+    url = str(source).rstrip("/")
+    if url.endswith(".safetensors"):
+        folder, name = url.rsplit("/", 1)
+        return load(_objects(folder).get(name))
+    objects = _objects(url)
+    if objects.exists(WEIGHTS_FILE):
+        return load(objects.get(WEIGHTS_FILE))
+    done = remote_checkpoints(objects)
+    if not done:
+        raise FileNotFoundError(f"no weights at {url}: expected a .safetensors object, a checkpoint folder "
+                                "or a run folder with checkpoints")
+    return load(objects.get(f"checkpoints/{done[-1]}/{WEIGHTS_FILE}"))
