@@ -10,15 +10,18 @@ Layout under the folder::
     files/<ab>/<hash>        one cached object; the name hashes (URL, key, version), so another
                              version of an object (a re-committed part) is another entry
     tmp/<pid>/<hash>.<rand>  downloads in progress, per process
+    locks/<hash>             held while one process downloads that object (the others wait for it)
     pinned/<pid>-<rand>/     hard links one process holds (zarr reads a whole folder lazily)
     .lock                    held while evicting
 
 Several processes on one machine (DataLoader workers) share the folder. A download goes to a
 temporary name and is renamed into place only when complete and checked, so no half file is ever
 served, even after a kill (the kill leaves a temporary file, removed by a later eviction). Two
-processes may fetch the same object at once; both renames leave one whole file. Eviction holds a
-lock so that two processes do not each remove a share; it may unlink a file another process has
-open, which keeps reading its descriptor (POSIX frees the space when it closes).
+processes asking for the same object at once download it once (a lock per object; a lock file
+removed by an eviction at the wrong moment costs at most a second download, never a torn file).
+Eviction holds a lock so that two processes do not each remove a share; it may unlink a file
+another process has open, which keeps reading its descriptor (POSIX frees the space when it
+closes; readers of object storage keep few parts open for that reason).
 """
 
 from __future__ import annotations
@@ -131,31 +134,40 @@ class PartCache:
         return folder
 
     def _fetch(self, objects: Any, key: str, path: Path, checksum: str | None) -> None:
-        if path.is_file():
-            self.stats.hits += 1
-            try:
-                os.utime(path)  # the recency that eviction goes by
-            except FileNotFoundError:  # evicted just now: download again
-                pass
-            else:
+        if self._touch(path):
+            return
+        lock = self.folder / "locks" / path.name
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # one download of an object at a time; the others then hit
+            if self._touch(path):
                 return
-        tmp = self.folder / "tmp" / str(os.getpid()) / f"{path.name}.{uuid.uuid4().hex[:8]}"
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            objects.get_file(key, tmp)
-            if checksum is not None:
-                from alarm.pipeline.store_layout import file_checksum
+            tmp = self.folder / "tmp" / str(os.getpid()) / f"{path.name}.{uuid.uuid4().hex[:8]}"
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                objects.get_file(key, tmp)
+                if checksum is not None:
+                    from alarm.pipeline.store_layout import file_checksum
 
-                if file_checksum(tmp) != checksum:
-                    raise CacheChecksumError(f"checksum of {key} differs from its done marker")
-            size = tmp.stat().st_size
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, path)  # whole and checked, or not there at all
-        finally:
-            tmp.unlink(missing_ok=True)
+                    if file_checksum(tmp) != checksum:
+                        raise CacheChecksumError(f"checksum of {key} differs from its done marker")
+                size = tmp.stat().st_size
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)  # whole and checked, or not there at all
+            finally:
+                tmp.unlink(missing_ok=True)
         self.stats.misses += 1
         self.stats.downloaded_bytes += size
         self.evict(keep=path)
+
+    def _touch(self, path: Path) -> bool:
+        """Whether ``path`` is cached; marks it used (the recency eviction goes by)."""
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return False
+        self.stats.hits += 1
+        return True
 
     # ----------------------------------------------------------------------------------- eviction
 
@@ -198,6 +210,7 @@ class PartCache:
                 if path == keep:
                     continue
                 path.unlink(missing_ok=True)
+                (self.folder / "locks" / path.name).unlink(missing_ok=True)
                 total -= size
                 removed += 1
             self._clear_leftovers()
