@@ -20,6 +20,7 @@ from alarm.pipeline.objects import open_objects
 from alarm.trainer.config import TrainConfig
 from alarm.trainer.run_remote import weights_from, working_copy
 from alarm.trainer.train import train
+from alarm.trainer.trained import load_trained
 
 TINY_FRONTEND = {"adapter_dim": 16, "conv_hidden_dim": 32}
 
@@ -89,8 +90,12 @@ def test_training_from_s3_equals_local_and_resumes_from_an_s3_run(data, tiny_qwe
     assert [r["step"] for r in logs if "loss" in r] == [1, 2, 3, 4]
     assert [r["loss"] for r in logs if "loss" in r] == local.losses
     assert run.exists("report.json") and run.exists("config.yaml")
-    # A later stage initialises from the run on s3 (its latest checkpoint).
+    # A later stage initialises from the run on s3 (its latest checkpoint); inference loads it from there.
     assert same({"w": weights_from(run_url)}, {"w": weights_of(local.checkpoint)["trainable.safetensors"]})
+    trained = load_trained(run_url)
+    assert trained.spec_ids == meta["store_spec_ids"] and trained.readers["whisper"].root == store_url
+    state = trained.frontend.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights_of(local.checkpoint)["trainable.safetensors"].items())
 
     # --fresh sets the run on s3 aside (copied under previous-<time>/) and starts at step 0.
     fresh = train(make_cfg(store_url, targets_url, run_url, tiny_qwen3_dir, tmp_path / "cache", max_steps=1),

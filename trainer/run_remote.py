@@ -138,3 +138,17 @@ def weights_from(source: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no weights at {url}: expected a .safetensors object, a checkpoint folder "
                                 "or a run folder with checkpoints")
     return load(objects.get(f"checkpoints/{done[-1]}/{WEIGHTS_FILE}"))
+
+
+def fetch_folder(url: str) -> Path:
+    """A local copy of a checkpoint or export folder at ``url``, or of a run's latest complete checkpoint."""
+    objects = _objects(url)
+    done = remote_checkpoints(objects)
+    prefix = f"checkpoints/{done[-1]}" if done else ""
+    local = working_copy(url, 0).parent / "fetched" / (done[-1] if done else "folder")
+    shutil.rmtree(local, ignore_errors=True)
+    for info in objects.list(prefix):
+        objects.get_file(info.key, local / info.key[len(prefix):].lstrip("/"))
+    if not local.is_dir():
+        raise FileNotFoundError(f"{url} holds no checkpoint, export or run")
+    return local
