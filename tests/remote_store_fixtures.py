@@ -26,16 +26,37 @@ def upload_tree(local: Path, url: str) -> str:
 
 def to_attempt_layout(store: Path, attempt: str = "a-0001") -> Path:
     """Move every committed part's files under ``parts/<part>/<attempt>/`` and name the attempt in its
-    marker, as a writer with attempt prefixes leaves them; returns ``store``."""
+    marker, as a writer with attempt prefixes leaves them (parts already so are left); returns ``store``."""
     for marker_path in sorted(Path(store).glob("features/*/*/parts/*/" + DONE)):
         part = marker_path.parent
         marker = json.loads(marker_path.read_text())
+        if marker.get("attempt"):
+            continue
         target = part / attempt
         target.mkdir()
         for item in sorted(part.iterdir()):
             if item.name not in (DONE, attempt):
                 shutil.move(str(item), str(target / item.name))
         marker["attempt"] = attempt
+        marker_path.write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
+    return store
+
+
+def to_flat_layout(store: Path) -> Path:
+    """Move every committed part's files from its attempt folder up to ``parts/<part>/`` and drop the
+    attempt from its marker: the layout of stores written before attempts; returns ``store``."""
+    for marker_path in sorted(Path(store).glob("features/*/*/parts/*/" + DONE)):
+        part = marker_path.parent
+        marker = json.loads(marker_path.read_text())
+        attempt = marker.pop("attempt", None)
+        if not attempt:
+            continue
+        for item in sorted((part / attempt).iterdir()):
+            shutil.move(str(item), str(part / item.name))
+        shutil.rmtree(part / attempt)
+        for other in part.iterdir():  # abandoned attempts of the part
+            if other.is_dir():
+                shutil.rmtree(other)
         marker_path.write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
     return store
 
