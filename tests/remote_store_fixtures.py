@@ -51,12 +51,12 @@ def to_flat_layout(store: Path) -> Path:
         attempt = marker.pop("attempt", None)
         if not attempt:
             continue
+        for other in part.iterdir():  # abandoned attempts of the part
+            if other.is_dir() and other.name != attempt:
+                shutil.rmtree(other)
         for item in sorted((part / attempt).iterdir()):
             shutil.move(str(item), str(part / item.name))
-        shutil.rmtree(part / attempt)
-        for other in part.iterdir():  # abandoned attempts of the part
-            if other.is_dir():
-                shutil.rmtree(other)
+        (part / attempt).rmdir()
         marker_path.write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
     return store
 
