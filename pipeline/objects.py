@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.fork_guard import runtime_pid
 
 URL_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss", "azure")
 # Bounded retries with exponential backoff for every request on a URL (throttling, 5xx, resets):
@@ -239,13 +240,18 @@ class RemoteObjects:
 
         self.url, self.local = url.rstrip("/"), None
         self._retry = RETRY if retry is None else retry
+        self._pid = runtime_pid(self.url)
         try:
-            self._store = from_url(self.url, retry_config=self._retry, client_options=_client_options())
+            self._client = from_url(self.url, retry_config=self._retry, client_options=_client_options())
         except Exception as err:  # unknown scheme, malformed bucket, bad config keys
             raise ConfigError(f"{self.url}: {_one_line(err)}") from None
 
     def __reduce__(self) -> tuple:  # Ray ships these to workers: rebuild the client there
         return (RemoteObjects, (self.url, self._retry))
+
+    @property
+    def _store(self) -> Any:
+        return self._client if self._pid == os.getpid() else runtime_pid(self.url)  # raises in a fork
 
     def _call(self, what: str, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         import obstore.exceptions as oe
@@ -364,6 +370,7 @@ class RemoteObjects:
         import obstore
         from obstore.store import from_url
 
+        runtime_pid(self.url)
         probe = from_url(self.url, retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=5)},
                          client_options={**_client_options(), "connect_timeout": "3s", "timeout": "10s"})
         try:

@@ -4,12 +4,16 @@ The trainer reads many clips per second from many worker processes. Through zarr
 about a millisecond of overhead; an uncompressed inner chunk is just its C-order bytes at the place
 the shard index names, so a ``pread`` per chunk reads it. The layout is checked against the array's
 ``zarr.json`` first; anything else (a compressor, another codec chain) is left to zarr.
+
+The shard files come from an opener (a local folder by default; a store on object storage hands
+descriptors of files in its local part cache), so the same reads and checks serve both.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +34,12 @@ class RawShardedArray:
     the array's metadata is exactly that layout (``open`` returns None otherwise, and zarr reads it).
     """
 
-    def __init__(self, folder: Path, shape: tuple[int, ...], dtype: np.dtype, chunk: int, shard: int) -> None:
+    def __init__(self, folder: Path, shape: tuple[int, ...], dtype: np.dtype, chunk: int, shard: int,
+                 opener: Callable[[str], int | None] | None = None) -> None:
         self.folder, self.shape, self.dtype, self.chunk, self.shard = folder, shape, dtype, chunk, shard
+        # file of the array (relative to its folder, e.g. "c/0/0/0") -> a read-only descriptor, or None
+        # when the file does not exist
+        self.opener = opener or (lambda rel: _open_local(Path(folder) / rel))
         self.inner = shard // chunk
         self.chunk_bytes = chunk * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         self._fds: dict[int, int] = {}
@@ -42,7 +50,14 @@ class RawShardedArray:
 
     @classmethod
     def open(cls, folder: Path) -> RawShardedArray | None:
-        meta = json.loads((folder / "zarr.json").read_text())
+        """The direct reader of the array in ``folder``, or None when its layout is not the one read here."""
+        return cls.from_meta(json.loads((Path(folder) / "zarr.json").read_text()), Path(folder))
+
+    @classmethod
+    def from_meta(cls, meta: dict, folder: Path, opener: Callable[[str], int | None] | None = None
+                  ) -> RawShardedArray | None:
+        """The direct reader of an array given its ``zarr.json`` (``folder`` names it in messages;
+        ``opener`` gives its files, by default from ``folder``), or None when the layout differs."""
         codecs = meta.get("codecs", [])
         if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
             return None
@@ -58,15 +73,16 @@ class RawShardedArray:
         shard, chunk = meta["chunk_grid"]["configuration"]["chunk_shape"], conf["chunk_shape"]
         if list(shard[1:]) != list(shape[1:]) or list(chunk[1:]) != list(shape[1:]):
             return None
-        return cls(folder, shape, np.dtype(meta["data_type"]).newbyteorder("<"), chunk[0], shard[0])
+        return cls(folder, shape, np.dtype(meta["data_type"]).newbyteorder("<"), chunk[0], shard[0], opener)
 
     def _shard_index(self, shard: int) -> np.ndarray | None:
         if shard not in self._index:
-            path = self.folder / "c" / str(shard) / "/".join("0" * (len(self.shape) - 1))
-            if not path.is_file():  # a shard of fill values only is never written
+            fd = self.opener("c/" + "/".join([str(shard)] + ["0"] * (len(self.shape) - 1)))
+            if fd is None:  # a shard of fill values only is never written
+                if self.checksums is not None and str(shard) in self.checksums:
+                    raise DamagedChunk(f"{self.folder.name} shard {shard}: its file is missing")
                 self._index[shard] = None
                 return None
-            fd = os.open(path, os.O_RDONLY)
             size = os.fstat(fd).st_size
             nbytes = self.inner * 16
             raw = os.pread(fd, nbytes, size - nbytes - 4)
@@ -128,3 +144,10 @@ class RawShardedArray:
         for fd in self._fds.values():
             os.close(fd)
         self._fds, self._index = {}, {}
+
+
+def _open_local(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None

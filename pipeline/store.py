@@ -32,12 +32,21 @@ A part that fails is refused with ``DamagedPartError``; ``alarm pipeline repair`
 job recomputes it. Parts without chunk checksums (compressed stores, older markers) are checked
 whole, once, on first access.
 
+A store may live on object storage (``open_features("s3://bucket/prefix", ...)``): the reader then
+fetches spec.json, index.parquet and the list of done markers once when it opens, and every file of
+a part through a bounded local read-through cache (``part_cache``), each checked whole against its
+marker's checksum as it is downloaded, then by the same chunk checks on each read; the second epoch
+reads local disk. A local store reads its files in place (no cache). Where a reader's files come
+from is ``store_files``; parts written under an attempt prefix are found through their marker
+(``store_layout.part_subdir``).
+
 Values are stored in float16 by default and uncompressed: float16 features hardly compress and
 decompression slows the random reads the trainer does (see bench/extract.py for the measured numbers).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -45,22 +54,32 @@ from typing import Any
 
 import numpy as np
 
+from alarm.pipeline.objects import is_url
+from alarm.pipeline.part_cache import CacheChecksumError, PartCache
 from alarm.pipeline.shard_io import DamagedChunk, RawShardedArray
-from alarm.pipeline.store_index import load_index
+from alarm.pipeline.store_files import (
+    LocalGroup,
+    LocalPart,
+    RemoteGroup,
+    RemotePart,
+    list_groups,
+    open_group,
+    read_spec,
+)
 from alarm.pipeline.store_layout import (
-    DONE,
     DamagedPartError,
     StoreError,
     StoreSpecError,
-    file_checksum,
-    group_dir,
-    list_groups,
     spec_id,
 )
 from alarm.pipeline.store_values import dequantize
 
+OPEN_REMOTE_PARTS = 8  # parts a process keeps open when they come from object storage (see _open)
 
-def _resolve_group(root: Path, encoder: str, spec: dict | str | None) -> str:
+__all__ = ["DamagedPartError", "FeatureReader", "StoreError", "StoreSpecError", "list_groups", "open_features"]
+
+
+def _resolve_group(root: Path | str, encoder: str, spec: dict | str | None) -> str:
     groups = list_groups(root, encoder)
     if not groups:
         raise StoreSpecError(f"store {root} has no features for encoder {encoder!r}")
@@ -80,39 +99,35 @@ def _resolve_group(root: Path, encoder: str, spec: dict | str | None) -> str:
         raise StoreSpecError(f"store {root} has no {encoder!r} features for this spec (id {sid}); "
                              f"it has {', '.join(groups)}")
     # An encoder spec alone: any store settings will do, as long as the choice is unique.
-    matches = [g for g in groups if _group_meta(root, encoder, g)["spec"]["encoder"] == spec]
+    matches = [g for g in groups if read_spec(root, encoder, g)["spec"]["encoder"] == spec]
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        first = _group_meta(root, encoder, groups[0])["spec"]["encoder"]
+        first = read_spec(root, encoder, groups[0])["spec"]["encoder"]
         differ = sorted(k for k in set(first) | set(spec) if first.get(k) != spec.get(k))
         raise StoreSpecError(f"store {root} has no {encoder!r} features for this encoder spec; "
                              f"group {groups[0]} differs in: {', '.join(differ)}")
     raise StoreSpecError(f"several groups match this encoder spec ({', '.join(matches)}); pass the full spec")
 
 
-def _group_meta(root: Path, encoder: str, sid: str) -> dict:
-    return json.loads((group_dir(root, encoder, sid) / "spec.json").read_text())
-
-
-def open_features(root: Path | str, encoder: str, spec: dict | str | None = None) -> FeatureReader:
+def open_features(root: Path | str, encoder: str, spec: dict | str | None = None,
+                  cache: PartCache | None = None) -> FeatureReader:
     """Open the features of ``encoder`` in the store at ``root``.
 
     Args:
-        root: store folder.
+        root: store folder, or an object-store URL (``s3://bucket/prefix``, ``gs://...``).
         encoder: registry key (whisper, w2vbert, muq, sslam).
         spec: None for the only group of that encoder; a spec id; a full group spec
             (``{"encoder": ..., "store": ...}``); or an encoder's ``spec()`` alone.
+        cache: where a store on object storage keeps the part files it reads
+            (``part_cache.default_cache()`` when None); a local store reads in place.
 
     Raises:
         StoreSpecError: no group matches, or the choice is ambiguous.
     """
-    root = Path(root)
+    root = root if is_url(root) else Path(root)
     sid = _resolve_group(root, encoder, spec)
-    meta = _group_meta(root, encoder, sid)
-    if spec_id(meta["spec"]) != sid:
-        raise StoreSpecError(f"group {sid} of {encoder!r} holds a spec that does not hash to its name")
-    return FeatureReader(root, encoder, sid)
+    return FeatureReader(root, encoder, sid, cache)
 
 
 class FeatureReader:
@@ -123,16 +138,20 @@ class FeatureReader:
     every clip it holds, so a caller can skip those clips (the trainer does) or stop.
     """
 
-    def __init__(self, root: Path | str, encoder: str, sid: str) -> None:
-        self.root, self.encoder, self.spec_id = Path(root), encoder, sid
-        self.group = group_dir(self.root, encoder, sid)
-        meta = json.loads((self.group / "spec.json").read_text())
+    def __init__(self, root: Path | str, encoder: str, sid: str, cache: PartCache | None = None) -> None:
+        self.root, self.encoder, self.spec_id = root if is_url(root) else Path(root), encoder, sid
+        self.files = open_group(self.root, encoder, sid, cache)
+        # the group's folder, or its URL for a store on object storage
+        self.group: Path | str = self.files.group if isinstance(self.files, LocalGroup) else self.files.where
+        meta = self.files.spec()
+        if spec_id(meta["spec"]) != sid:
+            raise StoreSpecError(f"group {sid} of {encoder!r} holds a spec that does not hash to its name")
         self.spec: dict = meta["spec"]
         self.layers: int = int(meta["layers"])
         self.dim: int = int(meta["dim"])
         self.frame_rate: float = float(meta["frame_rate"])
         self.dtype: str = self.spec["store"]["dtype"]
-        table = load_index(self.group)
+        table = self.files.index()
         self._keys: list[str] = table.column("key").to_pylist()
         self._row = {k: i for i, k in enumerate(self._keys)}
         self._parts: list[str] = sorted(set(table.column("part").to_pylist()))
@@ -150,6 +169,12 @@ class FeatureReader:
         state["_arrays"] = {}  # zarr handles stay in the process that opened them
         state["_damaged"] = {}  # a repaired store is checked afresh
         return state
+
+    @property
+    def fork_safe(self) -> bool:
+        """Whether a forked child may read through this reader: not for a store on object storage,
+        whose client does not survive a fork (DataLoader workers then start with ``forkserver``)."""
+        return not is_url(self.root)
 
     def keys(self) -> list[str]:
         """All clip keys, sorted."""
@@ -191,38 +216,54 @@ class FeatureReader:
         if part in self._damaged:
             raise DamagedPartError(self._damaged[part])
         if part not in self._arrays:
-            folder = self.group / "parts" / self._parts[part]
             try:
-                chunks = self._check_part(part, folder)
-                features = _open_array(folder / "features")
-                scales = _open_array(folder / "scales") if self.dtype == "int8" else None
+                files = self.files.part(self._parts[part])
+                chunks = self._check_part(part, files)
+                features = _open_array(files, "features")
+                scales = _open_array(files, "scales") if self.dtype == "int8" else None
             except (OSError, ValueError, KeyError, StoreError) as err:  # unreadable is damaged too
                 raise self._refuse(part, str(err)) from None
             for array, name in ((features, "features"), (scales, "scales")):
                 if isinstance(array, RawShardedArray):
                     array.checksums = chunks.get(name)
             self._arrays[part] = (features, scales)
+            if isinstance(self.files, RemoteGroup) and len(self._arrays) > OPEN_REMOTE_PARTS:
+                # Open descriptors keep evicted cache files on disk: hold few parts open, so that
+                # the cache's limit bounds the disk a long epoch uses.
+                oldest = next(iter(self._arrays))
+                for array in self._arrays.pop(oldest):
+                    if isinstance(array, RawShardedArray):
+                        array.close()
+        else:
+            self._arrays[part] = self._arrays.pop(part)  # most recently used last
         return self._arrays[part]
 
-    def _check_part(self, part: int, folder: Path) -> dict[str, dict]:
+    def _check_part(self, part: int, files: LocalPart | RemotePart) -> dict[str, dict]:
         """Check a part's files against its done marker and its index rows against its clip table.
 
-        Shard files of arrays with chunk checksums are left to the chunk checks of each read; other
-        files (all of them for a part without chunk checksums) are hashed here. Returns the chunk
-        checksums per array.
+        Shard files of arrays with chunk checksums are left to the chunk checks of each read (a part on
+        object storage has each file checked whole as well, as it is downloaded); other files (all of
+        them for a part without chunk checksums) are hashed here. Returns the chunk checksums per array.
         """
         import pyarrow.parquet as pq
 
-        marker = json.loads((folder / DONE).read_text())
+        marker = files.marker
         chunks = marker.get("chunks") or {}
         for rel, checksum in sorted(marker["files"].items()):
-            path = folder / rel
             if rel.split("/", 1)[0] in chunks and rel.split("/")[1:2] == ["c"]:
-                if not path.is_file():
+                if not files.exists(rel):
                     raise StoreError(f"file {rel} is missing")
-            elif file_checksum(path) != checksum:
-                raise StoreError(f"checksum of {rel} differs from its done marker")
-        clips = pq.read_table(folder / "clips.parquet", columns=["key", "offset", "length"]).to_pydict()
+                continue
+            fd = files.open(rel)
+            if fd is None:
+                raise StoreError(f"file {rel} is missing")
+            try:
+                if fd_checksum(fd) != checksum:
+                    raise StoreError(f"checksum of {rel} differs from its done marker")
+            finally:
+                os.close(fd)
+        clips = pq.read_table(io.BytesIO(files.read("clips.parquet")), columns=["key", "offset", "length"])
+        clips = clips.to_pydict()
         stored = {k: (o, n) for k, o, n in zip(clips["key"], clips["offset"], clips["length"], strict=True)}
         for i in np.flatnonzero(self._part == part):
             if stored.get(self._keys[i]) != (int(self._offset[i]), int(self._length[i])):
@@ -245,18 +286,33 @@ class FeatureReader:
                 return features.read(start, stop, np.dtype(out))  # converts while copying
             values = _read_rows(features, start, stop)
             scale_rows = _read_rows(scales, start, stop) if scales is not None else None
-        except DamagedChunk as err:
+        except (DamagedChunk, CacheChecksumError, FileNotFoundError) as err:  # a shard read, or downloaded
             raise self._refuse(part, str(err)) from None
         if stored and self.dtype == "float16":
             return np.asarray(values)
         return dequantize(values, scale_rows, self.dtype)
 
 
-def _open_array(folder: Path) -> Any:
-    """The fast direct reader when the layout allows it, else the zarr array."""
-    import zarr
+def _open_array(files: LocalPart | RemotePart, name: str) -> Any:
+    """The fast direct reader when the layout allows it, else the zarr array (of a local folder)."""
+    meta = json.loads(files.read(f"{name}/zarr.json"))
+    raw = RawShardedArray.from_meta(meta, Path(files.where) / name, lambda rel: files.open(f"{name}/{rel}"))
+    if raw is not None:
+        return raw
+    import zarr  # only here: a second of import a worker process need not pay for the direct reads
 
-    return RawShardedArray.open(folder) or zarr.open_array(str(folder), mode="r")
+    return zarr.open_array(str(files.array_folder(name)), mode="r")
+
+
+def fd_checksum(fd: int) -> str:
+    """blake2b-128 of an open file's bytes (as ``store_layout.file_checksum``)."""
+    import hashlib
+
+    digest, offset = hashlib.blake2b(digest_size=16), 0
+    while block := os.pread(fd, 1 << 20, offset):
+        digest.update(block)
+        offset += len(block)
+    return digest.hexdigest()
 
 
 def _read_rows(array: Any, start: int, stop: int) -> np.ndarray:

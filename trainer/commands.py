@@ -13,6 +13,7 @@ import click
 from alarm.pipeline.commands import build_config, fail
 from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.encoders import ENCODERS
+from alarm.pipeline.objects import is_url, join
 from alarm.pipeline.store_layout import DTYPES as STORE_DTYPES
 
 
@@ -56,14 +57,14 @@ def train_convert(src: Path, dst: Path, direction: str, encoder: str | None) -> 
               help="Start at step 0; earlier checkpoints and logs move to output_dir/previous-<time>/.")
 @click.option("--allow-changed-data", is_flag=True,
               help="Resume even if the targets or the feature store changed since the checkpoint.")
-@click.option("--init", "init", multiple=True, type=click.Path(path_type=Path),
-              help="Initialise the front end from these checkpoints (added to the config's init).")
+@click.option("--init", "init", multiple=True,
+              help="Initialise the front end from these checkpoints, paths or URLs (added to the config's init).")
 @click.option("--freeze", "freeze", multiple=True, type=click.Choice(["adapters", "fusion", "delimiters"]),
               help="Keep these front-end parts frozen (added to the config's freeze).")
 @click.option("--llm", default=None,
               help="Frozen LLM folder (overrides the config's llm; a hub id only when cached or "
                    "ALARM_ALLOW_DOWNLOAD=1).")
-def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tuple[Path, ...],
+def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tuple[str, ...],
               freeze: tuple[str, ...], llm: str | None) -> None:
     """Train from cached features; resumes from the latest checkpoint in output_dir unless --fresh.
 
@@ -85,7 +86,10 @@ def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tu
         result = run_training(cfg, fresh=fresh, allow_changed_data=allow_changed_data)
     except (ConfigError, DataError, DataChangedError) as err:
         fail(str(err))
-    click.echo(f"step {result.step}; checkpoint {result.checkpoint}")
+    checkpoint = result.checkpoint
+    if checkpoint is not None and is_url(cfg.output_dir):  # the copy that counts is the one on object storage
+        checkpoint = join(cfg.output_dir, "checkpoints", checkpoint.name)
+    click.echo(f"step {result.step}; checkpoint {checkpoint}")
     for dataset, loss in sorted(result.eval_losses.items()):
         click.echo(f"  eval loss {dataset}: {loss:.4f}")
 

@@ -21,11 +21,23 @@ class TrainConfig:
     """Everything `train(cfg)` needs; YAML is only its saved form (unknown keys fail loudly)."""
 
     targets: str = ""
-    """Targets Parquet file (instance_id, clip_key, dataset, prompt, target, incomplete, split)."""
+    """Targets Parquet file (instance_id, clip_key, dataset, prompt, target, incomplete, split); a path
+    or an object-store URL."""
     store: str = ""
-    """Feature store root (pipeline.store); only cached features are read, encoders are never built."""
+    """Feature store root (pipeline.store), a folder or an object-store URL (``s3://bucket/prefix``,
+    read through the part cache, see ``cache_dir``); only cached features are read, encoders are
+    never built."""
     output_dir: str = ""
-    """Run folder: config.yaml, logs.jsonl, rejects.jsonl, checkpoints/step_XXXXXXXX/."""
+    """Run folder: config.yaml, logs.jsonl, rejects.jsonl, checkpoints/step_XXXXXXXX/. A URL
+    (``s3://bucket/runs/r1``) keeps the run on object storage: training works in a local copy under
+    ``<alarm cache>/runs/`` and puts each checkpoint there as it is written; a rerun resumes from it."""
+    cache_dir: str = ""
+    """Local folder of the read-through cache of a feature store on object storage (default
+    ``$ALARM_PART_CACHE``, else ``<alarm cache>/parts``); a local store is read in place. DataLoader
+    workers share it."""
+    cache_gb: float = 0.0
+    """Size limit of that cache in GB; least recently used files go first (0: ``$ALARM_PART_CACHE_GB``,
+    else 8). Room for the whole store means every epoch after the first reads local disk."""
     encoders: list[str] = field(default_factory=lambda: ["whisper"])
     """Encoders to read, in front-end order (whisper first when fusion is not "none")."""
     store_specs: dict[str, str] = field(default_factory=dict)
@@ -38,7 +50,8 @@ class TrainConfig:
     """Causal LM folder, or a hub id already in the local Hugging Face cache (``local_llm``), loaded with
     AutoModelForCausalLM.from_pretrained and frozen; a hub download only with ALARM_ALLOW_DOWNLOAD=1."""
     init: list[str] = field(default_factory=list)
-    """Checkpoint folders or .safetensors files whose weights initialise the front end (later wins)."""
+    """Checkpoint folders, run folders (their latest checkpoint) or .safetensors files, paths or URLs,
+    whose weights initialise the front end (later wins)."""
     freeze: list[str] = field(default_factory=list)
     """Front-end parts kept frozen: any of "adapters", "fusion", "delimiters"."""
     adapter_cache: str = ""
@@ -128,6 +141,8 @@ class TrainConfig:
                      "eval_max_batches", "keep_checkpoints", "sample_generations"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.cache_gb < 0:
+            raise ConfigError(f"cache_gb must be >= 0 (0: the default size), got {self.cache_gb}")
         if self.lr <= 0 or self.grad_clip <= 0:
             raise ConfigError("lr and grad_clip must be positive")
         if self.precision not in ("auto", "bf16", "fp32"):

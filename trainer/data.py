@@ -61,17 +61,28 @@ class JoinResult:
 
 
 def read_targets(path: str | Path) -> Any:
-    """Read a targets Parquet file as a pyarrow Table, checking the columns the trainer needs.
+    """Read a targets Parquet file (a path or an object-store URL) as a pyarrow Table, checking the
+    columns the trainer needs.
 
     Raises:
         DataError: The file is missing or lacks required columns.
     """
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    if not path.exists():
+    from alarm.pipeline.objects import is_url, open_objects
+
+    if is_url(path):  # one object, read whole (a targets file is small next to the features)
+        import io
+
+        objects = open_objects(str(path).rsplit("/", 1)[0])
+        try:
+            table = pq.read_table(io.BytesIO(objects.get(str(path).rsplit("/", 1)[1])))
+        except FileNotFoundError:
+            raise DataError(f"targets file {path} does not exist") from None
+    elif not Path(path).exists():
         raise DataError(f"targets file {path} does not exist")
-    table = pq.read_table(path)
+    else:
+        table = pq.read_table(path)
     missing = [c for c in TARGET_COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"targets {path} lacks column(s) {missing}; has {table.column_names}")
@@ -354,11 +365,29 @@ def make_loader(dataset: FeatureDataset, sampler: TokenBudgetSampler, num_worker
     """A DataLoader over ``dataset`` driven by the token-budget batch sampler.
 
     It gets its own generator: a DataLoader otherwise draws its worker seed from the global torch
-    RNG, and a resumed run (one extra loader) would then drift from an uninterrupted one.
+    RNG, and a resumed run (one extra loader) would then drift from an uninterrupted one. Workers
+    reading a store on object storage start from a fork server (the object-store client does not
+    survive a fork of a process that used it); they get the readers pickled, and open them lazily.
     """
     import torch
     from torch.utils.data import DataLoader
 
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None,
+                      multiprocessing_context=worker_context(dataset.readers) if num_workers else None,
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
+
+
+def worker_context(readers: dict[str, Any]) -> Any:
+    """How DataLoader workers start: forked (the default) unless a reader is on object storage, whose
+    client does not survive a fork; then from a fork server that has torch and this module imported
+    already (one server per process, so a new epoch's workers start in milliseconds, not seconds)."""
+    if all(getattr(reader, "fork_safe", True) for reader in readers.values()):
+        return None
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    # Imported once in the server (before it starts), not again in every worker.
+    context.set_forkserver_preload(["torch", "pyarrow.parquet", "alarm.pipeline.store",
+                                    "alarm.trainer.data"])
+    return context

@@ -31,6 +31,7 @@ from alarm.trainer.build import make_frontend, open_readers
 from alarm.trainer.config import TrainConfig, local_llm
 from alarm.trainer.distributed import barrier, broadcast_module, init_distributed
 from alarm.trainer.run_log import RunLog, last_eval_losses, set_aside
+from alarm.trainer.run_remote import is_remote, publish_run, pull, set_aside_remote, working_copy
 from alarm.trainer.train_loop import finish, run_loop
 from alarm.trainer.train_state import Data, Inputs, Parts, Position, Run, Session, TrainResult
 
@@ -75,6 +76,8 @@ def train(cfg: TrainConfig, fresh: bool = False, allow_changed_data: bool = Fals
     log.close()
     if run.dist.main:
         write_train_report(run.run_dir)  # report.json, report.md and loss.png beside the run
+        if run.url:
+            publish_run(run.url, run.run_dir)
     return result
 
 
@@ -101,17 +104,25 @@ def start_run(cfg: TrainConfig, fresh: bool) -> Run:
     if use_cuda:
         torch.cuda.set_device(device)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_cuda)
-    run_dir = Path(cfg.output_dir)
+    # A run folder on object storage: work in a local copy filled from it, published at each checkpoint.
+    url = cfg.output_dir if is_remote(cfg.output_dir) else ""
+    run_dir = working_copy(url, dist.rank) if url else Path(cfg.output_dir)
     if dist.main:
+        if url:
+            if fresh:
+                set_aside_remote(url)
+            pull(url, run_dir, everything=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         if fresh:
             set_aside(run_dir)
         save_config(cfg, run_dir / "config.yaml")
     barrier(dist)
+    if url and not dist.main:
+        pull(url, run_dir, everything=False)  # the checkpoint to resume from
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the same on every process: the front end starts identical
-    return Run(dist=dist, device=device, bf16=bf16, run_dir=run_dir, llm_path=llm_path)
+    return Run(dist=dist, device=device, bf16=bf16, run_dir=run_dir, llm_path=llm_path, url=url)
 
 
 def open_inputs(cfg: TrainConfig, run: Run, fresh: bool, allow_changed_data: bool) -> Inputs:

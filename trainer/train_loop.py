@@ -155,8 +155,13 @@ def save(s: Session) -> Path | None:
             "trainable": names, "total_steps": s.data.total_steps,
             # The run is over at this checkpoint: a rerun with the same config and data has nothing to do.
             "finished": pos.step >= s.data.total_steps or pos.epoch >= cfg.epochs}
-    return ck.save_checkpoint(run.run_dir, pos.step, s.parts.frontend.part_state_dict(), opt_tensors, meta,
+    path = ck.save_checkpoint(run.run_dir, pos.step, s.parts.frontend.part_state_dict(), opt_tensors, meta,
                               keep=cfg.keep_checkpoints)
+    if run.url:  # a run folder on object storage: put the checkpoint there (meta.json last)
+        from alarm.trainer.run_remote import publish_checkpoint
+
+        publish_checkpoint(run.url, run.run_dir, path)
+    return path
 
 
 def finish(s: Session, result: TrainResult) -> None:

@@ -38,8 +38,11 @@ class Run:
     bf16: bool
     """The frozen LLM in bfloat16 and the steps under bf16 autocast."""
     run_dir: Path
+    """Where this process writes: the run folder, or the local working copy of a run on a URL."""
     llm_path: str
     """The LLM on local disk (resolved before any work)."""
+    url: str = ""
+    """The run folder's URL when ``output_dir`` is on object storage (``run_remote``), else empty."""
 
 
 @dataclass

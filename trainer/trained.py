@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.objects import is_url
 from alarm.trainer.config import local_llm
 
 
@@ -35,7 +36,7 @@ class TrainedFrontEnd:
 
 
 def load_trained(source: str | Path, store: str | None = None, llm: str | None = None) -> TrainedFrontEnd:
-    """Load the front end of a run folder, a checkpoint folder or an export folder.
+    """Load the front end of a run folder, a checkpoint folder or an export folder (a path or a URL).
 
     ``llm`` overrides the LLM path the run recorded (its width sizes the front end).
 
@@ -47,6 +48,10 @@ def load_trained(source: str | Path, store: str | None = None, llm: str | None =
     from alarm.trainer.checkpoint import META_FILE, latest_checkpoint
     from alarm.trainer.export import INFO_FILE, load_export
 
+    if is_url(str(source)):  # on object storage: a local copy of the checkpoint or export
+        from alarm.trainer.run_remote import fetch_folder
+
+        source = fetch_folder(str(source))
     source = Path(source)
     if (source / INFO_FILE).is_file():
         frontend, info = load_export(source)
@@ -74,7 +79,7 @@ def _load_checkpoint(ckpt: Path, store: str | None, llm: str | None) -> TrainedF
     state = load_checkpoint(ckpt)
     cfg = from_dict(TrainConfig, state.meta["config"])
     root = store or cfg.store
-    if not root or not Path(root).is_dir():
+    if not root or not (is_url(str(root)) or Path(root).is_dir()):
         raise ConfigError(f"{ckpt} was trained on the feature store {cfg.store!r}, which is not here: pass the "
                           "store (--store) so the encoders can be rebuilt with its exact specs")
     spec_ids = {name: state.meta["store_spec_ids"][name] for name in cfg.encoders}  # front-end order
