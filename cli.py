@@ -125,25 +125,23 @@ def demo_corpus(out: Path, seed: int, no_speech: bool) -> None:
 
 
 @demo.command("targets")
-@click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--store", type=click.Path(path_type=Path), required=True,
-              help="The feature store of MANIFEST (its instances.parquet gives each clip key).")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Targets Parquet file to write.")
-def demo_targets(manifest: Path, store: Path, out: Path) -> None:
+@click.argument("manifest")
+@click.option("--store", required=True,
+              help="The feature store of MANIFEST, a folder or URL (its instances.parquet gives each clip key).")
+@click.option("--out", required=True, help="Targets Parquet file to write (a path or URL).")
+def demo_targets(manifest: str, store: str, out: str) -> None:
     """Write reference targets from the demo corpus's labels, one per instance the store accepted.
 
     They are true by construction, so the trainer has something to learn where a tiny random LLM
     keeps no rephrased target; with a real LLM, train on the rephrase run's targets.parquet.
     """
     from alarm.demo.targets import write_reference_targets
+    from alarm.pipeline.configs import ConfigError
     from alarm.pipeline.manifest import ManifestError
 
-    if not (store / "instances.parquet").is_file():
-        fail(f"{store} is not a feature store (no instances.parquet); run `alarm pipeline run` first")
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         count = write_reference_targets(manifest, store, out)
-    except ManifestError as err:
+    except (ManifestError, ConfigError) as err:
         fail(str(err))
     if not count:
         fail(f"no instance of {manifest} with a prompt is in the store {store}: nothing to write")

@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from alarm.pipeline.manifest import read_manifest
+from alarm.pipeline.manifest import ManifestError, read_manifest
+from alarm.pipeline.objects import is_url
+from alarm.pipeline.store_layout import at, location, read_parquet, write_parquet_atomic
 from alarm.rephrase.rules import split_for
 
 
@@ -30,12 +32,17 @@ def _reference_target(metadata: dict[str, Any], prompt: str) -> str:
             f"I hear {heard}{detail}.")
 
 
-def write_reference_targets(manifest: Path, store: Path, out: Path) -> int:
-    """Targets from the corpus labels for every instance the store accepted; returns the count."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def write_reference_targets(manifest: Path | str, store: Path | str, out: Path | str) -> int:
+    """Targets from the corpus labels for every instance the store accepted; returns the count.
 
-    keys = {r["id"]: r["key"] for r in pq.read_table(store / "instances.parquet").to_pylist()}
+    The manifest, the store and ``out`` may each be a local path or an object-store URL.
+    """
+    import pyarrow as pa
+
+    instances = read_parquet(at(location(store), "instances.parquet"))
+    if instances is None:
+        raise ManifestError(f"{store} is not a feature store (no instances.parquet); run `alarm pipeline run` first")
+    keys = {r["id"]: r["key"] for r in instances.to_pylist()}
     rows = []
     for inst in read_manifest(manifest).instances:
         if inst.prompt is None or inst.id not in keys:
@@ -44,5 +51,8 @@ def write_reference_targets(manifest: Path, store: Path, out: Path) -> int:
                      "prompt": inst.prompt, "target": _reference_target(inst.metadata, inst.prompt),
                      "incomplete": False, "split": split_for(inst.dataset, inst.id, 0.1),
                      "model": "demo-reference-from-labels"})
-    pq.write_table(pa.Table.from_pylist(rows), out)
+    if rows:
+        if not is_url(out):
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(pa.Table.from_pylist(rows), location(out))
     return len(rows)

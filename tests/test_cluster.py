@@ -3,7 +3,7 @@
 The cluster is two ``ray start`` processes on this machine (``cluster_fixtures``), one CPU each; the
 job runs as a user runs it, ``alarm pipeline run --address``, in its own process. Each store is
 compared with an embedded run's, part by part: the bytes of every committed part (by part id), each
-group's spec and index, and the instance tables. Where the stores live is ``store_location`` alone.
+group's spec and index, and the instance tables. The stores live on a real S3 server (``store_location``).
 """
 
 from __future__ import annotations
@@ -32,8 +32,14 @@ CONFIG = "encoders: [whisper, w2vbert]\npreset: tiny\nprogress: false\nstorage:\
 
 
 def store_location(tmp_path: Path, name: str) -> str:
-    """Where a test's store lives (a local folder; an object-store URL works the same way)."""
-    return str(tmp_path / name)
+    """Where a test's store lives: a new bucket on the session's S3 server (moto, on 127.0.0.1).
+
+    The nodes and the job reach it through the standard AWS variables that conftest set before any
+    cluster started; ``tmp_path`` stays in the signature so a local folder is one line away.
+    """
+    from s3_fixtures import _SERVER
+
+    return f"s3://{_SERVER.bucket()}/{name}"
 
 
 def committed(location: str) -> dict[str, str]:
@@ -79,7 +85,7 @@ def job_env(base: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[TwoNodeCluster]:
+def cluster(s3_server) -> Iterator[TwoNodeCluster]:  # the server first: the nodes inherit its variables
     started = TwoNodeCluster()
     try:
         yield started
@@ -98,7 +104,7 @@ def job_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def embedded(job_input: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def embedded(job_input: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, s3_server) -> dict[str, str]:
     """The store of the same job on an embedded Ray of 2 CPUs (the cluster's CPUs: the same kernels)."""
     manifest, config = job_input
     store = store_location(tmp_path_factory.mktemp("embedded"), "store")
