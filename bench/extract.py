@@ -303,6 +303,9 @@ def timing(args: argparse.Namespace, encoders: list[str], workdir: Path) -> dict
                    "compute_limit_wall_s_runs": [x["compute_limit_wall_s"] for x in limits],
                    # audio-seconds per second of the pipeline over those of the compute limit
                    "pipeline_over_compute_limit": limit["compute_limit_wall_s"] / result["pipeline_wall_s"],
+                   # the same in CPU-seconds (the forward passes' share of the job's CPU): on a shared machine
+                   # the wall times swing with the load, the CPU-seconds much less
+                   "pipeline_cpu_over_compute_limit": limit["compute_limit_cpu_s"] / result["pipeline_cpu_s"],
                    # each repeat's own pair (run back to back)
                    "pipeline_over_compute_limit_runs": [x["compute_limit_wall_s"] / j["wall_s"]
                                                         for x, j in zip(limits, runs[layouts[0]], strict=True)],
