@@ -80,9 +80,13 @@ def relative_key_by_rows(module: Any, query: Any, key: Any) -> tuple[Any, Any]:
     before the einsum's own copies. Here the same ``einsum`` runs on row blocks of that tensor and writes
     into the bias, so each bias element comes from the same dot product over the same operands:
     bit-identical (``tests/test_encoders.py`` checks it against the library function), and faster.
+    Proven on the CPU only: on other devices the library's own function runs (a GPU library may pick
+    another kernel for another batch count).
     """
     import torch
 
+    if query.device.type != "cpu" and "function" in LIBRARY_RELATIVE_KEY:
+        return LIBRARY_RELATIVE_KEY["function"](module, query, key)
     queries, keys = query.shape[2], key.shape[2]
     left, right = module.left_max_position_embeddings, module.right_max_position_embeddings
     cols = torch.arange(keys, dtype=torch.long, device=query.device).view(1, -1)
