@@ -12,7 +12,10 @@ mixed rates and channel counts), with the ``tiny`` preset:
 * compute limit (``bench/compute_limit.py``): the same encoders' forward passes alone on the job's
   units, chunks and workers, on audio decoded into memory first (no Ray, no store, no decode);
   ``pipeline_over_compute_limit`` is the pipeline's audio-seconds per second over the limit's, with
-  the CPU-seconds of each. The naive loop stays as context.
+  the CPU-seconds of each, the job's phases, its CPU-seconds by process (driver, encoder actors, Ray)
+  and ``pipeline_gap_s``, where the wall time beyond the limit goes. With ``--repeats R`` the two
+  alternate R times and the best run of each counts (every run is listed). The naive loop stays as
+  context.
 * store overhead: bytes on disk per audio-second against the raw payload (values x bytes per value).
 * memory: peak memory (PSS) of the whole job at N and 4N clips (the N lengths four times over), in
   subprocesses, ``--memory-runs`` times (each run's growth reported).
@@ -20,7 +23,7 @@ mixed rates and channel counts), with the ``tiny`` preset:
   whisper-sized features): size ratio and random-read speed (direct reads, zarr reads, zstd).
 
 Usage: ``python bench/extract.py [--clips 300] [--encoders whisper,w2vbert] [--pools auto,per-encoder]
-[--rss-clips 60] [--memory-runs 3] [--no-compression] [--no-memory | --only-memory]``
+[--rss-clips 60] [--memory-runs 3] [--repeats 3] [--no-naive] [--no-compression] [--no-memory | --only-memory]``
 """
 
 from __future__ import annotations
@@ -171,21 +174,49 @@ def real_dim_clips(count: int = 60, seed: int = 0) -> dict[str, np.ndarray]:
 
 JOB_SCRIPT = """
 import json, sys, time
+from alarm.pipeline import encode_pools
 from alarm.pipeline.job import PipelineConfig, run_pipeline
 cfg = PipelineConfig(store=sys.argv[1], manifest=sys.argv[2], encoders=sys.argv[3].split(","), preset="tiny",
                      num_cpus=2, progress=False, pools=sys.argv[4])
+marks = {}
+def timed(name, method):  # the job's phases, for the bench only: when encoding began and ended, and the close
+    def call(*args, **kwargs):
+        marks[name + "_start"] = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            marks[name + "_end"] = time.perf_counter()
+    return call
+encode_pools.JobWorkers.encode = timed("encode", encode_pools.JobWorkers.encode)
+encode_pools.JobWorkers.close = timed("close", encode_pools.JobWorkers.close)
 started = time.perf_counter()
 summary = run_pipeline(cfg)
-print(json.dumps({"wall_s": time.perf_counter() - started, "stage_seconds": summary.stage_seconds}))
+ended = time.perf_counter()
+phases = {"before_encode_s": marks["encode_start"] - started, "encode_s": marks["encode_end"] - marks["encode_start"],
+          "after_encode_s": ended - marks["encode_end"], "close_s": marks["close_end"] - marks["close_start"]}
+print(json.dumps({"wall_s": ended - started, "stage_seconds": summary.stage_seconds, "phases": phases}))
 """
 
 
-def session_usage(sid: int, cpu_seen: dict[int, float]) -> tuple[int, int]:
+def process_role(pid: int, session: int) -> str:
+    """``driver`` (the job's own process), ``actor`` (an encoder actor: Ray titles it ``ray::<Class>``) or ``ray``."""
+    if pid == session:
+        return "driver"
+    try:
+        with open(f"/proc/{pid}/cmdline") as handle:
+            title = handle.read()
+    except OSError:
+        return "ray"
+    return "actor" if "EncodeStage" in title else "ray"
+
+
+def session_usage(sid: int, cpu_seen: dict[int, float], roles: dict[int, str] | None = None) -> tuple[int, int]:
     """Memory of every process in session ``sid`` (the job and its Ray); records their CPU-seconds.
 
     Returns (PSS, RSS) sums. PSS is the honest one: Ray's object store is shared memory mapped into
     several processes, and summing their RSS counts the same pages once per process. ``cpu_seen``
-    keeps each process's latest user+system seconds, so processes that have ended still count.
+    keeps each process's latest user+system seconds, so processes that have ended still count;
+    ``roles`` (if given) each process's ``process_role``, the last one seen.
     """
     pss = rss = 0
     tick = os.sysconf("SC_CLK_TCK")
@@ -198,6 +229,8 @@ def session_usage(sid: int, cpu_seen: dict[int, float]) -> tuple[int, int]:
             if int(fields[3]) != sid:  # field 6 of stat: session id
                 continue
             cpu_seen[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            if roles is not None and roles.get(int(entry)) != "actor":
+                roles[int(entry)] = process_role(int(entry), sid)
             with open(f"/proc/{entry}/smaps_rollup") as handle:
                 for line in handle:
                     if line.startswith("Pss:"):
@@ -220,15 +253,18 @@ def run_job(manifest: Path, store: Path, encoders: list[str], pools: str = "auto
                             text=True)
     peak_pss = peak_rss = 0
     cpu_seen: dict[int, float] = {}
+    roles: dict[int, str] = {}
     while proc.poll() is None:
-        pss, rss = session_usage(proc.pid, cpu_seen)
+        pss, rss = session_usage(proc.pid, cpu_seen, roles)
         peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
         time.sleep(0.2)
     out = proc.stdout.read() if proc.stdout else ""
     if proc.returncode:
         raise RuntimeError(f"pipeline subprocess failed with {proc.returncode}")
     result = json.loads(out.strip().splitlines()[-1])
-    return {**result, "cpu_s": sum(cpu_seen.values()), "peak_pss": peak_pss, "peak_rss": peak_rss}
+    by_role = {r: sum(c for p, c in cpu_seen.items() if roles.get(p) == r) for r in ("driver", "actor", "ray")}
+    return {**result, "cpu_s": sum(cpu_seen.values()), "cpu_by_role": by_role, "peak_pss": peak_pss,
+            "peak_rss": peak_rss}
 
 
 def timing(args: argparse.Namespace, encoders: list[str], workdir: Path) -> dict[str, Any]:
@@ -236,24 +272,44 @@ def timing(args: argparse.Namespace, encoders: list[str], workdir: Path) -> dict
     from compute_limit import compute_limit
 
     manifest, seconds = make_corpus(workdir / "corpus", args.clips)
-    naive_s, naive_cpu = naive(manifest, encoders, workdir / "naive")
-    result: dict[str, Any] = {
-        "clips": args.clips, "audio_seconds": round(seconds, 1),
-        "naive_audio_s_per_s": seconds / naive_s, "naive_wall_s": naive_s, "naive_cpu_s": naive_cpu,
-    }
+    result: dict[str, Any] = {"clips": args.clips, "audio_seconds": round(seconds, 1)}
+    naive_s = None
+    if not args.no_naive:
+        naive_s, naive_cpu = naive(manifest, encoders, workdir / "naive")
+        result.update({"naive_audio_s_per_s": seconds / naive_s, "naive_wall_s": naive_s, "naive_cpu_s": naive_cpu})
     store = workdir / "store"
-    for i, pools in enumerate(p for p in args.pools.split(",") if p):
-        shutil.rmtree(store, ignore_errors=True)
-        job = run_job(manifest, store, encoders, pools)
+    layouts = [p for p in args.pools.split(",") if p]
+    # Pipeline and compute limit alternate ``--repeats`` times; the best (shortest) run of each is kept,
+    # the least disturbed by whatever else the machine runs, and every run's figure is listed.
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in layouts}
+    limits = []
+    for _ in range(args.repeats):
+        for pools in layouts:
+            shutil.rmtree(store, ignore_errors=True)
+            runs[pools].append(run_job(manifest, store, encoders, pools))
+        limits.append(compute_limit(manifest, encoders))
+    for i, pools in enumerate(layouts):
+        job = min(runs[pools], key=lambda j: j["wall_s"])
         tag = "pipeline" if i == 0 else f"pipeline_{pools.replace('-', '_')}"
+        if naive_s is not None:
+            result[f"{tag}_over_naive"] = naive_s / job["wall_s"]
         result.update({f"{tag}_pools": pools, f"{tag}_audio_s_per_s": seconds / job["wall_s"],
-                       f"{tag}_over_naive": naive_s / job["wall_s"], f"{tag}_wall_s": job["wall_s"],
+                       f"{tag}_wall_s": job["wall_s"], f"{tag}_wall_s_runs": [j["wall_s"] for j in runs[pools]],
                        f"{tag}_cpu_s": job["cpu_s"], f"{tag}_peak_pss_MB": job["peak_pss"] / 1e6,
-                       f"{tag}_stage_seconds": job["stage_seconds"]})
-    limit = compute_limit(manifest, encoders)
+                       f"{tag}_stage_seconds": job["stage_seconds"], f"{tag}_phases": job["phases"],
+                       f"{tag}_cpu_by_role": job["cpu_by_role"]})
+    limit = min(limits, key=lambda x: x["compute_limit_wall_s"])
     result.update({**limit, "compute_limit_audio_s_per_s": seconds / limit["compute_limit_wall_s"],
+                   "compute_limit_wall_s_runs": [x["compute_limit_wall_s"] for x in limits],
                    # audio-seconds per second of the pipeline over those of the compute limit
-                   "pipeline_over_compute_limit": limit["compute_limit_wall_s"] / result["pipeline_wall_s"]})
+                   "pipeline_over_compute_limit": limit["compute_limit_wall_s"] / result["pipeline_wall_s"],
+                   # the same in CPU-seconds (the forward passes' share of the job's CPU): on a shared machine
+                   # the wall times swing with the load, the CPU-seconds much less
+                   "pipeline_cpu_over_compute_limit": limit["compute_limit_cpu_s"] / result["pipeline_cpu_s"],
+                   # each repeat's own pair (run back to back)
+                   "pipeline_over_compute_limit_runs": [x["compute_limit_wall_s"] / j["wall_s"]
+                                                        for x, j in zip(limits, runs[layouts[0]], strict=True)],
+                   "pipeline_gap_s": gap(result, limit, encoders)})
     result.update(store_overhead(store, encoders))
     if not args.no_compression:
         from alarm.pipeline.store import open_features
@@ -263,6 +319,25 @@ def timing(args: argparse.Namespace, encoders: list[str], workdir: Path) -> dict
                        compression({k: tiny.read(k) for k in tiny.keys()}, workdir).items()})
         result.update({f"real_dims_{k}": v for k, v in compression(real_dim_clips(), workdir).items()})
     return result
+
+
+def gap(result: dict[str, Any], limit: dict[str, Any], encoders: list[str]) -> dict[str, float]:
+    """Where the pipeline's wall time beyond the compute limit's goes, in seconds.
+
+    ``before_encode`` (manifest, keying, Ray start, until the pool takes the first unit) and
+    ``after_encode`` (index, summary, Ray shutdown) are the job's own phases. The encoding phase's excess
+    over the limit splits into ``decode_write`` (the actors' decode and write seconds, per actor),
+    ``forward_over_limit`` (the actors' forward-pass seconds per actor, minus the limit's wall) and
+    ``rest`` (actor start-up not hidden by keying, per-unit overhead, an actor idle at the end).
+    """
+    stages, phases, workers = result["pipeline_stage_seconds"], result["pipeline_phases"], limit["compute_limit_workers"]
+    decode_write = (stages.get("decode", 0.0) + sum(stages.get(f"{e}_write", 0.0) for e in encoders)) / workers
+    forward = sum(stages.get(e, 0.0) for e in encoders) / workers - limit["compute_limit_wall_s"]
+    excess = phases["encode_s"] - limit["compute_limit_wall_s"]
+    return {"total": result["pipeline_wall_s"] - limit["compute_limit_wall_s"],
+            "before_encode": phases["before_encode_s"], "after_encode": phases["after_encode_s"],
+            "encode_phase_over_limit": excess, "decode_write": decode_write, "forward_over_limit": forward,
+            "rest": excess - decode_write - forward}
 
 
 def memory(n: int, runs: int, encoders: list[str], workdir: Path) -> dict[str, Any]:
@@ -295,6 +370,9 @@ def main() -> None:
     parser.add_argument("--rss-clips", type=int, default=60, help="N of the memory test (also runs 4N)")
     parser.add_argument("--memory-runs", type=int, default=1, help="how many times to run the N vs 4N pair")
     parser.add_argument("--no-compression", action="store_true", help="skip the compression figures")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="pipeline and compute limit alternate this many times; the best run of each counts")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive per-clip loop (context only)")
     parser.add_argument("--no-memory", action="store_true", help="skip the N vs 4N memory runs")
     parser.add_argument("--only-memory", action="store_true", help="only the N vs 4N memory runs")
     parser.add_argument("--workdir", type=Path, default=None)

@@ -39,6 +39,20 @@ def release_memory() -> None:
         pass
 
 
+def freeze_loaded() -> None:
+    """After an actor has built its models: collect once, then keep every object alive so far out of later
+    collections (``gc.freeze``).
+
+    The models, torch and transformers are hundreds of thousands of objects that live as long as the
+    actor; without this, the ``gc.collect`` that ``release_memory`` runs after every unit walks them all
+    each time (0.24 CPU-s per unit with the four tiny encoders loaded, measured; under a millisecond after).
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def key_source(audio: str, start: float | None, end: float | None) -> tuple[str, float, str]:
     """Decode one source once for its (content key, duration, ""), or ("", 0.0, reject reason)."""
     # No length limit here: the limit is applied when planning, so changing it needs no re-keying.
@@ -159,6 +173,7 @@ class EncodeStage:
         self.storage = StoreConfig(**storage)
         check_spec(self.encoder, self.storage, self.group)
         self.chunk_clips = max(1, 4 * int(encoder["batch_size"]))
+        freeze_loaded()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rate = self.encoder.sample_rate
@@ -212,6 +227,7 @@ class SharedEncodeStage:
             self.encoders = {e["name"]: build_encoder(EncoderConfig(**e)) for e in encoders}
         except Exception as err:  # any build error: re-raised as is by facts() and __call__
             self.error = err
+        freeze_loaded()
 
     def facts(self) -> dict[str, dict[str, Any]]:
         """``encoder_facts`` of every encoder held (the driver then needs no model of its own)."""

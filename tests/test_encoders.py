@@ -148,3 +148,38 @@ def test_gpu_bench_runs_tiny_on_cpu() -> None:
     for row in result["encoders"].values():
         assert row["audio_seconds_per_second"] > 0 and row["flops"] > 0
     assert result["all"]["audio_seconds_per_second"] > 0
+
+
+def test_w2vbert_relative_key_by_rows_is_bit_identical(tiny: dict[str, Encoder]) -> None:
+    """The row-blocked W2V-BERT position bias equals transformers' own, bit for bit, alone and in the model."""
+    import torch
+    from transformers.models.wav2vec2_bert import modeling_wav2vec2_bert as library
+
+    from alarm.pipeline.encoders.w2vbert import LIBRARY_RELATIVE_KEY, relative_key_by_rows
+
+    assert library._apply_relative_key_position_encoding is relative_key_by_rows  # built: in use
+    original = LIBRARY_RELATIVE_KEY["function"]
+    torch.manual_seed(0)
+    # (heads, head size, batch, frames): the tiny model's heads up to a full 30 s window, the real
+    # model's 16 x 64, and lengths around the 128-row blocks.
+    for heads, size, batch, frames in [(2, 16, 4, 1500), (2, 16, 1, 1), (2, 16, 3, 7), (16, 64, 2, 257),
+                                       (16, 64, 1, 128), (4, 32, 2, 129)]:
+        module = torch.nn.Module()
+        module.left_max_position_embeddings, module.right_max_position_embeddings = 64, 8
+        module.distance_embedding = torch.nn.Embedding(73, size)
+        module.scaling = size ** -0.5
+        query, key = torch.randn(batch, heads, frames, size), torch.randn(batch, heads, frames, size)
+        with torch.inference_mode():
+            expected = original(module, query, key)[1]
+            got = relative_key_by_rows(module, query, key)[1]
+        assert torch.equal(got, expected), (heads, size, batch, frames)
+    # The whole tiny model on clips of several lengths, windows of 30 s: the same bits either way.
+    model = build_encoder(EncoderConfig("w2vbert", preset="tiny", batch_size=3))
+    waves = _waves(16000, [30.0, 11.3, 0.7, 29.9])
+    ours = model.encode(waves)
+    library._apply_relative_key_position_encoding = original
+    try:
+        theirs = model.encode(waves)
+    finally:
+        library._apply_relative_key_position_encoding = relative_key_by_rows
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
