@@ -23,8 +23,9 @@ def _summary(report: dict) -> str:
 
 
 @prompts.command("run")
-@click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@click.argument("manifest", type=click.Path())
+@click.option("--out", "out_dir", type=click.Path(), required=True,
+              help="Run folder (a path or an s3:// URL): config, cache, candidates, rejects, manifest.jsonl, stats.")
 @click.option("--config", type=click.Path(path_type=Path), default=None, help="PromptsConfig YAML.")
 @click.option("--engine", default=None, help="Engine name (vllm, transformers).")
 @click.option("--model", default=None, help="Local model folder (or a hub id in the local cache).")
@@ -33,10 +34,11 @@ def _summary(report: dict) -> str:
 @click.option("--seed", type=int, default=None, help="Seed of the cache keys and of the choice.")
 @click.option("--replace-prompts", is_flag=True, default=None,
               help="Prompt rows that already have a prompt too (they keep theirs by default).")
-def prompts_run(manifest: Path, out_dir: Path, config: Path | None, engine: str | None, model: str | None,
+def prompts_run(manifest: str, out_dir: str, config: Path | None, engine: str | None, model: str | None,
                 candidates: int | None, choose: int | None, seed: int | None, replace_prompts: bool | None) -> None:
     """Generate, check and choose prompts; writes OUT/manifest.jsonl (cached and resumable)."""
     from alarm.pipeline.manifest import ManifestError
+    from alarm.pipeline.objects import join
     from alarm.rephrase.prompt_config import MANIFEST_FILE, PromptsConfig
     from alarm.rephrase.prompt_job import run_prompts
 
@@ -48,12 +50,12 @@ def prompts_run(manifest: Path, out_dir: Path, config: Path | None, engine: str 
     except (ManifestError, FileNotFoundError, ValueError) as err:
         fail(str(err))
     click.echo(_summary(report))
-    click.echo(f"manifest: {out_dir / MANIFEST_FILE}\nreport: {out_dir / 'report.md'}")
+    click.echo(f"manifest: {join(out_dir, MANIFEST_FILE)}\nreport: {join(out_dir, 'report.md')}")
 
 
 @prompts.command("status")
-@click.argument("out_dir", type=click.Path(path_type=Path))
-def prompts_status(out_dir: Path) -> None:
+@click.argument("out_dir", type=click.Path())
+def prompts_status(out_dir: str) -> None:
     """Counts per pass and state (finished, error, pending), tokens and throughput."""
     from alarm.rephrase.prompt_show import prompt_status
 
@@ -64,10 +66,10 @@ def prompts_status(out_dir: Path) -> None:
 
 
 @prompts.command("show")
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path())
 @click.option("-n", "count", type=int, default=3, help="How many random clips.")
 @click.option("--seed", type=int, default=None, help="Seed of the random choice.")
-def prompts_show(out_dir: Path, count: int, seed: int | None) -> None:
+def prompts_show(out_dir: str, count: int, seed: int | None) -> None:
     """N random clips: the description, each candidate with its verdict, and the chosen prompts."""
     from alarm.rephrase.prompt_show import sample_clips
 
@@ -88,8 +90,8 @@ def prompts_show(out_dir: Path, count: int, seed: int | None) -> None:
 
 
 @prompts.command("retry-failed")
-@click.argument("out_dir", type=click.Path(path_type=Path))
-def prompts_retry_failed(out_dir: Path) -> None:
+@click.argument("out_dir", type=click.Path())
+def prompts_retry_failed(out_dir: str) -> None:
     """Regenerate only the requests whose cached result is an error, then choose again."""
     from alarm.rephrase.prompt_job import retry_failed
 

@@ -145,9 +145,11 @@ def check_spec(cfg: PromptsConfig, fingerprint: str) -> PassSpec:
                     seed=cfg.seed, caps=_caps(cfg, cfg.check_max_tokens))
 
 
-def cache_root(out: Path, cfg: PromptsConfig) -> Path:
-    """Where the run's pass caches live."""
-    return Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+def cache_root(out: str | Path, cfg: PromptsConfig) -> str:
+    """Where the run's pass caches live: ``cfg.cache_dir``, else ``cache`` in the run (on its URL for a URL run)."""
+    from alarm.rephrase.run_folder import cache_location
+
+    return cache_location(out, cfg.cache_dir)
 
 
 def with_local_models(cfg: PromptsConfig) -> PromptsConfig:
@@ -160,11 +162,12 @@ def with_local_models(cfg: PromptsConfig) -> PromptsConfig:
 
 
 def load_prompt_run(out_dir: str | Path) -> tuple[PromptsConfig, dict[str, Any]]:
-    """The config and run record saved in a stage-0 run folder."""
+    """The config and run record saved in a stage-0 run folder (a local one, or the work folder of a URL run)."""
     from alarm.pipeline.configs import load_config
+    from alarm.rephrase.run_folder import published_location
 
     out = Path(out_dir)
     if not (out / CONFIG_FILE).is_file() or not (out / CLIPS_FILE).is_file():
-        raise FileNotFoundError(f"{out} is not a prompts run folder (no {CONFIG_FILE} or {CLIPS_FILE}); "
+        raise FileNotFoundError(f"{published_location(out)} is not a prompts run folder (no {CONFIG_FILE} or {CLIPS_FILE}); "
                                 "start one with `alarm prompts run`")
     return load_config(PromptsConfig, out / CONFIG_FILE), json.loads((out / RUN_FILE).read_text())

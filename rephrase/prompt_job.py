@@ -5,6 +5,9 @@ The two passes run through the rephrase stage's engine seam and content-addresse
 chunks are skipped and nothing is generated twice. The checker's requests are built from the
 generation's cached output, so a changed checker template misses only the checker's keys. A failed
 request is an error row; ``retry_failed`` regenerates only those.
+
+The run folder may be an object-store URL (``run_folder``): the caches are written there chunk by
+chunk, the other files are published there after the inputs, after the generation pass and at the end.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from alarm.rephrase.prompt_passes import Models, check_requests, generation_requ
 from alarm.rephrase.prompt_report import write_prompts_report
 from alarm.rephrase.prompt_results import write_results
 from alarm.rephrase.prompt_templates import BUDGET_FORCING_CLOSER
+from alarm.rephrase.run_folder import absolute_location, run_folder
 
 
 def run_prompts(manifest: str | Path, out_dir: str | Path, cfg: PromptsConfig | None = None,
@@ -46,8 +50,8 @@ def run_prompts(manifest: str | Path, out_dir: str | Path, cfg: PromptsConfig | 
 
     Args:
         manifest: the manifest (JSONL or Parquet); rows without a prompt are prompted.
-        out_dir: the run folder: config, clips, cache (unless ``cfg.cache_dir``), candidates, rejects,
-            the output manifest, statistics and report.
+        out_dir: the run folder (a path or an object-store URL): config, clips, cache (unless
+            ``cfg.cache_dir``), candidates, rejects, the output manifest, statistics and report.
         cfg: the job config.
         retry_failed: regenerate keys whose cached row is an error.
         progress: show progress bars.
@@ -59,13 +63,21 @@ def run_prompts(manifest: str | Path, out_dir: str | Path, cfg: PromptsConfig | 
         Per-pass statistics and the outputs' statistics.
     """
     cfg = with_local_models(cfg or PromptsConfig())  # a model not on disk fails here, before any work
-    out = Path(out_dir)
+    with run_folder(out_dir) as (out, work):
+        publish = work.publish if work is not None else (lambda: 0)
+        return _run_in(manifest, out, cfg, retry_failed, progress, engine, checker_engine, publish)
+
+
+def _run_in(manifest: str | Path, out: Path, cfg: PromptsConfig, retry_failed: bool, progress: bool,
+            engine: Engine | None, checker_engine: Engine | None, publish: Any) -> dict[str, Any]:
+    """``run_prompts`` in a local folder (the run's own, or the work folder of a URL run)."""
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / CONFIG_FILE)
-    (out / RUN_FILE).write_text(json.dumps({"manifest": str(Path(manifest).resolve())}, indent=2) + "\n")
+    (out / RUN_FILE).write_text(json.dumps({"manifest": absolute_location(manifest)}, indent=2) + "\n")
     clips, rejects = collect_clips(manifest, cfg)
     write_rows(clips, out / CLIPS_FILE)
     write_rows(rejects, out / INPUT_REJECTS_FILE)
+    publish()
 
     models = Models.load(cfg)
     root = cache_root(out, cfg)
@@ -76,6 +88,7 @@ def run_prompts(manifest: str | Path, out_dir: str | Path, cfg: PromptsConfig | 
         plan = generation_requests(cfg, models, clips)
         gen_cache = PassCache(root, GENERATE)
         report[GENERATE] = _generate(plan, gen_cache, generator, cfg, retry_failed, progress)
+        publish()
         if checker is not generator:
             generator.close()  # one model in memory at a time
         plan = check_requests(cfg, models, clips, plan, gen_cache.read())
@@ -126,6 +139,7 @@ def finish_run(out: Path, cfg: PromptsConfig, models: Any, clips: list[Any], inp
 def retry_failed(out_dir: str | Path, progress: bool = True, engine: Engine | None = None,
                  checker_engine: Engine | None = None) -> dict[str, Any]:
     """Rerun a run folder, regenerating only the requests that failed (and anything never done)."""
-    cfg, record = load_prompt_run(out_dir)
+    with run_folder(out_dir, publish=False) as (out, _):
+        cfg, record = load_prompt_run(out)
     return run_prompts(record["manifest"], out_dir, cfg, retry_failed=True, progress=progress, engine=engine,
                        checker_engine=checker_engine)

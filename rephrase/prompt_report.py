@@ -26,6 +26,7 @@ from alarm.pipeline.report import (
 from alarm.rephrase.prompt_check import words
 from alarm.rephrase.prompt_config import CANDIDATES_FILE, CHECK, GENERATE, REJECTS_FILE, STATS_FILE
 from alarm.rephrase.prompt_show import prompt_status
+from alarm.rephrase.run_folder import published_location
 
 ALARM_UNIQUE_PER_INSTANCE = 0.41  # ALARM's corpus: 2.49M unique prompts for 6.08M instances
 FIGURE = "prompt_lengths.png"
@@ -135,7 +136,7 @@ def write_prompts_report(out_dir: str | Path) -> tuple[Path, Path]:
     lengths = [len(c["prompt"].split()) for c in candidates]
     clip_rejects = [r for r in rejects if r.get("stage") in ("generate", "check")]
     data = {
-        "kind": "prompts", "out_dir": str(out.resolve()), "run": run, "states": {k: v for k, v in states.items()
+        "kind": "prompts", "out_dir": published_location(out), "run": run, "states": {k: v for k, v in states.items()
                                                                                  if k != "outputs"},
         "statistics": stats, "alarm_unique_per_instance": ALARM_UNIQUE_PER_INSTANCE,
         "prompt_words": {"median": statistics.median(lengths) if lengths else None, "max": max(lengths, default=None)},

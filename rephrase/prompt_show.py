@@ -19,6 +19,7 @@ from alarm.rephrase.prompt_config import (
     load_prompt_run,
 )
 from alarm.rephrase.prompt_passes import Models, plan_run
+from alarm.rephrase.run_folder import published_location, run_folder
 
 
 def prompt_status(out_dir: str | Path) -> dict[str, Any]:
@@ -29,9 +30,13 @@ def prompt_status(out_dir: str | Path) -> dict[str, Any]:
     retry-failed`` retries these) or *pending* (not generated yet). The checker's requests exist only
     for clips whose generation gave candidates; ``clips_without_candidates`` counts the others by why
     (clips, not requests: rows with the same description share one request). ``outputs`` repeats
-    ``stats.json``.
+    ``stats.json``. ``out_dir`` may be a URL.
     """
-    out = Path(out_dir)
+    with run_folder(out_dir, publish=False) as (out, _):
+        return _status_in(out)
+
+
+def _status_in(out: Path) -> dict[str, Any]:
     cfg, _ = load_prompt_run(out)
     clips = read_clips(out / CLIPS_FILE)
     root = cache_root(out, cfg)
@@ -65,13 +70,18 @@ def sample_clips(out_dir: str | Path, n: int = 3, seed: int | None = None) -> li
         One dict per clip: ``clip_id``, ``dataset``, ``domain``, ``description`` and ``candidates``
         (prompt, accepted, rule, reason, chosen), candidate order.
     """
+    with run_folder(out_dir, publish=False) as (out, _):
+        return _sample_in(out, n, seed)
+
+
+def _sample_in(out: Path, n: int, seed: int | None) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    out = Path(out_dir)
     load_prompt_run(out)
     path = out / CANDIDATES_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `alarm prompts run` first")
+        raise FileNotFoundError(f"{CANDIDATES_FILE} does not exist in {published_location(out)}; "
+                                "run `alarm prompts run` first")
     by_clip: dict[str, list[dict[str, Any]]] = {}
     for row in pq.read_table(path).to_pylist():
         by_clip.setdefault(row["clip_id"], []).append(row)

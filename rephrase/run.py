@@ -83,11 +83,9 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
 
 
 def _resolved(location: str | Path | None) -> str | None:
-    from alarm.pipeline.objects import is_url
+    from alarm.rephrase.run_folder import absolute_location
 
-    if location is None or is_url(location):
-        return None if location is None else str(location)
-    return str(Path(location).resolve())
+    return absolute_location(location)
 
 
 def _run_in(manifest: str | Path, out: Path, cfg: RephraseConfig, instances: str | Path | None,

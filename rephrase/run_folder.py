@@ -31,6 +31,13 @@ def published_location(out: str | Path) -> str:
     return marker.read_text().strip() if marker.is_file() else str(Path(out).resolve())
 
 
+def absolute_location(location: str | Path | None) -> str | None:
+    """A location as a run records it: a URL as given, a path made absolute (None stays None)."""
+    if location is None or is_url(location):
+        return None if location is None else str(location)
+    return str(Path(location).resolve())
+
+
 def cache_location(out: str | Path, cache_dir: str | None) -> str:
     """The generation cache of a run: ``cache_dir`` when set, else ``cache`` inside the run (on its URL)."""
     return str(cache_dir) if cache_dir else join(published_location(out), CACHE)
