@@ -97,18 +97,18 @@ def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tu
 @train.command("cache-adapters")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
               help="The fusion-stage TrainConfig (init = adapter checkpoints, freeze adapters).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Cache store folder (default: the config's adapter_cache).")
+@click.option("--out", default=None,
+              help="Cache store folder or s3:// URL (default: the config's adapter_cache).")
 @click.option("--dtype", type=click.Choice([d for d in STORE_DTYPES if d != "int8"]), default="float32",
               help="Stored value type of the adapter outputs.")
-def train_cache_adapters(config_path: Path, out: Path | None, dtype: str) -> None:
+def train_cache_adapters(config_path: Path, out: str | None, dtype: str) -> None:
     """Run the frozen adapters once over every clip of the targets (the second-level cache)."""
     from alarm.trainer.cache_adapters import cache_adapter_outputs
     from alarm.trainer.config import TrainConfig
 
     cfg = build_config(TrainConfig, config_path)
-    target = out or (Path(cfg.adapter_cache) if cfg.adapter_cache else None)
-    if target is None:
+    target = out or cfg.adapter_cache
+    if not target:
         fail("give --out or set adapter_cache in the config")
     try:
         written = cache_adapter_outputs(cfg, target, dtype=dtype)
