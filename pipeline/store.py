@@ -2,28 +2,35 @@
 
 This module opens a group and reads its clips (``open_features``, ``FeatureReader``). The rest of the
 store lives beside it: settings, spec ids, errors and group folders in ``store_layout``, value
-encoding in ``store_values``, writing a part in ``part_writer``, the clip index in ``store_index``,
-the job lock and fencing in ``store_fence``.
+encoding in ``store_values``, writing and committing a part in ``part_writer``, the clip index in
+``store_index``, the job's lease and fencing in ``store_fence``, removing abandoned attempts in
+``store_gc``. ARCHITECTURE.md ("The layers") places them; each module's docstring has its details.
 
-Layout under the store root::
+Layout under the store root (a folder or an object-store prefix, the same keys on both)::
 
     features/<encoder>/<spec_id>/          Zarr group of one encoder under one spec
         spec.json                          everything that determines the stored values
         index.parquet                      clip key -> part, offset, length, duration (committed parts only)
-        parts/<part_id>/                   Zarr group written by exactly one writer
-            features                       (frames, layers, dim), all clips concatenated, sharded
-            scales                         (frames, layers) float32, int8 stores only
-            offsets                        (clips + 1,) int64 frame offsets
-            clips.parquet                  key, offset, length, duration of this part's clips
-            _DONE                          JSON marker written last: a checksum of every file, and a
-                                           CRC-32C of every shard index and inner chunk
-        .tmp/                              parts being written (renamed into parts/ when complete)
-    .lock                                  the job lock; holds the fencing token of the job that has it
+        parts/<part_id>/
+            _DONE                          the commit: names the attempt, the job's fencing token, a
+                                           checksum of every file and a CRC-32C of every shard index
+                                           and inner chunk
+            <attempt>/                     the files of one writer's attempt (older stores: none, the
+                                           files sit in parts/<part_id>/ itself)
+                features                   (frames, layers, dim), all clips concatenated, sharded
+                scales                     (frames, layers) float32, int8 stores only
+                offsets                    (clips + 1,) int64 frame offsets
+                clips.parquet              key, offset, length, duration of this part's clips
+        .staging/                          local stores: parts being written (then hard-linked into place)
+    .lease                                 the job holding the store: its fencing token and expiry
 
-A part is written to ``.tmp``, renamed into ``parts/``, then marked done; readers and the index see
-only parts that carry ``_DONE``, so a killed writer never exposes half a part. A job writes a new
-fencing token into ``.lock`` when it takes the store, and its writers refuse to commit once the token
-is another job's: the workers of a killed job that outlive it by a moment cannot commit into the next.
+A part is committed without a rename, so object storage works as a disk does: a writer stages it
+locally, puts its files under its own attempt prefix, checks its job's fencing token against
+``.lease``, and creates ``_DONE`` with a conditional create; the first attempt to mark a part wins.
+Readers and the index see only marked parts, and read the attempt the marker names, so a killed or
+refused writer never exposes half a part; its unmarked attempt is left for ``alarm pipeline gc``. A
+job takes ``.lease`` when it starts, renews it while it runs and drops it at the end; a job that
+lost it cannot commit.
 
 Readers trust a part only as far as its done marker: the first access of a part checks its small
 files (metadata, offsets, clip table) against the marker and its index rows against its clip table;

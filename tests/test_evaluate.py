@@ -360,3 +360,25 @@ def test_cli_end_to_end_with_a_trained_adapter(trained_run: dict, tmp_path: Path
     assert all(r["clip_key"] is None for r in again.values())
     for qid, row in predictions.items():
         assert (again[qid]["thinking"], again[qid]["answer_text"]) == (row["thinking"], row["answer_text"])
+
+
+def test_cli_reads_a_run_and_a_store_on_s3(trained_run: dict, s3_server, tmp_path: Path) -> None:
+    """`alarm eval --checkpoint s3://... --store s3://...` asks and answers as with the local run and store."""
+    from remote_store_fixtures import upload_tree
+
+    bucket = s3_server.bucket()
+    run_url = upload_tree(trained_run["run"], f"s3://{bucket}/runs/r1")
+    store_url = upload_tree(trained_run["store"], f"s3://{bucket}/store")
+    rows = [{"id": f"tone-{c['id']}", "audio": c["audio"], "question": "Is this a tone?", "options": ["yes", "no"],
+             "answer": 1, "category": "tone", "dataset": "toy"} for c in trained_run["rows"][:2]]
+    manifest = write_jsonl(tmp_path / "mcqa.jsonl", rows)
+    answers = []
+    for checkpoint, store, out in ((str(trained_run["run"]), str(trained_run["store"]), tmp_path / "local"),
+                                   (run_url, store_url, tmp_path / "remote")):
+        result = CliRunner().invoke(main, ["eval", str(manifest), "--checkpoint", checkpoint, "--store", store,
+                                           "--out", str(out), "--think-budget", "3", "--max-new-tokens", "24",
+                                           "--device", "cpu"])
+        assert result.exit_code == 0 and "2 asked, 0 reused" in result.output, result.output
+        answers.append([(r["id"], r["clip_key"], r["thinking"], r["answer_text"], r["error"])
+                        for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())])
+    assert answers[0] == answers[1] and all(a[1] and a[4] is None for a in answers[1])  # read from the S3 store

@@ -289,3 +289,25 @@ def test_vllm_prompt_embeddings_match_transformers(run):
     assert [(r.forced, r.thinking_tokens, r.answer_tokens) for r in ours] == \
         [(r.forced, r.thinking_tokens, r.answer_tokens) for r in theirs]
     assert ours[0].forced and ours[2].error.startswith("missing")
+
+
+def test_cli_reads_a_run_and_a_store_on_s3(run, s3_server, tmp_path):
+    """`alarm infer --checkpoint s3://... --store s3://...` answers exactly as the local run and store."""
+    from remote_store_fixtures import upload_tree
+
+    from alarm.cli import main
+
+    bucket = s3_server.bucket()
+    run_url = upload_tree(run["run"], f"s3://{bucket}/runs/r1")
+    store_url = upload_tree(run["store"], f"s3://{bucket}/store")
+    audio = [r["audio"] for r in run["rows"][:2]]
+    opts = ["--think-budget", "4", "--max-new-tokens", "30", "--json"]
+    local = CliRunner().invoke(main, ["infer", *audio, "--prompt", PROMPT, "--checkpoint", str(run["run"]), *opts])
+    remote = CliRunner().invoke(main, ["infer", *audio, "--prompt", PROMPT, "--checkpoint", run_url,
+                                       "--store", store_url, *opts])
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
+    rows = [json.loads(line) for line in remote.stdout.strip().splitlines()]
+    assert all(r["error"] is None and r["answer_tokens"] + r["thinking_tokens"] > 0 for r in rows)
+    assert rows == [json.loads(line) for line in local.stdout.strip().splitlines()]
+    out = CliRunner().invoke(main, ["infer", audio[0], "--prompt", PROMPT, "--checkpoint", f"s3://{bucket}/none"])
+    assert out.exit_code == 2, out.output

@@ -99,6 +99,28 @@ def test_run_to_s3_equals_a_local_run_byte_for_byte(corpus, local_store: Path, s
     assert markers(s3_url) == before
 
 
+def test_repair_recomputes_a_damaged_part_on_s3(corpus, local_store: Path, s3_url: str) -> None:
+    from remote_store_fixtures import upload_tree
+
+    manifest, config = corpus
+    upload_tree(local_store, s3_url)
+    objects = open_objects(s3_url)
+    shards = sorted(i.key for i in objects.list("features/whisper")
+                    if "/parts/" in i.key and i.key.endswith("/features/c/0/0/0"))
+    assert len(shards) >= 2
+    damaged = shards[1].split("/parts/", 1)[1].split("/", 1)[0]
+    data = bytearray(objects.get(shards[1]))
+    data[100] ^= 0xFF  # a byte of the first stored chunk (the shard index is at the end)
+    objects.put(shards[1], bytes(data))
+    assert [parts for name, parts in verify_store(s3_url).damaged.items() if name.startswith("whisper/")] == [[damaged]]
+    result = run_cli("pipeline", "repair", str(manifest), "--store", s3_url, "--config", str(config), *JOB)
+    assert result.exit_code == 0, result.output
+    assert f"1 damaged part(s): {damaged}" in result.output and f"whisper: recomputed 1 part(s): {damaged}" in result.output
+    assert verify_store(s3_url).ok
+    assert store_digest(s3_url) == store_digest(local_store)  # the recomputed part has the undamaged bytes
+    assert objects.head(".lease") is None
+
+
 KILL_SCRIPT = """
 import sys
 from alarm.cli import main

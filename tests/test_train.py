@@ -202,11 +202,13 @@ def test_bad_configs_fail_at_once():
         TrainConfig(batch_tokens=100, max_seq_len=4096)
 
 
-def test_fusion_stage_with_frozen_adapters_cache_and_export(data, tiny_qwen3_dir, tmp_path):
+def test_fusion_stage_with_frozen_adapters_cache_and_export(data, tiny_qwen3_dir, tmp_path, s3_server):
     from click.testing import CliRunner
     from safetensors.torch import save_file
+    from store_trees import store_digest
 
     from alarm.cli import main
+    from alarm.pipeline.verify import verify_store
     from alarm.trainer.export import load_export
     from alarm.trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
 
@@ -232,6 +234,10 @@ def test_fusion_stage_with_frozen_adapters_cache_and_export(data, tiny_qwen3_dir
     assert out.exit_code == 0 and "whisper: 8 clips cached" in out.output and "w2vbert: 8 clips" in out.output
     out = CliRunner().invoke(main, cache_cmd, catch_exceptions=False)
     assert "whisper: 0 clips cached" in out.output  # a rerun skips committed parts
+    remote = f"s3://{s3_server.bucket()}/adapter-cache"  # --out takes an object-store URL too
+    out = CliRunner().invoke(main, [*cache_cmd, "--out", remote], catch_exceptions=False)
+    assert out.exit_code == 0 and f"whisper: 8 clips cached in {remote}" in out.output, out.output
+    assert verify_store(remote).ok and store_digest(remote) == store_digest(tmp_path / "cache")
     cached = train(cache_cfg)
     assert cached.losses == pytest.approx(raw.losses, rel=1e-5)  # same training, adapters skipped
 

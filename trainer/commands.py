@@ -97,18 +97,18 @@ def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tu
 @train.command("cache-adapters")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
               help="The fusion-stage TrainConfig (init = adapter checkpoints, freeze adapters).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Cache store folder (default: the config's adapter_cache).")
+@click.option("--out", default=None,
+              help="Cache store folder or s3:// URL (default: the config's adapter_cache).")
 @click.option("--dtype", type=click.Choice([d for d in STORE_DTYPES if d != "int8"]), default="float32",
               help="Stored value type of the adapter outputs.")
-def train_cache_adapters(config_path: Path, out: Path | None, dtype: str) -> None:
+def train_cache_adapters(config_path: Path, out: str | None, dtype: str) -> None:
     """Run the frozen adapters once over every clip of the targets (the second-level cache)."""
     from alarm.trainer.cache_adapters import cache_adapter_outputs
     from alarm.trainer.config import TrainConfig
 
     cfg = build_config(TrainConfig, config_path)
-    target = out or (Path(cfg.adapter_cache) if cfg.adapter_cache else None)
-    if target is None:
+    target = out or cfg.adapter_cache
+    if not target:
         fail("give --out or set adapter_cache in the config")
     try:
         written = cache_adapter_outputs(cfg, target, dtype=dtype)
@@ -140,10 +140,12 @@ def train_export(source: Path, out: Path) -> None:
 @click.command("infer")
 @click.argument("audio", nargs=-1, required=True)
 @click.option("--prompt", required=True, help="The question asked about every AUDIO file.")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="A training run folder (latest checkpoint), a checkpoint folder or an export folder.")
-@click.option("--store", type=click.Path(path_type=Path), default=None,
-              help="The feature store the adapter was trained on (its encoder specs); default: the run's.")
+@click.option("--checkpoint", required=True,
+              help="A training run folder (latest checkpoint), a checkpoint folder or an export folder "
+                   "(a path or an s3:// URL).")
+@click.option("--store", default=None,
+              help="The feature store the adapter was trained on (its encoder specs; a path or an s3:// URL); "
+                   "default: the run's.")
 @click.option("--llm", default=None, help="Path of the frozen LLM, if it moved since training.")
 @click.option("--think-budget", type=int, default=8192, show_default=True,
               help="Thinking tokens before budget forcing closes the thinking.")
@@ -155,7 +157,7 @@ def train_export(source: Path, out: Path) -> None:
 @click.option("--batch-size", type=int, default=0, show_default=True,
               help="Files encoded and generated together; 0: 8 with transformers, 256 with vllm.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (audio, thinking, answer, ...).")
-def infer(audio: tuple[str, ...], prompt: str, checkpoint: Path, store: Path | None, llm: str | None,
+def infer(audio: tuple[str, ...], prompt: str, checkpoint: str, store: str | None, llm: str | None,
           think_budget: int, max_new_tokens: int, temperature: float, engine: str, device: str,
           batch_size: int, as_json: bool) -> None:
     """Ask a trained adapter's frozen LLM PROMPT about each AUDIO file.
@@ -171,7 +173,7 @@ def infer(audio: tuple[str, ...], prompt: str, checkpoint: Path, store: Path | N
     from alarm.trainer.infer import InferConfig, infer_files
 
     cfg = build_config(InferConfig, None, {
-        "checkpoint": str(checkpoint), "store": str(store) if store else None, "llm": llm, "device": device,
+        "checkpoint": checkpoint, "store": store, "llm": llm, "device": device,
         "engine": engine, "think_budget": think_budget, "max_new_tokens": max_new_tokens,
         "temperature": temperature, "batch_size": batch_size})
     try:
@@ -198,12 +200,13 @@ def infer(audio: tuple[str, ...], prompt: str, checkpoint: Path, store: Path | N
 
 @click.command("eval")
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
-              help="Trained front-end checkpoint (or exported folder).")
+@click.option("--checkpoint", required=True,
+              help="Trained front-end checkpoint, run or exported folder (a path or an s3:// URL).")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True,
               help="Output folder: predictions.jsonl, report.json, report.md (a rerun resumes here).")
-@click.option("--store", type=click.Path(path_type=Path), default=None,
-              help="Feature store whose encoder spec to run (default: what the checkpoint names).")
+@click.option("--store", default=None,
+              help="Feature store whose encoder spec to run, a path or an s3:// URL (default: what the checkpoint "
+                   "names).")
 @click.option("--llm", default=None, help="Frozen LLM folder or id (default: what the checkpoint names).")
 @click.option("--think-budget", type=int, default=8192, show_default=True,
               help="Thinking tokens before budget forcing.")
@@ -216,7 +219,7 @@ def infer(audio: tuple[str, ...], prompt: str, checkpoint: Path, store: Path | N
 @click.option("--retry-errors", is_flag=True, help="Ask again the questions whose answer was an error.")
 @click.option("--encode-all", is_flag=True,
               help="Run the encoders on every clip, even those the feature store already holds.")
-def eval_command(manifest: Path, checkpoint: Path, out: Path, store: Path | None, llm: str | None,
+def eval_command(manifest: Path, checkpoint: str, out: Path, store: str | None, llm: str | None,
                  think_budget: int, max_new_tokens: int, batch_size: int, device: str, limit: int | None,
                  retry_errors: bool, encode_all: bool) -> None:
     """Multiple-choice audio QA: accuracy per category and overall (MMAU/MMSU/MMAR layout).
@@ -228,8 +231,8 @@ def eval_command(manifest: Path, checkpoint: Path, out: Path, store: Path | None
     from alarm.trainer.evaluate import EvalConfig, evaluate, markdown_tables
 
     cfg = build_config(EvalConfig, None, {
-        "manifest": str(manifest), "checkpoint": str(checkpoint), "out": str(out),
-        "store": str(store) if store else None, "llm": llm, "device": device, "think_budget": think_budget,
+        "manifest": str(manifest), "checkpoint": checkpoint, "out": str(out),
+        "store": store, "llm": llm, "device": device, "think_budget": think_budget,
         "max_new_tokens": max_new_tokens, "batch_size": batch_size, "limit": limit,
         "retry_errors": retry_errors, "store_features": not encode_all})
     try:

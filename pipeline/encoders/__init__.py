@@ -119,7 +119,9 @@ def _build_tiny_sslam() -> Path:
     return build_tiny_sslam()
 
 
-# Forward FLOPs are estimates from parameter counts and token rates (see ``pipeline.plan``).
+# Forward FLOPs of the full-size models, counted with torch.utils.flop_counter on the meta device
+# (bench/RESULTS.md, "Encoders on a GPU": whisper 75.8 G, w2vbert 69.0 G, muq 42.7 G, sslam 9.5 G per
+# audio-second of a full window); ``pipeline.plan`` turns them into GPU hours.
 ENCODERS: dict[str, EncoderInfo] = {
     "whisper": EncoderInfo(
         name="whisper", checkpoint="openai/whisper-large-v3", sample_rate=16000, layers=(7, 15, 23, 31),
@@ -131,13 +133,13 @@ ENCODERS: dict[str, EncoderInfo] = {
         name="w2vbert", checkpoint="facebook/w2v-bert-2.0", sample_rate=16000, layers=(6, 10, 15, 20, 24),
         dim=1024, frame_rate=50.0, window_seconds=30.0, build=build_w2vbert,
         tiny_folder="tiny-w2vbert-v1", build_tiny=build_tiny_w2vbert, adapter="conv", conv_norm="layer",
-        flops_per_second=6.0e10,  # 580M params at 50 Hz
+        flops_per_second=6.90e10,  # counted: 69.0 G per audio-second
     ),
     "muq": EncoderInfo(
         name="muq", checkpoint="OpenMuQ/MuQ-large-msd-iter", sample_rate=24000, layers=(4, 8, 12),
         dim=1024, frame_rate=25.0, window_seconds=30.0, build=_build_muq,
         tiny_folder="tiny-muq-v1", build_tiny=_build_tiny_muq, adapter="mlp",
-        flops_per_second=1.6e10,  # ~310M params at 25 Hz
+        flops_per_second=4.27e10,  # counted: 42.7 G per audio-second
     ),
     "sslam": EncoderInfo(
         name="sslam", checkpoint="ta012/SSLAM_AS2M_Finetuned", sample_rate=16000, layers=(4, 8, 12),
