@@ -80,9 +80,10 @@ def models_build_tiny(out: Path | None) -> None:
 def report_command(folder: Path) -> None:
     """(Re)write report.json and report.md of an output folder, detected by its contents.
 
-    FOLDER is a feature store, a rephrase run, a training run, an evaluation (`alarm eval --out`)
-    or a statistics folder (`alarm stats --out`); any other folder (a demo output, say) gets a
-    report in each subfolder of those kinds. Nothing is computed again but the statistics.
+    FOLDER is a feature store, a prompts run (stage 0), a rephrase run, a training run, an evaluation
+    (`alarm eval --out`) or a statistics folder (`alarm stats --out`); any other folder (a demo
+    output, say) gets a report in each subfolder of those kinds. Nothing is computed again but the
+    statistics.
     """
     from alarm.demo.report import write_any_report
 
