@@ -9,6 +9,8 @@ assembles them and keeps the commands that span stages: models, report and demo.
 
 from __future__ import annotations
 
+import os
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -163,5 +165,36 @@ def demo_run(out: Path, train_steps: int) -> None:
     run_demo(out, build_config(DemoConfig, None, {"train_steps": train_steps}))
 
 
+def run() -> None:
+    """The ``alarm`` console script: ``main``, then Python's own shutdown, then exit.
+
+    pyarrow's global thread pool can abort a process in the C++ destructors that run after Python
+    has finished ("terminate called without an active exception", apache/arrow#34314): the command's
+    work done and printed, its exit status lost to SIGABRT. So Python's shutdown runs here, in order
+    (non-daemon threads joined, then the atexit handlers: Ray's shutdown, logging's flush), and the
+    process exits with the command's status without the native destructors.
+    """
+    import atexit
+    import threading
+
+    code: int = 0
+    try:
+        main()
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+            code = 1
+        else:
+            code = stop.code or 0
+    threading._shutdown()  # what the interpreter does first at exit
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    run()
