@@ -26,6 +26,7 @@ from typing import Any
 from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.manifest_io import ManifestError, read_raw_rows
 from alarm.pipeline.objects import is_url
+from alarm.pipeline.store_layout import atomic_path
 
 log = logging.getLogger(__name__)
 __all__ = ["ManifestError", "read_raw_rows"]  # re-exported: every reader imports them from here
@@ -360,21 +361,17 @@ def write_rejects(rejects: Iterable[Reject], path: Path | str) -> None:
         objects, key = locate(str(path))
         objects.put(key, "".join(json.dumps(asdict(r)) + "\n" for r in rejects).encode())
         return
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for reject in rejects:
             handle.write(json.dumps(asdict(reject)) + "\n")
-    tmp.replace(path)
 
 
 def write_manifest(rows: Iterable[Instance | dict[str, Any]], path: str | Path) -> Path:
     """Write instances (or plain row dicts) as a JSONL manifest, gzipped when ``path`` ends in .gz."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    tmp = path.with_name(path.name + ".tmp")
-    with opener(tmp, "wt", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, opener(tmp, "wt", encoding="utf-8") as handle:  # streamed: rows may be many
         for row in rows:
             data = row.to_row() if isinstance(row, Instance) else row
             handle.write(json.dumps(data, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path
