@@ -18,7 +18,7 @@ import logging
 import math
 import posixpath
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.manifest_io import ManifestError, read_raw_rows
 from alarm.pipeline.objects import is_url
+from alarm.pipeline.store_layout import atomic_path
 
 log = logging.getLogger(__name__)
 __all__ = ["ManifestError", "read_raw_rows"]  # re-exported: every reader imports them from here
@@ -274,27 +275,9 @@ def parse_rows(path: Path | str, parse: Callable[[Any, Path | str, int], Any], r
         raise ManifestError(f"{what} {path} is a folder; pass the .jsonl/.parquet file inside it")
     else:
         base = Path(path).resolve().parent
-    items: list[Any] = []
     rejects: list[Reject] = []
-    seen: dict[str, int] = {}
-    rows = 0
-    for line, row, error in read_raw_rows(path):
-        rows += 1
-        row_id = row.get("id") if isinstance(row, dict) and isinstance(row.get("id"), str) else None
-        if error is not None:
-            rejects.append(Reject(line, row_id, error))
-            continue
-        try:
-            item = parse(row, base, line)
-        except ValueError as err:
-            rejects.append(Reject(line, row_id, str(err)))
-            continue
-        if item.id in seen:
-            rejects.append(Reject(line, item.id, f"duplicate id (first on line {seen[item.id]})"))
-            continue
-        seen[item.id] = line
-        items.append(item)
-    if rows == 0:
+    items = [item for _, item in unique_rows(read_raw_rows(path), parse, base, rejects)]
+    if not items and not rejects:  # every row read is either kept or rejected, so none was read
         raise ManifestError(f"{what} {path} is empty")
     written = None
     if rejects:
@@ -308,6 +291,49 @@ def parse_rows(path: Path | str, parse: Callable[[Any, Path | str, int], Any], r
     if not items:
         raise ManifestError(f"{what} {path} has no valid row ({len(rejects)} rejected; reasons in {written})")
     return items, rejects, written
+
+
+def string_id(row: Any) -> str | None:
+    """A raw row's id for its reject: the ``id`` when the row is an object and the id a string, else None."""
+    return row.get("id") if isinstance(row, dict) and isinstance(row.get("id"), str) else None
+
+
+def unique_rows(rows: Iterable[tuple[int, Any, str | None]], parse: Callable[[Any, Path | str, int], Any],
+                base: Path | str, rejects: list[Reject], first_seen: str = "on line",
+                reject_id: Callable[[Any], Any] = string_id) -> Iterator[tuple[Any, Any]]:
+    """The rows that parse, with ids not seen before; every other row becomes a reject with its reason.
+
+    The one check that both the manifest reader and the importers (``importers/rows.py``) run, so a
+    row an importer writes is kept or rejected exactly as ``read_manifest`` would.
+
+    Args:
+        rows: ``(line, raw row, read error or None)`` in source order.
+        parse: ``(row, base, line) -> item`` with an ``id``; raises ValueError for a bad row.
+        base: what relative paths in a row resolve against.
+        rejects: a reject is appended here, in row order, for each row not yielded.
+        first_seen: how a duplicate's reason names where the id first appeared ("on line" gives
+            ``duplicate id (first on line 3)``).
+        reject_id: the id a read error or a row that does not parse is rejected under.
+
+    Yields:
+        ``(raw row, item)`` for each kept row, in source order (a generator, so a large manifest's raw
+        rows need not all be held at once).
+    """
+    seen: dict[str, int] = {}
+    for line, row, error in rows:
+        if error is not None:
+            rejects.append(Reject(line, reject_id(row), error))
+            continue
+        try:
+            item = parse(row, base, line)
+        except ValueError as err:
+            rejects.append(Reject(line, reject_id(row), str(err)))
+            continue
+        if item.id in seen:
+            rejects.append(Reject(line, item.id, f"duplicate id (first {first_seen} {seen[item.id]})"))
+            continue
+        seen[item.id] = line
+        yield row, item
 
 
 def reason_kind(reason: str) -> str:
@@ -335,21 +361,17 @@ def write_rejects(rejects: Iterable[Reject], path: Path | str) -> None:
         objects, key = locate(str(path))
         objects.put(key, "".join(json.dumps(asdict(r)) + "\n" for r in rejects).encode())
         return
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for reject in rejects:
             handle.write(json.dumps(asdict(reject)) + "\n")
-    tmp.replace(path)
 
 
 def write_manifest(rows: Iterable[Instance | dict[str, Any]], path: str | Path) -> Path:
     """Write instances (or plain row dicts) as a JSONL manifest, gzipped when ``path`` ends in .gz."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    tmp = path.with_name(path.name + ".tmp")
-    with opener(tmp, "wt", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, opener(tmp, "wt", encoding="utf-8") as handle:  # streamed: rows may be many
         for row in rows:
             data = row.to_row() if isinstance(row, Instance) else row
             handle.write(json.dumps(data, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path

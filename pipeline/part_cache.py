@@ -142,6 +142,9 @@ class PartCache:
             fcntl.flock(guard, fcntl.LOCK_EX)  # one download of an object at a time; the others then hit
             if self._touch(path):
                 return
+            # Not store_layout.atomic_path: the temporary name sits under tmp/<pid>/, not beside the
+            # entry, so an eviction can tell a dead process's half download from a cached file (and
+            # remove it); and the download is streamed to disk by get_file and checked before the rename.
             tmp = self.folder / "tmp" / str(os.getpid()) / f"{path.name}.{uuid.uuid4().hex[:8]}"
             tmp.parent.mkdir(parents=True, exist_ok=True)
             try:

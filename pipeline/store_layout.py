@@ -16,6 +16,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,17 +156,34 @@ def tree_checksums(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != DONE}
 
 
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside the local file ``path`` to write it under; renamed over ``path`` when
+    the block ends, removed if it raises, so a reader sees the old file or the whole new one.
+
+    For a file written in pieces (streamed rows, a Parquet or gzip writer); bytes already in memory
+    go through ``write_atomic``, which also handles a URL. The name is hidden and unique
+    (``.<name>.<random>.tmp``): two writers never share one, local object listings skip it, and
+    ``clear_tmp`` sweeps what a kill left.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_atomic(path: Location, data: bytes) -> None:
     """Write one object whole, so readers never see half of it (a temporary name and a rename on disk)."""
     if is_url(path):
         parent, name = str(path).rsplit("/", 1)
         open_objects(parent).put(name, data)
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_parquet_atomic(table: Any, path: Location) -> None:

@@ -7,17 +7,16 @@ checking, choice, caching); the real engines run the same job on the tiny Qwen3 
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scripted_run_fixtures import scripted_results, user_turn, write_jsonl, write_noise
 
 from alarm.rephrase.engines import ENGINES, EngineConfig
-from alarm.rephrase.generation import FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, GenRequest, GenResult
+from alarm.rephrase.generation import GenRequest, GenResult
 
 # The five candidates written for a clip whose description holds no scripted marker.
 DEFAULT_CANDIDATES = [
@@ -30,18 +29,15 @@ DEFAULT_CANDIDATES = [
 
 
 def write_clips(folder: Path, rows: list[dict[str, Any]], seconds: float = 1.0) -> Path:
-    """One short WAV per row (``audio`` names it) and a JSONL manifest of the rows."""
-    import soundfile as sf
-
+    """One short WAV per row (``audio`` names it; none for a row with ``missing``) and a JSONL manifest
+    of the rows."""
     (folder / "audio").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for row in rows:
         path = folder / row["audio"]
         if not path.exists() and not row.get("missing"):
-            sf.write(path, (0.1 * rng.standard_normal(int(16000 * seconds))).astype("float32"), 16000)
-    path = folder / "manifest.jsonl"
-    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "missing"}) + "\n" for r in rows))
-    return path
+            write_noise(path, rng, seconds)
+    return write_jsonl(folder / "manifest.jsonl", [{k: v for k, v in r.items() if k != "missing"} for r in rows])
 
 
 def sound_rows(n: int) -> list[dict[str, Any]]:
@@ -71,12 +67,8 @@ class PromptScriptedEngine:
     def __init__(self, cfg: EngineConfig) -> None:
         self.model_id = cfg.model
 
-    @staticmethod
-    def _user(prompt: str) -> str:
-        return prompt.rsplit("<|im_start|>user\n", 1)[-1].split("<|im_end|>", 1)[0]
-
     def _script(self, prompt: str) -> str:
-        user = self._user(prompt)
+        user = user_turn(prompt)
         generated = prompt.split("<|im_start|>assistant\n", 1)[-1]
         if "PONDER" in user and "You check prompts" not in prompt:  # thinks past any budget until forced
             if "</think>" not in generated:
@@ -96,19 +88,7 @@ class PromptScriptedEngine:
         return f"Let me think of questions.\n</think>\n\n<answer>\n{body}\n</answer>"
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        results = []
-        for request in requests:
-            time.sleep(self.delay)
-            PromptScriptedEngine.calls.append(request.key)
-            n_prompt = len(request.prompt.split())
-            if self.fail_marker in request.prompt:
-                results.append(GenResult(request.key, "", n_prompt, 0, FINISH_ERROR, "scripted failure"))
-                continue
-            words = re.findall(r"\S+\s*", self._script(request.prompt))
-            finish = FINISH_STOP if len(words) <= request.max_tokens else FINISH_LENGTH
-            text = "".join(words[:request.max_tokens])
-            results.append(GenResult(request.key, text, n_prompt, min(len(words), request.max_tokens), finish))
-        return results
+        return scripted_results(requests, self._script, PromptScriptedEngine.calls, self.fail_marker, self.delay)
 
 
 ENGINES.setdefault("scripted-prompts", PromptScriptedEngine)

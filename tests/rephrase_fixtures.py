@@ -7,21 +7,15 @@ and test_rephrase_vllm.py.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scripted_run_fixtures import scripted_results, user_turn, write_jsonl, write_noise
 
 from alarm.rephrase.engines import ENGINES, EngineConfig
-from alarm.rephrase.generation import (
-    FINISH_ERROR,
-    FINISH_LENGTH,
-    FINISH_STOP,
-    GenRequest,
-    GenResult,
-)
+from alarm.rephrase.generation import GenRequest, GenResult
 
 CAPTIONS = ["dog barking", "rain on a roof", "a church bell", "a car horn", "birds singing", "a door slam"]
 
@@ -29,15 +23,13 @@ CAPTIONS = ["dog barking", "rain on a roof", "a church bell", "a car horn", "bir
 def write_manifest(folder: Path, n_audio: int = 6, n_instruction: int = 1, extra: list[dict] | None = None,
                    seconds: float = 1.0) -> Path:
     """Short WAV files and a JSONL manifest: sound rows, instruction rows, plus ``extra`` rows."""
-    import soundfile as sf
-
     audio = folder / "audio"
     audio.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     rows: list[dict[str, Any]] = []
     for i in range(n_audio + n_instruction):
         name = f"clip{i}.wav"
-        sf.write(audio / name, (0.1 * rng.standard_normal(int(16000 * seconds))).astype("float32"), 16000)
+        write_noise(audio / name, rng, seconds)
         if i < n_audio:
             rows.append({"id": f"a{i}", "audio": f"audio/{name}", "dataset": "sounds" if i % 2 else "other",
                          "metadata": {"caption": CAPTIONS[i % len(CAPTIONS)]},
@@ -47,9 +39,7 @@ def write_manifest(folder: Path, n_audio: int = 6, n_instruction: int = 1, extra
                          "kind": "instruction", "context": f"The meeting is at {i} o'clock.",
                          "prompt": "When is the meeting?"})
     rows += extra or []
-    path = folder / "manifest.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_jsonl(folder / "manifest.jsonl", rows)
 
 
 class ScriptedEngine:
@@ -70,7 +60,7 @@ class ScriptedEngine:
         self.model_id = cfg.model
 
     def _script(self, prompt: str) -> str:
-        user = prompt.rsplit("<|im_start|>user\n", 1)[-1].split("<|im_end|>", 1)[0]
+        user = user_turn(prompt)
         generated = prompt.split("<|im_start|>assistant\n", 1)[-1]
         if generated.startswith("<think>\n"):
             generated = generated[len("<think>\n"):]
@@ -93,18 +83,7 @@ class ScriptedEngine:
         return text[len(generated):] if text.startswith(generated) else text
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        results = []
-        for request in requests:
-            ScriptedEngine.calls.append(request.key)
-            n_prompt = len(request.prompt.split())
-            if self.fail_marker in request.prompt:
-                results.append(GenResult(request.key, "", n_prompt, 0, FINISH_ERROR, "scripted failure"))
-                continue
-            words = re.findall(r"\S+\s*", self._script(request.prompt))
-            finish = FINISH_STOP if len(words) <= request.max_tokens else FINISH_LENGTH
-            text = "".join(words[:request.max_tokens])
-            results.append(GenResult(request.key, text, n_prompt, min(len(words), request.max_tokens), finish))
-        return results
+        return scripted_results(requests, self._script, ScriptedEngine.calls, self.fail_marker)
 
 
 ENGINES.setdefault("scripted", ScriptedEngine)

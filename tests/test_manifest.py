@@ -126,6 +126,20 @@ def test_gzip_and_parquet_round_trip(tmp_path: Path) -> None:
     assert read_manifest(out).instances == from_gz
 
 
+def test_a_write_that_fails_part_way_keeps_the_old_manifest_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = write_manifest([{"id": "a", "audio": "a.wav", "dataset": "d"}], tmp_path / "m.jsonl.gz")
+    before = gzip.decompress(path.read_bytes())
+
+    def rows():  # a source that breaks after its first row: the rows are streamed to a temporary file
+        yield {"id": "b", "audio": "b.wav", "dataset": "d"}
+        raise OSError("source went away")
+
+    with pytest.raises(OSError, match="source went away"):
+        write_manifest(rows(), path)
+    assert gzip.decompress(path.read_bytes()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.jsonl.gz"]
+
+
 def test_schema_documents_every_field() -> None:
     from alarm.pipeline.manifest import KNOWN
 

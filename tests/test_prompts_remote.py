@@ -8,16 +8,15 @@ The deterministic scripted engine of prompt_fixtures stands in for the LLM, as i
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import prompt_fixtures as pf  # noqa: E402
+from scripted_run_fixtures import resetting, run_killed, upload  # noqa: E402
 
 from alarm.pipeline.manifest import read_manifest  # noqa: E402
 from alarm.pipeline.objects import open_objects  # noqa: E402
@@ -26,28 +25,11 @@ from alarm.rephrase.prompt_config import PromptsConfig  # noqa: E402
 from alarm.rephrase.prompt_job import retry_failed, run_prompts  # noqa: E402
 from alarm.rephrase.prompt_show import prompt_status, sample_clips  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _reset_script():
-    pf.PromptScriptedEngine.calls.clear()
-    pf.PromptScriptedEngine.fail_marker = "FAILME"
-    pf.PromptScriptedEngine.replies = {}
-    yield
-    pf.PromptScriptedEngine.calls.clear()
-    pf.PromptScriptedEngine.replies = {}
+_reset_script = resetting(pf.PromptScriptedEngine, fail_marker="FAILME", replies={})
 
 
 def _cfg(model: Path) -> PromptsConfig:
     return PromptsConfig(engine=EngineConfig(name="scripted-prompts", model=str(model)), chunk_size=2)
-
-
-def _upload(folder: Path, url: str) -> None:
-    objects = open_objects(url)
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            objects.put_file(path.relative_to(folder).as_posix(), path)
 
 
 def _manifest_rows(text: str, corpus: str) -> list[dict]:
@@ -63,7 +45,7 @@ def test_run_on_s3_gives_the_manifest_and_stats_of_a_local_run(tmp_path, s3_url,
     rows = pf.sound_rows(4) + [{"id": "given", "audio": "audio/given.wav", "dataset": "sounds",
                                 "prompt": "What is the loudest sound?", "metadata": {"caption": "a door"}}]
     manifest = pf.write_clips(tmp_path / "corpus", rows)
-    _upload(tmp_path / "corpus", f"{s3_url}/corpus")  # manifest and audio on S3 too
+    upload(tmp_path / "corpus", f"{s3_url}/corpus")  # manifest and audio on S3 too
     local = tmp_path / "local"
     run_prompts(manifest, local, _cfg(tiny_qwen3_dir), progress=False)
     local_calls = len(pf.PromptScriptedEngine.calls)
@@ -138,31 +120,14 @@ def test_status_show_and_cli_on_the_url(tmp_path, s3_url, tiny_qwen3_dir) -> Non
 
 
 KILLED_RUN = """
-import os, signal, sys
-sys.path.insert(0, {tests!r})
 import prompt_fixtures as pf
+from scripted_run_fixtures import dying
 from alarm.rephrase.engines import ENGINES, EngineConfig
 from alarm.rephrase.prompt_config import PromptsConfig
 from alarm.rephrase.prompt_job import run_prompts
 
 manifest, out, model, log, kill_at = sys.argv[1:6]
-
-
-class Dying(pf.PromptScriptedEngine):
-    # SIGKILL at the start of call `kill_at`: the chunks before it are generated and cached
-    n = 0
-
-    def generate(self, requests):
-        Dying.n += 1
-        if Dying.n == int(kill_at):
-            os.kill(os.getpid(), signal.SIGKILL)
-        results = super().generate(requests)
-        with open(log, "a") as handle:
-            handle.write("".join(r.key + "\\n" for r in results))
-        return results
-
-
-ENGINES["dying-prompts"] = Dying
+ENGINES["dying-prompts"] = dying(pf.PromptScriptedEngine, log, int(kill_at))
 run_prompts(manifest, out, PromptsConfig(engine=EngineConfig(name="dying-prompts", model=model), chunk_size=2),
             progress=False)
 """
@@ -170,13 +135,8 @@ run_prompts(manifest, out, PromptsConfig(engine=EngineConfig(name="dying-prompts
 
 def test_a_killed_run_on_s3_resumes_without_generating_a_request_twice(tmp_path, s3_url, tiny_qwen3_dir) -> None:
     manifest = pf.write_clips(tmp_path / "corpus", pf.sound_rows(6))
-    run, log = f"{s3_url}/runs/killed", tmp_path / "generated.txt"
-    script = tmp_path / "killed_run.py"
-    script.write_text(KILLED_RUN.format(tests=str(Path(__file__).parent)))
-    killed = subprocess.run([sys.executable, str(script), str(manifest), run, str(tiny_qwen3_dir), str(log), "3"],
-                            capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    before = log.read_text().split()
+    run = f"{s3_url}/runs/killed"
+    before = run_killed(KILLED_RUN, tmp_path, manifest, run, tiny_qwen3_dir, kill_at=3)
     objects = open_objects(run)
     assert len(before) == 4 and len(objects.list("cache/prompt")) == 2  # two chunks of two, on S3
     assert objects.exists("clips.parquet") and not objects.exists("manifest.jsonl")  # inputs published, no output

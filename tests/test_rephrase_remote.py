@@ -7,18 +7,17 @@ The deterministic scripted engine of rephrase_fixtures stands in for the LLM, as
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import rephrase_fixtures as rf  # noqa: E402
+from scripted_run_fixtures import resetting, run_killed, upload  # noqa: E402
 
 from alarm.pipeline.objects import open_objects  # noqa: E402
 from alarm.rephrase.engines import EngineConfig  # noqa: E402
@@ -26,14 +25,7 @@ from alarm.rephrase.run import RephraseConfig, run_rephrase  # noqa: E402
 from alarm.rephrase.show import run_status, sample_targets  # noqa: E402
 from alarm.rephrase.validate import ValidateConfig, validate_run  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _reset_script():
-    rf.ScriptedEngine.calls.clear()
-    yield
-    rf.ScriptedEngine.calls.clear()
+_reset_script = resetting(rf.ScriptedEngine, fail_marker="FAILME")
 
 
 def _cfg(model: Path) -> RephraseConfig:
@@ -45,16 +37,9 @@ def _rows(data: bytes) -> list[dict]:
     return sorted(pq.read_table(pa.BufferReader(data)).to_pylist(), key=lambda r: r["instance_id"])
 
 
-def _upload(folder: Path, url: str) -> None:
-    objects = open_objects(url)
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            objects.put_file(path.relative_to(folder).as_posix(), path)
-
-
 def test_run_on_s3_gives_the_targets_of_a_local_run(tmp_path, s3_url, tiny_qwen3_dir) -> None:
     manifest = rf.write_manifest(tmp_path / "corpus", n_audio=4, n_instruction=1)
-    _upload(tmp_path / "corpus", f"{s3_url}/corpus")  # manifest and audio on S3 too
+    upload(tmp_path / "corpus", f"{s3_url}/corpus")  # manifest and audio on S3 too
     run_rephrase(manifest, tmp_path / "local", _cfg(tiny_qwen3_dir), progress=False)
     local_calls = len(rf.ScriptedEngine.calls)
     rf.ScriptedEngine.calls.clear()
@@ -92,31 +77,14 @@ def test_run_on_s3_gives_the_targets_of_a_local_run(tmp_path, s3_url, tiny_qwen3
 
 
 KILLED_RUN = """
-import os, signal, sys
-sys.path.insert(0, {tests!r})
 import rephrase_fixtures as rf
+from scripted_run_fixtures import dying
 from alarm.rephrase.engines import ENGINES, EngineConfig
 from alarm.rephrase.run import RephraseConfig, run_rephrase
 from alarm.rephrase.validate import ValidateConfig
 
 manifest, out, model, log, kill_at = sys.argv[1:6]
-
-
-class Dying(rf.ScriptedEngine):
-    # SIGKILL at the start of call `kill_at`: the chunks before it are generated and cached
-    n = 0
-
-    def generate(self, requests):
-        Dying.n += 1
-        if Dying.n == int(kill_at):
-            os.kill(os.getpid(), signal.SIGKILL)
-        results = super().generate(requests)
-        with open(log, "a") as handle:
-            handle.write("".join(r.key + "\\n" for r in results))
-        return results
-
-
-ENGINES["dying"] = Dying
+ENGINES["dying"] = dying(rf.ScriptedEngine, log, int(kill_at))
 cfg = RephraseConfig(engine=EngineConfig(name="dying", model=model), chunk_size=2,
                      validate=ValidateConfig(min_tokens=5, max_tokens=612))
 run_rephrase(manifest, out, cfg, progress=False)
@@ -125,13 +93,8 @@ run_rephrase(manifest, out, cfg, progress=False)
 
 def test_a_killed_run_on_s3_resumes_without_generating_a_request_twice(tmp_path, s3_url, tiny_qwen3_dir) -> None:
     manifest = rf.write_manifest(tmp_path / "corpus", n_audio=4, n_instruction=1)
-    run, log = f"{s3_url}/runs/killed", tmp_path / "generated.txt"
-    script = tmp_path / "killed_run.py"
-    script.write_text(KILLED_RUN.format(tests=str(Path(__file__).parent)))
-    killed = subprocess.run([sys.executable, str(script), str(manifest), run, str(tiny_qwen3_dir), str(log), "3"],
-                            capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    before = log.read_text().split()
+    run = f"{s3_url}/runs/killed"
+    before = run_killed(KILLED_RUN, tmp_path, manifest, run, tiny_qwen3_dir, kill_at=3)
     objects = open_objects(run)
     assert len(before) == 4 and len(objects.list("cache/answer")) == 2  # two chunks of two, on S3
     assert not objects.exists("targets.parquet")
@@ -153,7 +116,7 @@ def test_clip_keys_and_store_rejects_from_a_store_on_s3(tmp_path, s3_url, tiny_q
     pq.write_table(pa.table({"id": ["a0"], "key": ["k0"]}), store / "instances.parquet")
     pq.write_table(pa.table({"id": ["a1"], "audio": ["x.wav"], "reason": ["truncated: the WAV data chunk is short"]}),
                    store / "rejects.parquet")
-    _upload(store, s3_url)
+    upload(store, s3_url)
     out = tmp_path / "out"
     run_rephrase(manifest, out, _cfg(tiny_qwen3_dir), instances=f"{s3_url}/instances.parquet", progress=False)
     targets = _rows((out / "targets.parquet").read_bytes())

@@ -21,6 +21,7 @@ from typing import Any
 
 from alarm.pipeline.importers.rows import Collected
 from alarm.pipeline.manifest import Reject, optional_seconds, resolve_audio
+from alarm.pipeline.store_layout import atomic_path
 
 TARGET_FIELDS = (
     ("instance_id", "string"), ("clip_key", "string"), ("dataset", "string"), ("kind", "string"),
@@ -99,12 +100,9 @@ def write_targets(path: Path, rows: list[dict[str, Any]], published: dict[str, d
     import pyarrow.parquet as pq
 
     manifest = {r["id"]: r for r in rows}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     schema = target_schema()
     written, pending = 0, []
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_path(Path(path)) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for row_id, target in answers:
             row = manifest.pop(row_id, None)  # pop: a key repeated in the corpus gives one target
             if row is None or not isinstance(target, str) or not target.strip():
@@ -125,5 +123,4 @@ def write_targets(path: Path, rows: list[dict[str, Any]], published: dict[str, d
                 written, pending = written + len(pending), []
         writer.write_table(pa.Table.from_pylist(pending, schema=schema))
         written += len(pending)
-    tmp.replace(path)
     return written

@@ -18,6 +18,7 @@ from alarm.pipeline.manifest import (
     Reject,
     default_rejects_path,
     parse_row,
+    unique_rows,
     write_manifest,
     write_rejects,
 )
@@ -98,19 +99,13 @@ def write_import(collected: Collected, out: Path) -> ImportSummary:
     out.parent.mkdir(parents=True, exist_ok=True)
     base = out.resolve().parent
     rejects = list(collected.rejects)
-    seen: dict[str, int] = {}
     kept: list[dict[str, Any]] = []
     clips = set()
-    for line, row in collected.rows:
-        try:
-            instance = parse_row(row, base, line)
-        except ValueError as err:
-            rejects.append(Reject(line, row.get("id"), str(err)))
-            continue
-        if instance.id in seen:
-            rejects.append(Reject(line, instance.id, f"duplicate id (first in source record {seen[instance.id]})"))
-            continue
-        seen[instance.id] = line
+    # An importer's row is always a dict, rejected under whatever id it carries (the reader's
+    # default keeps only string ids, since its raw rows may be anything).
+    records = ((line, row, None) for line, row in collected.rows)
+    for row, instance in unique_rows(records, parse_row, base, rejects, first_seen="in source record",
+                                     reject_id=lambda row: row.get("id")):
         kept.append(row)
         clips.add((instance.audio, instance.start, instance.end))
     rejects.sort(key=lambda r: r.line)

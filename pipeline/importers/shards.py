@@ -90,6 +90,8 @@ class ShardWriter:
 
     @staticmethod
     def _tmp(path: Path) -> Path:
+        # Not store_layout.atomic_path (a with-block): a shard stays open across many add() calls
+        # and is renamed into place by close().
         return path.with_name(f".{path.name}.tmp")
 
     def close(self) -> None:
