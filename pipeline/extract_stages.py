@@ -267,15 +267,15 @@ class SharedEncodeStage:
     def __call__(self, unit: dict[str, Any], groups: dict[str, str]) -> dict[str, Any]:
         """Encode and write ``unit`` for each of its encoders (a group folder per encoder).
 
-        Returns the unit's part id, ``decode_s`` and per encoder (encode seconds, bytes, write seconds)
-        as ``write_part`` returns them.
+        Returns the unit's part id, ``decode_s``, per encoder (encode seconds, bytes, write seconds)
+        as ``write_part`` returns them, and the call's own ``busy_s`` and ``busy_cpu_s``.
         """
         if self.error is not None:
             raise self.error
         missing = [k for k in ("part", "keys", "sources", "durations", "encoders") if k not in unit]
         if missing:
             raise KeyError(f"SharedEncodeStage needs unit fields {missing}")
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         # Parts committed by an earlier run (or a retried call) need no audio at all.
         todo = [e for e in unit["encoders"] if not is_committed(groups[e], unit["part"])]
         waves = decode_waves(unit, sorted({self.encoders[e].sample_rate for e in todo}), self.quality)
@@ -290,6 +290,9 @@ class SharedEncodeStage:
                 out[e] = write_part(enc, group, self.storage, unit, waves[enc.sample_rate], self.chunk[e])
         del waves
         release_memory()
+        # The whole call, wall and CPU (every thread of the actor): how busy the actors were, and what a
+        # unit costs beyond its forward passes (the job summary's ``busy`` and ``busy_cpu``).
+        out["busy_s"], out["busy_cpu_s"] = time.perf_counter() - t0, time.process_time() - cpu0
         return out
 
 
