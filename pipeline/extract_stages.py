@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from alarm.pipeline.decode import DecodeConfig, DecodedClip, DecodeError, decode_clip, key_audio, mix_down, read_checked
+from alarm.pipeline.decode import (
+    DecodeConfig,
+    DecodedClip,
+    DecodeError,
+    decode_clip,
+    key_audio,
+    mix_down,
+    read_checked,
+)
 from alarm.pipeline.store_layout import DONE, Location, StoreConfig, group_spec, location, objects_at, spec_id
 
 
