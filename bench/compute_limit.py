@@ -86,12 +86,15 @@ def _worker(encoders: list[dict[str, Any]], units: list[dict[str, Any]], quality
 
 
 def compute_limit(manifest: Path, encoders: list[str]) -> dict[str, float]:
-    """Time the forward passes alone on the job's units; wall seconds and CPU-seconds of the workers."""
+    """Time the forward passes alone on the job's units: wall seconds, the workers' CPU-seconds and busy
+    seconds (each worker's own span, summed), and the CPU-seconds of keying the corpus (untimed part)."""
     cfg = job_config(manifest, manifest.parent / "unused-store", encoders)
     cpus = cfg.num_cpus
     workers = cfg.shared_actors or min(cpus, 8)  # the shared pool's size for the tiny preset
     threads = cfg.torch_threads or max(1, cpus // workers)
+    cpu0 = time.process_time()
     units = job_units(manifest, cfg.storage.part_seconds)
+    keying_cpu = time.process_time() - cpu0  # the job's keying pass over the corpus, on one thread
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(workers), ctx.Queue()
     configs = [cfg.encoder_config(e) for e in encoders]
@@ -107,4 +110,5 @@ def compute_limit(manifest: Path, encoders: list[str]) -> dict[str, float]:
             raise RuntimeError(f"compute-limit worker failed with {p.exitcode}")
     return {"compute_limit_wall_s": max(d[1] for d in done) - min(d[0] for d in done),
             "compute_limit_cpu_s": sum(d[2] for d in done), "compute_limit_workers": workers,
+            "compute_limit_busy_s": sum(d[1] - d[0] for d in done), "keying_cpu_s": keying_cpu,
             "compute_limit_threads": threads, "compute_limit_units": len(units)}

@@ -13,7 +13,10 @@ mixed rates and channel counts), with the ``tiny`` preset:
   units, chunks and workers, on audio decoded into memory first (no Ray, no store, no decode);
   ``pipeline_over_compute_limit`` is the pipeline's audio-seconds per second over the limit's, with
   the CPU-seconds of each, the job's phases, its CPU-seconds by process (driver, encoder actors, Ray)
-  and ``pipeline_gap_s``, where the wall time beyond the limit goes. With ``--repeats R`` the two
+  and ``pipeline_gap_s``, where the wall time beyond the limit goes;
+  ``pipeline_steady_over_compute_limit`` (and ``_cpu_``) is the ratio a corpus large enough to hide
+  the fixed costs tends to (the actors' busy seconds plus keying, against the limit's busy seconds;
+  see ``steady_state``). With ``--repeats R`` the two
   alternate R times and the best run of each counts (every run is listed). The naive loop stays as
   context.
 * store overhead: bytes on disk per audio-second against the raw payload (values x bytes per value).
@@ -309,7 +312,8 @@ def timing(args: argparse.Namespace, encoders: list[str], workdir: Path) -> dict
                    # each repeat's own pair (run back to back)
                    "pipeline_over_compute_limit_runs": [x["compute_limit_wall_s"] / j["wall_s"]
                                                         for x, j in zip(limits, runs[layouts[0]], strict=True)],
-                   "pipeline_gap_s": gap(result, limit, encoders)})
+                   "pipeline_gap_s": gap(result, limit, encoders),
+                   **steady_state(result, limit)})
     result.update(store_overhead(store, encoders))
     if not args.no_compression:
         from alarm.pipeline.store import open_features
@@ -319,6 +323,24 @@ def timing(args: argparse.Namespace, encoders: list[str], workdir: Path) -> dict
                        compression({k: tiny.read(k) for k in tiny.keys()}, workdir).items()})
         result.update({f"real_dims_{k}": v for k, v in compression(real_dim_clips(), workdir).items()})
     return result
+
+
+def steady_state(result: dict[str, Any], limit: dict[str, Any]) -> dict[str, float]:
+    """What ``pipeline_over_compute_limit`` tends to as the corpus grows (shared layout only).
+
+    Ray's start, the actors' model loads, the last unit's tail and the shutdown cost the same for any
+    corpus; what grows with it is the actors' busy time (decode, forward passes, writes, per-unit work)
+    and the keying pass (one decode and hash of every source, before planning). Against the limit's
+    busy time, in wall seconds and in CPU-seconds: keying's CPU-seconds count in both, as the worker-
+    seconds the keying threads take from the encoders.
+    """
+    stages = result["pipeline_stage_seconds"]
+    if "busy" not in stages:
+        return {}
+    keying = limit["keying_cpu_s"]
+    return {"pipeline_busy_s": stages["busy"], "pipeline_busy_cpu_s": stages["busy_cpu"], "keying_cpu_s": keying,
+            "pipeline_steady_over_compute_limit": limit["compute_limit_busy_s"] / (stages["busy"] + keying),
+            "pipeline_steady_cpu_over_compute_limit": limit["compute_limit_cpu_s"] / (stages["busy_cpu"] + keying)}
 
 
 def gap(result: dict[str, Any], limit: dict[str, Any], encoders: list[str]) -> dict[str, float]:

@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from alarm.pipeline.decode import DecodeConfig, DecodeError, decode_clip
+from alarm.pipeline.decode import (
+    DecodeConfig,
+    DecodedClip,
+    DecodeError,
+    decode_clip,
+    key_audio,
+    mix_down,
+    read_checked,
+)
 from alarm.pipeline.store_layout import DONE, Location, StoreConfig, group_spec, location, objects_at, spec_id
 
 
@@ -57,10 +65,10 @@ def key_source(audio: str, start: float | None, end: float | None) -> tuple[str,
     """Decode one source once for its (content key, duration, ""), or ("", 0.0, reject reason)."""
     # No length limit here: the limit is applied when planning, so changing it needs no re-keying.
     try:
-        clip = decode_clip(audio, start, end, DecodeConfig(max_seconds=float("inf")))
+        key, duration = key_audio(audio, start, end)
     except DecodeError as err:
         return "", 0.0, str(err)
-    return clip.key, clip.duration, ""
+    return key, duration, ""
 
 
 def key_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -75,6 +83,37 @@ def key_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "duration": np.array([r[1] for r in results]), "reason": np.array([r[2] for r in results], dtype=object)}
 
 
+def unchanged_on_disk(src: dict[str, Any]) -> bool:
+    """True when a local source's file still has the size and modification time it was keyed with.
+
+    The same test the cache of keyed sources trusts on a rerun (``sources.parquet``), so an unchanged
+    file is not hashed a second time. A source on a URL (its GET is needed anyway, a HEAD would be one
+    more request) or without a recorded stat is hashed again instead.
+    """
+    from alarm.pipeline.audio_source import audio_stat
+    from alarm.pipeline.store_layout import is_url
+
+    stat = src.get("stat")
+    if not stat or stat[0] < 0 or is_url(src["audio"].split("#", 1)[0]):
+        return False
+    return list(audio_stat(src["audio"])) == list(stat)
+
+
+def decode_planned(src: dict[str, Any], key: str) -> DecodedClip:
+    """Decode a planned source; its content is checked against ``key`` unless its file is unchanged.
+
+    Raises:
+        RuntimeError: the source no longer decodes to the key it was planned with (changed on disk).
+    """
+    if unchanged_on_disk(src):
+        samples, rate = read_checked(src["audio"], src["start"], src["end"])
+        return DecodedClip(key=key, source_rate=rate, channels=samples.shape[1], mono=mix_down(samples))
+    clip = decode_clip(src["audio"], src["start"], src["end"], DecodeConfig(max_seconds=float("inf")))
+    if clip.key != key:
+        raise RuntimeError(f"{src['audio']} changed while the job ran (content key differs); rerun the job")
+    return clip
+
+
 def decode_waves(unit: dict[str, Any], rates: list[int], quality: str) -> dict[int, list[np.ndarray]]:
     """A unit's clips decoded once and resampled to each of ``rates`` (float32 mono waves, in key order).
 
@@ -83,9 +122,7 @@ def decode_waves(unit: dict[str, Any], rates: list[int], quality: str) -> dict[i
     """
     waves: dict[int, list[np.ndarray]] = {r: [] for r in rates}
     for src, key in zip(unit["sources"], unit["keys"], strict=True):
-        clip = decode_clip(src["audio"], src["start"], src["end"], DecodeConfig(max_seconds=float("inf")))
-        if clip.key != key:
-            raise RuntimeError(f"{src['audio']} changed while the job ran (content key differs); rerun the job")
+        clip = decode_planned(src, key)
         for r in rates:
             waves[r].append(clip.at(r, quality))
     return waves
@@ -238,15 +275,15 @@ class SharedEncodeStage:
     def __call__(self, unit: dict[str, Any], groups: dict[str, str]) -> dict[str, Any]:
         """Encode and write ``unit`` for each of its encoders (a group folder per encoder).
 
-        Returns the unit's part id, ``decode_s`` and per encoder (encode seconds, bytes, write seconds)
-        as ``write_part`` returns them.
+        Returns the unit's part id, ``decode_s``, per encoder (encode seconds, bytes, write seconds)
+        as ``write_part`` returns them, and the call's own ``busy_s`` and ``busy_cpu_s``.
         """
         if self.error is not None:
             raise self.error
         missing = [k for k in ("part", "keys", "sources", "durations", "encoders") if k not in unit]
         if missing:
             raise KeyError(f"SharedEncodeStage needs unit fields {missing}")
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         # Parts committed by an earlier run (or a retried call) need no audio at all.
         todo = [e for e in unit["encoders"] if not is_committed(groups[e], unit["part"])]
         waves = decode_waves(unit, sorted({self.encoders[e].sample_rate for e in todo}), self.quality)
@@ -261,6 +298,9 @@ class SharedEncodeStage:
                 out[e] = write_part(enc, group, self.storage, unit, waves[enc.sample_rate], self.chunk[e])
         del waves
         release_memory()
+        # The whole call, wall and CPU (every thread of the actor): how busy the actors were, and what a
+        # unit costs beyond its forward passes (the job summary's ``busy`` and ``busy_cpu``).
+        out["busy_s"], out["busy_cpu_s"] = time.perf_counter() - t0, time.process_time() - cpu0
         return out
 
 

@@ -22,7 +22,8 @@ class ClipStats:
     """What step 3 accepted: the distinct clips to compute, and the reject counts by kind."""
 
     clips: dict[str, dict[str, Any]]
-    """Clip key -> ``{"duration", "source"}`` (the smallest source that decodes it)."""
+    """Clip key -> ``{"duration", "source", "stat"}``: the smallest source that decodes it, and the
+    (size, mtime_ns) of its file when it was keyed."""
     rejected: Counter
     seconds: float
 
@@ -63,9 +64,11 @@ def write_instance_tables(root: Location, instances: list[Any], input_rejects: l
             continue
         accepted.append({"id": inst.id, "key": info["key"], "dataset": inst.dataset,
                          "duration": info["duration"], "audio": inst.audio, "start": inst.start, "end": inst.end})
-        clip = clips.setdefault(info["key"], {"duration": info["duration"], "source": src})
+        stat = [info.get("size", -1), info.get("mtime_ns", -1)]
+        clip = clips.setdefault(info["key"], {"duration": info["duration"], "source": src, "stat": stat})
         if source_order(src) < source_order(clip["source"]):
-            clip["source"] = src  # the smallest source decodes it: the same whatever the row order
+            # the smallest source decodes it: the same whatever the row order
+            clip["source"], clip["stat"] = src, stat
     new_ids = {r["id"] for r in accepted} | {r["id"] for r in rejected if r["id"] is not None}
     schemas = {
         "instances.parquet": pa.schema([("id", pa.string()), ("key", pa.string()), ("dataset", pa.string()),

@@ -87,10 +87,11 @@ def key_sources(root: Location, sources: list[tuple[str, float | None, float | N
             result[src] = hit
         else:
             todo.append(src)
+    start_workers = None
     if todo and on_new_audio is not None and any(source_stat(src[0])[0] >= 0 for src in todo):
-        on_new_audio()
+        start_workers = on_new_audio
     if todo:
-        for src, (key, duration, reason) in zip(todo, _key_todo(todo, cfg), strict=True):
+        for src, (key, duration, reason) in zip(todo, _key_todo(todo, cfg, start_workers), strict=True):
             size, mtime = source_stat(src[0])
             result[src] = {"audio": src[0], "start": src[1], "end": src[2], "size": size, "mtime_ns": mtime,
                            "key": key or None, "duration": float(duration), "reason": reason or None}
@@ -105,19 +106,30 @@ def key_sources(root: Location, sources: list[tuple[str, float | None, float | N
     return result
 
 
-def _key_todo(todo: list[tuple], cfg: PipelineConfig) -> list[tuple[str, float, str]]:
-    """(key, duration, reason) of each source in ``todo``, in order.
+def _key_todo(todo: list[tuple], cfg: PipelineConfig, start_workers: Callable[[], Any] | None = None
+              ) -> list[tuple[str, float, str]]:
+    """(key, duration, reason) of each source in ``todo``, in order; ``start_workers`` is called on the way.
 
     On an embedded Ray the driver's threads do it (decoding and hashing release the GIL): no dataset
-    start and no worker processes, while the encoder actors load their models. On a cluster, Ray
-    tasks spread the decoding over the nodes.
+    start and no worker processes. They start before ``start_workers``, so Ray's own start (about 3 s
+    on a small machine, spent mostly waiting for its processes) and the actors' model loads overlap the
+    keying instead of coming first. On a cluster, Ray tasks spread the decoding over the nodes.
     """
     cpus = cpu_budget(cfg)
     if cfg.address is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=max(1, cpus)) as pool:
-            return list(pool.map(lambda src: key_source(*src), todo, chunksize=8))
+        pool = ThreadPoolExecutor(max_workers=max(1, cpus))
+        try:
+            results = pool.map(lambda src: key_source(*src), todo, chunksize=8)
+            if start_workers is not None:
+                start_workers()
+            return list(results)
+        finally:
+            # On an error (Ray failed to start) the sources not yet keyed are dropped, not waited for.
+            pool.shutdown(wait=True, cancel_futures=True)
+    if start_workers is not None:
+        start_workers()
     import ray
 
     quiet_ray_data()

@@ -40,7 +40,8 @@ class WorkUnit:
     durations: list[float]
     """Audio seconds of each clip."""
     sources: list[dict[str, Any]]
-    """Where each clip decodes from: ``{"audio", "start", "end"}``."""
+    """Where each clip decodes from: ``{"audio", "start", "end", "stat"}``; ``stat`` is the (size, mtime_ns)
+    of the file when it was keyed (an unchanged file is not hashed again, ``decode_planned``)."""
 
     def to_row(self) -> dict[str, Any]:
         """The unit as a plain dict (what the Ray stages read)."""
@@ -110,6 +111,7 @@ def plan_units(cfg: PipelineConfig, root: Location, facts: dict[str, dict[str, A
             unit = units.setdefault(pid, WorkUnit(
                 part=pid, keys=keys, encoders=[], fence=fence,
                 durations=[clips[k]["duration"] for k in keys],
-                sources=[dict(zip(("audio", "start", "end"), clips[k]["source"], strict=True)) for k in keys]))
+                sources=[{**dict(zip(("audio", "start", "end"), clips[k]["source"], strict=True)),
+                          "stat": clips[k].get("stat")} for k in keys]))
             unit.encoders.append(e)
     return PlanStats(groups=groups, units=list(units.values()), skipped=skipped, repaired=repaired)

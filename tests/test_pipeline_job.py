@@ -115,6 +115,10 @@ def test_store_equals_direct_encoding_and_rejects_have_reasons(ray_session, enco
                                   storage={"dtype": "float32", "part_seconds": 2.0}))
     # 5 files + a cut = 6 clips; same-audio and same-content rows are the same clip as good0.
     assert summary.clips == 6 and summary.encoded == {"whisper": 6}
+    # The shared actors' time in units covers their decode, forward passes and writes.
+    stages = summary.stage_seconds
+    assert stages["busy"] >= stages["decode"] + stages["whisper"] + stages["whisper_write"] > 0
+    assert stages["busy_cpu"] > 0
     # The shared pool's actors are gone: the caller's Ray session has its CPUs back.
     deadline = time.monotonic() + 30
     while ray_session.available_resources().get("CPU", 0) < 2:
