@@ -2,9 +2,9 @@
 
 Object storage has no rename, so a part is committed without one (the same steps on a local disk):
 
-1. the part is written into a local staging folder (zarr v3 arrays, written by ``shard_writer``
-   without zarr, each file's checksums taken from the bytes written): ``<group>/.staging/<attempt>`` for a local
-   store (same disk: the files are then hard-linked, not copied), the worker's temp dir for a URL;
+1. the part is written into a local staging folder as zarr v3 arrays (by ``shard_writer``, without
+   zarr, checksums taken from the bytes written): ``<group>/.staging/<attempt>`` for a local store
+   (same disk: the files are then hard-linked, not copied), the worker's temp dir for a URL;
 2. its files are put under a prefix of their own, ``parts/<part>/<attempt>/``, where ``attempt`` is
    unique to this writer (a retried task, a twin or a killed job's worker never share one);
 3. the job's fencing token is checked against the store's lease (``store_fence.check_fence``);
@@ -134,9 +134,11 @@ class PartWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        # Checked before the last flush: it writes the array's last shard, which ends at the planned end.
+        if self._written + self._buffered != self.total_frames:
+            raise StoreError(f"part {self.part_id}: wrote {self._written + self._buffered} frames, "
+                             f"planned {self.total_frames}")
         self._flush(whole_shards=False)
-        if self._written != self.total_frames:
-            raise StoreError(f"part {self.part_id}: wrote {self._written} frames, planned {self.total_frames}")
         offsets = np.array([r[1] for r in self._rows] + [self._written], dtype=np.int64)
         write_plain_array(self._files, "offsets", offsets)
         table = pa.table({"key": [r[0] for r in self._rows],
