@@ -85,10 +85,12 @@ class PartWriter:
             self._scales = ShardedArrayWriter(self._files, "scales", shape[:2], "float32", cfg.chunk_frames,
                                               cfg.shard_frames, level)
         self._rows: list[tuple[str, int, int, float]] = []
-        self._buffer: list[np.ndarray] = []
-        self._scale_buffer: list[np.ndarray] = []
-        self._buffered = 0
-        self._written = 0
+        # One shard of stored values, filled clip by clip and written when full (no larger for a small part).
+        rows = min(cfg.shard_frames, shape[0])
+        self._shard = np.empty((rows, layers, dim), zarr_dtype(cfg.dtype))
+        self._shard_scales = np.empty((rows, layers), np.float32) if self._scales is not None else None
+        self._buffered = 0  # rows of the shard filled
+        self._written = 0  # rows written before it
 
     def append(self, key: str, features: np.ndarray, duration: float) -> None:
         """Add one clip's ``(frames, layers, dim)`` float32 features."""
@@ -100,30 +102,26 @@ class PartWriter:
             raise StoreError(f"part {self.part_id}: more frames than the {self.total_frames} planned")
         values, scales = quantize(features, self.cfg.dtype)
         self._rows.append((key, offset, len(features), float(duration)))
-        self._buffer.append(values)
-        if scales is not None:
-            self._scale_buffer.append(scales)
-        self._buffered += len(features)
-        # Write whole shards only: a partial shard write would be read-modify-write of the file.
-        if self._buffered >= self.cfg.shard_frames:
-            self._flush(whole_shards=True)
+        done = 0
+        while done < len(values):
+            n = min(len(values) - done, len(self._shard) - self._buffered)
+            self._shard[self._buffered:self._buffered + n] = values[done:done + n]
+            if scales is not None:
+                self._shard_scales[self._buffered:self._buffered + n] = scales[done:done + n]
+            self._buffered += n
+            done += n
+            # Whole shards only (and the last one): each shard file is written once, whole.
+            if self._buffered == self.cfg.shard_frames:
+                self._flush()
 
-    def _flush(self, whole_shards: bool) -> None:
+    def _flush(self) -> None:
         if not self._buffered:
             return
-        values = np.concatenate(self._buffer)
-        scales = np.concatenate(self._scale_buffer) if self._scale_buffer else None
-        count = len(values)
-        if whole_shards:
-            count -= count % self.cfg.shard_frames
-        start, stop = self._written, self._written + count
-        self._features.write(start, values[:count])
-        if scales is not None:
-            self._scales.write(start, scales[:count])
-        self._buffer = [values[count:]] if count < len(values) else []
-        self._scale_buffer = [scales[count:]] if scales is not None and count < len(values) else []
-        self._buffered -= count
-        self._written = stop
+        self._features.write(self._written, self._shard[:self._buffered])
+        if self._scales is not None:
+            self._scales.write(self._written, self._shard_scales[:self._buffered])
+        self._written += self._buffered
+        self._buffered = 0
 
     def commit(self) -> PartInfo:
         """Flush, write offsets and clip table, put the files under the attempt's prefix and mark the part done.
@@ -138,7 +136,7 @@ class PartWriter:
         if self._written + self._buffered != self.total_frames:
             raise StoreError(f"part {self.part_id}: wrote {self._written + self._buffered} frames, "
                              f"planned {self.total_frames}")
-        self._flush(whole_shards=False)
+        self._flush()
         offsets = np.array([r[1] for r in self._rows] + [self._written], dtype=np.int64)
         write_plain_array(self._files, "offsets", offsets)
         table = pa.table({"key": [r[0] for r in self._rows],
