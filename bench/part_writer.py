@@ -14,6 +14,11 @@ checksums, the hard links into the group and the done marker. Figures per writer
 feature bytes (before compression) over wall time, and the process's CPU seconds (every thread:
 zarr's event loop included); the median of ``--rounds`` rounds, the writers taking turns.
 
+``cold`` is what an encoder actor pays for its first part: a new Python process (numpy, pandas,
+pyarrow and ``store_layout`` already imported: ``pa.array`` imports pandas on first use, whichever
+writer) imports the writer and writes one tiny-shaped part; wall and CPU seconds from the import
+to the commit, the median of ``--rounds`` processes per writer (zarr's import and event loop are in it).
+
 Shapes: the tiny encoders' ``(layers, dim)`` (``build_encoder(EncoderConfig(e, preset="tiny"))``; pass
 ``--tiny-shapes 4x32,...`` to skip building them) and whisper's real size, 4 x 1280.
 
@@ -27,6 +32,8 @@ import json
 import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -113,35 +120,78 @@ class ZarrPartWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def write_once(kind: str, root: Path, clips: dict[str, np.ndarray], layers: int, dim: int, cfg) -> tuple[float, float]:
-    """Wall and CPU seconds of writing and committing one part with writer ``kind`` into a new store."""
-    from alarm.pipeline.part_writer import PartWriter
+def new_group(root: Path, layers: int, dim: int, cfg) -> Path:
     from alarm.pipeline.store_layout import group_spec, init_group
 
-    group = init_group(root, "whisper", group_spec({"name": "bench", "layers": layers, "dim": dim}, cfg),
-                       layers=layers, dim=dim, frame_rate=50.0)
-    writer_class = ZarrPartWriter if kind == "zarr" else PartWriter
+    return init_group(root, "whisper", group_spec({"name": "bench", "layers": layers, "dim": dim}, cfg),
+                      layers=layers, dim=dim, frame_rate=50.0)
+
+
+def write_once(kind: str, root: Path, clips: dict[str, np.ndarray], layers: int, dim: int, cfg) -> tuple[float, float]:
+    """Wall and CPU seconds of writing and committing one part with writer ``kind`` into a new store."""
+    times = write_part(kind, new_group(root, layers, dim, cfg), clips, layers, dim, cfg)
+    shutil.rmtree(root)
+    return times
+
+
+def write_part(kind: str, group: Path, clips: dict[str, np.ndarray], layers: int, dim: int, cfg) -> tuple[float, float]:
+    """Wall and CPU seconds of writing and committing one part with writer ``kind`` into ``group``."""
     wall, cpu = time.perf_counter(), time.process_time()
+    if kind == "zarr":
+        writer_class = ZarrPartWriter  # imports zarr in its constructor: counted
+    else:
+        from alarm.pipeline.part_writer import PartWriter as writer_class
     writer = writer_class(group, "part-0000", sum(len(v) for v in clips.values()), layers, dim, cfg)
     for key, value in clips.items():
         writer.append(key, value, len(value) / 50)
     writer.commit()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    shutil.rmtree(root)
-    return wall, cpu
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def make_clips(layers: int, dim: int, seconds: float) -> dict[str, np.ndarray]:
+    """Clips of 2-12 s at 50 frames/s adding up to ``seconds``."""
+    rng = np.random.default_rng(0)
+    clips, total = {}, 0
+    while total < seconds * 50:
+        n = min(int(rng.integers(100, 600)), int(seconds * 50) - total)
+        # Values of few distinct bits (rounded) so zstd finds something to do, as on real features.
+        clips[f"clip{len(clips)}"] = (rng.standard_normal((n, layers, dim)) * 4).round(1).astype(np.float32)
+        total += n
+    return clips
+
+
+def cold_once(kind: str, layers: int, dim: int, seconds: float) -> tuple[float, float]:
+    """Wall and CPU seconds of a new process's first part with writer ``kind`` (imports included)."""
+    from alarm.pipeline.store_layout import StoreConfig
+
+    with tempfile.TemporaryDirectory(prefix="bench-part-writer-") as tmp:
+        group = new_group(Path(tmp), layers, dim, StoreConfig())  # here: it imports zarr, as the job's driver does
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import part_writer as b, json; "
+                f"from pathlib import Path; clips = b.make_clips({layers}, {dim}, {seconds}); "
+                f"import pandas, pyarrow.parquet; from alarm.pipeline.store_layout import StoreConfig; cfg = StoreConfig(); "
+                f"print(json.dumps(b.write_part({kind!r}, Path({str(group)!r}), clips, {layers}, {dim}, cfg)))")
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return tuple(json.loads(out.strip().splitlines()[-1]))
+
+
+def cold(layers: int, dim: int, seconds: float, rounds: int) -> dict:
+    out: dict = {"shape": f"{layers}x{dim}", "compressor": None}
+    runs: dict[str, list] = {"zarr": [], "lean": []}
+    for _ in range(rounds):
+        for kind in runs:
+            runs[kind].append(cold_once(kind, layers, dim, seconds))
+    for kind, times in runs.items():
+        out[kind] = {"wall_s": round(statistics.median(t[0] for t in times), 4),
+                     "cpu_s": round(statistics.median(t[1] for t in times), 4)}
+    return out
 
 
 def measure(layers: int, dim: int, compressor: str | None, seconds: float, rounds: int) -> dict:
     from alarm.pipeline.store_layout import StoreConfig
 
     cfg = StoreConfig(compressor=compressor)
-    rng = np.random.default_rng(0)
-    clips, total = {}, 0
-    while total < seconds * 50:
-        n = min(int(rng.integers(100, 600)), int(seconds * 50) - total)
-        # Speech-like values (not all distinct bits) so zstd finds something to do, as on real features.
-        clips[f"clip{len(clips)}"] = (rng.standard_normal((n, layers, dim)) * 4).round(1).astype(np.float32)
-        total += n
+    clips = make_clips(layers, dim, seconds)
+    total = sum(len(v) for v in clips.values())
     mb = total * layers * dim * 2 / 1e6
     times: dict[str, list[tuple[float, float]]] = {"zarr": [], "lean": []}
     with tempfile.TemporaryDirectory(prefix="bench-part-writer-") as tmp:
@@ -176,10 +226,12 @@ def main() -> None:
     args = parser.parse_args()
     shapes = ([tuple(int(v) for v in s.split("x")) for s in args.tiny_shapes.split(",")] if args.tiny_shapes
               else tiny_shapes())
+    first = cold(*shapes[0], args.seconds, args.rounds)
     shapes.append((4, 1280))
     runs = [measure(layers, dim, compressor, args.seconds, args.rounds)
             for layers, dim in shapes for compressor in (None, "zstd")]
-    print(json.dumps({"bench": "part_writer", "seconds": args.seconds, "rounds": args.rounds, "runs": runs}))
+    print(json.dumps({"bench": "part_writer", "seconds": args.seconds, "rounds": args.rounds, "cold": first,
+                      "runs": runs}))
 
 
 if __name__ == "__main__":
