@@ -2,8 +2,9 @@
 
 Object storage has no rename, so a part is committed without one (the same steps on a local disk):
 
-1. zarr writes the part into a local staging folder: ``<group>/.staging/<attempt>`` for a local
-   store (same disk: the files are then hard-linked, not copied), the worker's temp dir for a URL;
+1. the part is written into a local staging folder as zarr v3 arrays (by ``shard_writer``, without
+   zarr, checksums taken from the bytes written): ``<group>/.staging/<attempt>`` for a local store
+   (same disk: the files are then hard-linked, not copied), the worker's temp dir for a URL;
 2. its files are put under a prefix of their own, ``parts/<part>/<attempt>/``, where ``attempt`` is
    unique to this writer (a retried task, a twin or a killed job's worker never share one);
 3. the job's fencing token is checked against the store's lease (``store_fence.check_fence``);
@@ -17,6 +18,7 @@ without a marker (a killed writer, a refused commit) is ignored, and ``alarm pip
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import socket
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alarm.pipeline.shard_io import RawShardedArray
+from alarm.pipeline.shard_writer import ShardedArrayWriter, StagedFiles, group_json, write_plain_array
 from alarm.pipeline.store_fence import check_fence
 from alarm.pipeline.store_layout import (
     DONE,
@@ -38,7 +40,6 @@ from alarm.pipeline.store_layout import (
     StoreError,
     objects_at,
     store_of_group,
-    tree_checksums,
 )
 from alarm.pipeline.store_values import quantize, zarr_dtype
 
@@ -64,8 +65,6 @@ class PartWriter:
 
     def __init__(self, group: Location, part_id: str, total_frames: int, layers: int, dim: int,
                  cfg: StoreConfig, fence: str | None = None) -> None:
-        import zarr
-
         self.group, self.part_id, self.cfg, self.fence = group, part_id, cfg, fence
         self.objects = objects_at(group)
         self.total_frames, self.layers, self.dim = total_frames, layers, dim
@@ -74,27 +73,24 @@ class PartWriter:
         staging = local / STAGING if local is not None else Path(tempfile.gettempdir()) / "alarm-staging"
         self.tmp = staging / f"{part_id}.{self.attempt}"
         self.tmp.mkdir(parents=True)
-        root = zarr.open_group(str(self.tmp), mode="w", zarr_format=3, attributes={"part": part_id})
-        compressors = None
-        if cfg.compressor == "zstd":
-            compressors = [zarr.codecs.ZstdCodec(level=cfg.compression_level)]
+        # The checksums of the done marker are taken from the bytes as they are written: commit reads nothing back.
+        self._files = StagedFiles(self.tmp)
+        self._files.put("zarr.json", [group_json({"part": part_id})])
+        level = cfg.compression_level if cfg.compressor == "zstd" else None
         shape = (max(total_frames, 0), layers, dim)
-        chunk = (cfg.chunk_frames, layers, dim)
-        shard = (cfg.shard_frames, layers, dim)
-        self._features = root.create_array(
-            "features", shape=shape, chunks=chunk, shards=shard, dtype=zarr_dtype(cfg.dtype),
-            compressors=compressors, fill_value=0, attributes={"dtype": cfg.dtype})
+        self._features = ShardedArrayWriter(self._files, "features", shape, zarr_dtype(cfg.dtype), cfg.chunk_frames,
+                                            cfg.shard_frames, level, attributes={"dtype": cfg.dtype})
         self._scales = None
         if cfg.dtype == "int8":
-            self._scales = root.create_array(
-                "scales", shape=shape[:2], chunks=chunk[:2], shards=shard[:2], dtype="float32",
-                compressors=compressors, fill_value=0)
-        self._root = root
+            self._scales = ShardedArrayWriter(self._files, "scales", shape[:2], "float32", cfg.chunk_frames,
+                                              cfg.shard_frames, level)
         self._rows: list[tuple[str, int, int, float]] = []
-        self._buffer: list[np.ndarray] = []
-        self._scale_buffer: list[np.ndarray] = []
-        self._buffered = 0
-        self._written = 0
+        # One shard of stored values, filled clip by clip and written when full (no larger for a small part).
+        rows = min(cfg.shard_frames, shape[0])
+        self._shard = np.empty((rows, layers, dim), zarr_dtype(cfg.dtype))
+        self._shard_scales = np.empty((rows, layers), np.float32) if self._scales is not None else None
+        self._buffered = 0  # rows of the shard filled
+        self._written = 0  # rows written before it
 
     def append(self, key: str, features: np.ndarray, duration: float) -> None:
         """Add one clip's ``(frames, layers, dim)`` float32 features."""
@@ -106,30 +102,26 @@ class PartWriter:
             raise StoreError(f"part {self.part_id}: more frames than the {self.total_frames} planned")
         values, scales = quantize(features, self.cfg.dtype)
         self._rows.append((key, offset, len(features), float(duration)))
-        self._buffer.append(values)
-        if scales is not None:
-            self._scale_buffer.append(scales)
-        self._buffered += len(features)
-        # Write whole shards only: a partial shard write would be read-modify-write of the file.
-        if self._buffered >= self.cfg.shard_frames:
-            self._flush(whole_shards=True)
+        done = 0
+        while done < len(values):
+            n = min(len(values) - done, len(self._shard) - self._buffered)
+            self._shard[self._buffered:self._buffered + n] = values[done:done + n]
+            if scales is not None:
+                self._shard_scales[self._buffered:self._buffered + n] = scales[done:done + n]
+            self._buffered += n
+            done += n
+            # Whole shards only (and the last one): each shard file is written once, whole.
+            if self._buffered == self.cfg.shard_frames:
+                self._flush()
 
-    def _flush(self, whole_shards: bool) -> None:
+    def _flush(self) -> None:
         if not self._buffered:
             return
-        values = np.concatenate(self._buffer)
-        scales = np.concatenate(self._scale_buffer) if self._scale_buffer else None
-        count = len(values)
-        if whole_shards:
-            count -= count % self.cfg.shard_frames
-        start, stop = self._written, self._written + count
-        self._features[start:stop] = values[:count]
-        if scales is not None:
-            self._scales[start:stop] = scales[:count]
-        self._buffer = [values[count:]] if count < len(values) else []
-        self._scale_buffer = [scales[count:]] if scales is not None and count < len(values) else []
-        self._buffered -= count
-        self._written = stop
+        self._features.write(self._written, self._shard[:self._buffered])
+        if self._scales is not None:
+            self._scales.write(self._written, self._shard_scales[:self._buffered])
+        self._written += self._buffered
+        self._buffered = 0
 
     def commit(self) -> PartInfo:
         """Flush, write offsets and clip table, put the files under the attempt's prefix and mark the part done.
@@ -140,25 +132,24 @@ class PartWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self._flush(whole_shards=False)
-        if self._written != self.total_frames:
-            raise StoreError(f"part {self.part_id}: wrote {self._written} frames, planned {self.total_frames}")
+        # Checked before the last flush: it writes the array's last shard, which ends at the planned end.
+        if self._written + self._buffered != self.total_frames:
+            raise StoreError(f"part {self.part_id}: wrote {self._written + self._buffered} frames, "
+                             f"planned {self.total_frames}")
+        self._flush()
         offsets = np.array([r[1] for r in self._rows] + [self._written], dtype=np.int64)
-        self._root.create_array("offsets", shape=offsets.shape, chunks=(max(len(offsets), 1),),
-                                dtype="int64", compressors=None, fill_value=0)[:] = offsets
+        write_plain_array(self._files, "offsets", offsets)
         table = pa.table({"key": [r[0] for r in self._rows],
                           "offset": pa.array([r[1] for r in self._rows], pa.int64()),
                           "length": pa.array([r[2] for r in self._rows], pa.int64()),
                           "duration": pa.array([r[3] for r in self._rows], pa.float64())})
-        pq.write_table(table, self.tmp / "clips.parquet")
-        files = tree_checksums(self.tmp)
-        chunks = {}
-        for name in ("features", "scales"):
-            raw = RawShardedArray.open(self.tmp / name) if (self.tmp / name / "zarr.json").is_file() else None
-            if raw is not None:
-                chunks[name] = raw.chunk_checksums()
-                raw.close()
-        size = sum((self.tmp / name).stat().st_size for name in files)
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        self._files.put("clips.parquet", [sink.getbuffer()])
+        files = self._files.checksums
+        # CRC-32C of each chunk for the raw reader's checks (uncompressed arrays only, which it reads).
+        chunks = {w.name: w.chunks for w in (self._features, self._scales) if w is not None and w.chunks is not None}
+        size = sum(self._files.sizes.values())
         marker = {"part": self.part_id, "clips": len(self._rows), "frames": self._written, "files": files,
                   "chunks": chunks, "attempt": self.attempt, "fence": self.fence, "node": socket.gethostname()}
         try:
