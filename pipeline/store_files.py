@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from alarm.pipeline.store_layout import DONE, StoreError, part_subdir
+from alarm.pipeline.store_layout import DONE, StoreError, committed_markers, part_subdir
 
 
 class LocalPart:
@@ -131,12 +131,7 @@ class RemoteGroup:
 
     def committed(self) -> dict[str, str]:
         """Committed parts (those with a done marker) and their markers' etags, from one listing."""
-        out = {}
-        for info in self.objects.list("parts"):
-            bits = info.key.split("/")
-            if len(bits) == 3 and bits[0] == "parts" and bits[2] == DONE:
-                out[bits[1]] = info.etag
-        return out
+        return committed_markers(self.objects)
 
     def index(self) -> Any:
         """index.parquet when it covers exactly the committed parts, else rebuilt from their clip tables."""
@@ -199,14 +194,11 @@ def open_group(root: str | Path, encoder: str, sid: str, cache: Any = None) -> L
 def list_groups(root: str | Path, encoder: str) -> list[str]:
     """Spec ids present for ``encoder`` in the store at ``root`` (a folder or a URL)."""
     from alarm.pipeline.objects import is_url, open_objects
-    from alarm.pipeline.store_layout import list_groups as list_local
+    from alarm.pipeline.store_layout import list_groups as groups_with_spec
 
-    if not is_url(root):
-        return list_local(root, encoder)
-    objects = open_objects(root)
-    objects.check()  # a wrong URL or bad credentials: one line naming it, at once, not minutes of retries
-    return [sid for sid in objects.list_dirs(f"features/{encoder}")
-            if objects.exists(f"features/{encoder}/{sid}/spec.json")]
+    if is_url(root):
+        open_objects(root).check()  # a wrong URL or bad credentials: one line naming it, at once, not minutes of retries
+    return groups_with_spec(root, encoder)
 
 
 def read_spec(root: str | Path, encoder: str, sid: str) -> dict:

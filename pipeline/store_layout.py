@@ -241,13 +241,10 @@ def list_groups(root: Location, encoder: str) -> list[str]:
 
 
 def _zarr_group_json(attributes: dict) -> bytes:
-    """The ``zarr.json`` zarr writes for a v3 group with ``attributes`` (made by zarr, in memory)."""
-    import zarr
-    from zarr.storage import MemoryStore
+    """The ``zarr.json`` zarr writes for a v3 group with ``attributes`` (``shard_writer`` writes it as zarr does)."""
+    from alarm.pipeline.shard_writer import group_json
 
-    store = MemoryStore()
-    zarr.open_group(store, mode="w", zarr_format=3, attributes=attributes)
-    return bytes(store._store_dict["zarr.json"].to_bytes())
+    return group_json(attributes)
 
 
 def init_group(root: Location, encoder: str, spec: dict, layers: int, dim: int,
@@ -286,9 +283,21 @@ def committed_parts(group: Location) -> list[str]:
     if objects.local is not None:
         parts = objects.local / "parts"
         return sorted(p.name for p in parts.iterdir() if (p / DONE).is_file()) if parts.is_dir() else []
-    # One listing of the group's parts: markers are the keys ``parts/<part>/_DONE``.
-    return sorted(info.key.split("/")[1] for info in objects.list("parts")
-                  if info.key.count("/") == 2 and info.key.endswith("/" + DONE))
+    return sorted(committed_markers(objects))
+
+
+def committed_markers(group: Objects) -> dict[str, str]:
+    """Part id -> its done marker's etag, for every committed part of the group ``group`` opens.
+
+    One listing of ``parts/``, whose markers are the keys ``parts/<part>/_DONE`` (what the job's plan
+    and the remote reader both need; the reader keeps the etags to version its cache).
+    """
+    out = {}
+    for info in group.list("parts"):
+        bits = info.key.split("/")
+        if len(bits) == 3 and bits[0] == "parts" and bits[2] == DONE:
+            out[bits[1]] = info.etag
+    return out
 
 
 def part_subdir(part: str, marker: dict) -> str:
