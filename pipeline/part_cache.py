@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.process_dirs import pid_of, process_alive
 
 DEFAULT_LIMIT_GB = 8.0
 STALE_TMP_S = 3600.0  # a download older than this whose process is gone is a kill's leftover
@@ -225,7 +226,7 @@ class PartCache:
 
         now = time.time()
         for folder in (self.folder / "tmp").glob("*") if (self.folder / "tmp").is_dir() else []:
-            if not _alive(_pid_of(folder.name)):
+            if not process_alive(pid_of(folder.name)):
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
             for item in folder.glob("*"):  # a live process id may be a new process reusing a dead one's
@@ -235,7 +236,7 @@ class PartCache:
                 except FileNotFoundError:
                     continue
         for item in (self.folder / "pinned").glob("*") if (self.folder / "pinned").is_dir() else []:
-            if not _alive(_pid_of(item.name.split("-", 1)[0])):
+            if not process_alive(pid_of(item.name.split("-", 1)[0])):
                 shutil.rmtree(item, ignore_errors=True)
 
 
@@ -253,19 +254,3 @@ def default_cache(folder: str | os.PathLike | None = None, limit_gb: float | Non
     if gb <= 0:
         raise ConfigError(f"part cache size must be positive, got {gb} GB")
     return PartCache(where, int(gb * 1e9))
-
-
-def _pid_of(text: str) -> int | None:
-    return int(text) if text.isdecimal() else None
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

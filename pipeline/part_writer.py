@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import socket
 import tempfile
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alarm.pipeline.process_dirs import own_folder
 from alarm.pipeline.shard_writer import ShardedArrayWriter, StagedFiles, group_json, write_plain_array
 from alarm.pipeline.store_fence import check_fence
 from alarm.pipeline.store_layout import (
@@ -54,6 +56,23 @@ class PartInfo:
     bytes: int
 
 
+_url_staging: Path | None = None
+
+
+def url_staging() -> Path:
+    """Where this process stages parts of a store on a URL: ``<temp dir>/alarm-staging/<pid>``.
+
+    A local store stages beside its group and the job clears that folder under its lease; a URL
+    store's parts are staged on each worker's own disk, where no job can see them. So each process
+    stages under its own id, and the first part it writes removes what workers that are gone (a
+    SIGKILL, a lost node's restart) left there.
+    """
+    global _url_staging
+    if _url_staging is None or _url_staging.name != str(os.getpid()) or not _url_staging.is_dir():
+        _url_staging = own_folder(Path(tempfile.gettempdir()) / "alarm-staging")
+    return _url_staging
+
+
 class PartWriter:
     """Writes one part: clips appended in order, flushed shard by shard, committed atomically.
 
@@ -70,8 +89,7 @@ class PartWriter:
         self.total_frames, self.layers, self.dim = total_frames, layers, dim
         self.attempt = uuid.uuid4().hex[:16]
         local = self.objects.local
-        staging = local / STAGING if local is not None else Path(tempfile.gettempdir()) / "alarm-staging"
-        self.tmp = staging / f"{part_id}.{self.attempt}"
+        self.tmp = (local / STAGING if local is not None else url_staging()) / f"{part_id}.{self.attempt}"
         self.tmp.mkdir(parents=True)
         # The checksums of the done marker are taken from the bytes as they are written: commit reads nothing back.
         self._files = StagedFiles(self.tmp)
