@@ -68,30 +68,12 @@ class EvalConfig(InferConfig):
     def run_id(self) -> str:
         """Fingerprint of everything that decides an answer besides the question itself."""
         store = str(Path(self.store).resolve()) if self.store and "://" not in self.store else self.store or None
+        from alarm.trainer.run_remote import checkpoint_identity
+
         keyed = {"checkpoint": checkpoint_identity(self.checkpoint), "store": store, "llm": self.llm,
                  "engine": self.engine, "think_budget": self.think_budget, "max_new_tokens": self.max_new_tokens,
                  "temperature": self.temperature, "seed": self.seed}
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def checkpoint_identity(checkpoint: str) -> str:
-    """The checkpoint actually loaded, as a stable string.
-
-    A run folder stands for its latest checkpoint, which moves on while training continues, so it is
-    resolved to that step's folder; the folder's metadata file (step, config, data fingerprints) is
-    hashed in, so a checkpoint rewritten in place is not mistaken for the old one.
-    """
-    from alarm.trainer.checkpoint import META_FILE, latest_checkpoint
-    from alarm.trainer.export import INFO_FILE
-
-    path = Path(checkpoint)
-    if not path.is_dir():
-        return checkpoint
-    if not (path / META_FILE).is_file() and not (path / INFO_FILE).is_file():
-        path = latest_checkpoint(path) or path
-    meta = next((path / name for name in (META_FILE, INFO_FILE) if (path / name).is_file()), None)
-    digest = hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta else "no-metadata"
-    return f"{path.resolve()}@{digest}"
 
 
 @dataclass

@@ -152,3 +152,43 @@ def fetch_folder(url: str) -> Path:
     if not local.is_dir():
         raise FileNotFoundError(f"{url} holds no checkpoint, export or run")
     return local
+
+
+def checkpoint_identity(checkpoint: str) -> str:
+    """The checkpoint actually loaded, as a stable string (a path or a URL, as ``weights_from`` takes).
+
+    A run folder stands for its latest checkpoint, which moves on while training continues, so it is
+    resolved to that step's folder; the folder's metadata file (step, config, data fingerprints) is
+    hashed in, so a checkpoint rewritten in place is not mistaken for the old one. The same holds for
+    a run on object storage: its URL alone would keep naming the first checkpoint an evaluation saw.
+    """
+    from alarm.trainer.checkpoint import latest_checkpoint
+    from alarm.trainer.export import INFO_FILE
+
+    if is_remote(checkpoint):
+        return _remote_identity(checkpoint.rstrip("/"), INFO_FILE)
+    path = Path(checkpoint)
+    if not path.is_dir():
+        return checkpoint
+    if not (path / META_FILE).is_file() and not (path / INFO_FILE).is_file():
+        path = latest_checkpoint(path) or path
+    meta = next((path / name for name in (META_FILE, INFO_FILE) if (path / name).is_file()), None)
+    digest = hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta else "no-metadata"
+    return f"{path.resolve()}@{digest}"
+
+
+def _remote_identity(url: str, info_file: str) -> str:
+    """``checkpoint_identity`` of a URL: a weights object by its etag, a folder by its metadata's hash."""
+    if url.endswith(".safetensors"):
+        folder, name = url.rsplit("/", 1)
+        head = _objects(folder).head(name)
+        return f"{url}@{head.etag if head else 'missing'}"
+    objects = _objects(url)
+    for name in (META_FILE, info_file):  # a checkpoint or an export folder itself
+        if objects.exists(name):
+            return f"{url}@{hashlib.sha256(objects.get(name)).hexdigest()[:16]}"
+    done = remote_checkpoints(objects)
+    if not done:
+        return url
+    meta = objects.get(f"checkpoints/{done[-1]}/{META_FILE}")
+    return f"{url}/checkpoints/{done[-1]}@{hashlib.sha256(meta).hexdigest()[:16]}"
