@@ -1,7 +1,8 @@
 """Cheap facts about audio without decoding it: bytes of a tar member, duration from the header.
 
-Audio on object storage (``s3://...``, a plain object or a shard member) is read whole: a header
-alone is not enough for every format (an MP3's duration needs its frames), and clips are short.
+Audio on object storage (``s3://...``, a plain object or a shard member) is probed through ranged
+reads of the windows the header parser asks for: a WAV or FLAC header costs a window or two, not the
+clip (an MP3 whose frames must be counted is still read through, window by window).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def probe_duration(audio: str) -> float:
     import soundfile as sf
 
     source: Any
-    if TAR_SEPARATOR in audio or is_url(audio):
+    if is_url(audio):
+        source = _ranged(audio)
+    elif TAR_SEPARATOR in audio:
         source = io.BytesIO(open_audio_bytes(audio))
     else:
         if not Path(audio).is_file():
@@ -59,6 +62,22 @@ def probe_duration(audio: str) -> float:
     if info.samplerate <= 0 or info.frames < 0:
         raise AudioUnreadable(f"bad header: {info.samplerate} Hz, {info.frames} frames")
     return info.frames / info.samplerate
+
+
+def _ranged(audio: str) -> Any:
+    """``remote_audio.open_ranged``, its errors as ``AudioUnreadable`` with the reasons a decode gives."""
+    import tarfile
+
+    from alarm.pipeline.remote_audio import open_ranged
+
+    try:
+        return open_ranged(audio)
+    except FileNotFoundError:
+        raise AudioUnreadable(f"audio object not found: {audio.split('#', 1)[0]}") from None
+    except KeyError:
+        raise AudioUnreadable(f"no member {audio.split('#', 1)[1]!r} in shard {audio.split('#', 1)[0]}") from None
+    except tarfile.TarError as err:
+        raise AudioUnreadable(f"unreadable shard {audio.split('#', 1)[0]} ({err})") from None
 
 
 def instance_duration(instance: Any) -> float:

@@ -77,11 +77,12 @@ def _count(kind: str, size: int) -> None:
 
 
 class RangedFile(io.RawIOBase):
-    """A read-only, seekable view of one object that fetches a window per ranged GET."""
+    """A read-only, seekable view of one object (or of ``size`` bytes of it from ``base``: a shard
+    member) that fetches a window per ranged GET."""
 
-    def __init__(self, objects: Objects, key: str, size: int, window: int = WINDOW) -> None:
+    def __init__(self, objects: Objects, key: str, size: int, window: int = WINDOW, base: int = 0) -> None:
         super().__init__()
-        self.objects, self.key, self.size, self.window = objects, key, size, window
+        self.objects, self.key, self.size, self.window, self.base = objects, key, size, window, base
         self.pos = 0
         self._start, self._data = 0, b""
 
@@ -107,7 +108,7 @@ class RangedFile(io.RawIOBase):
             return b""
         if not (self._start <= self.pos and end <= self._start + len(self._data)):
             stop = min(self.size, max(end, self.pos + self.window))
-            self._data = self.objects.get_range(self.key, self.pos, stop)
+            self._data = self.objects.get_range(self.key, self.base + self.pos, self.base + stop)
             self._start = self.pos
             _count("range", len(self._data))
         out = self._data[self.pos - self._start:end - self._start]
@@ -205,6 +206,31 @@ def member_bytes(url: str, member: str) -> bytes:
     data = objects.get_range(key, offset, offset + size) if size else b""
     _count("range", len(data))
     return data
+
+
+def open_ranged(audio: str) -> RangedFile:
+    """A seekable view of remote audio, a plain object or ``shard.tar#member``, that fetches only the
+    windows its reader reads (a header probe reads one or two, not the whole clip).
+
+    Raises:
+        FileNotFoundError: the object or shard does not exist.
+        KeyError: the shard has no such member.
+        tarfile.TarError: the shard is not a readable tar.
+    """
+    if "#" in audio:
+        url, member = audio.split("#", 1)
+        table = shard_table(url)
+        if member not in table:
+            raise KeyError(member)
+        offset, size = table[member]
+        objects, key = locate(url)
+        return RangedFile(objects, key, size, WINDOW, base=offset)
+    objects, key = locate(audio)
+    info = objects.head(key)
+    _count("head", 0)
+    if info is None:
+        raise FileNotFoundError(audio)
+    return RangedFile(objects, key, info.size, WINDOW)
 
 
 def is_remote(audio: str) -> bool:

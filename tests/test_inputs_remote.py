@@ -128,6 +128,30 @@ def test_cli_check_and_stats_accept_a_manifest_url(corpus) -> None:
     assert totals["instances"] == 7 and totals["unreadable"] == 1  # the missing object
 
 
+def test_probing_remote_audio_reads_its_header_not_the_clip(tmp_path: Path, s3_url: str) -> None:
+    from alarm.pipeline.probe import AudioUnreadable
+
+    folder = tmp_path / "long"
+    wav = write_wav(folder / "a.wav", tone(20.0, 16000), 16000)
+    write_wav(folder / "a.flac", tone(20.0, 16000, seed=2), 16000)
+    write_wav(folder / "a.mp3", tone(3.0, 16000, seed=3), 16000, subtype="MPEG_LAYER_III")
+    write_shard(folder / "s.tar", [("m0", wav, {"id": "m0", "dataset": "x"})])
+    upload(folder, f"{s3_url}/long")
+    for name in ("a.wav", "a.flac", "a.mp3", "s.tar#m0.wav"):
+        remote_audio.FETCHED.clear()
+        local = probe_duration(str(folder / name)) if "#" not in name else 20.0
+        assert probe_duration(f"{s3_url}/long/{name}") == pytest.approx(local), name
+        if name.endswith((".wav", ".flac")) and "#" not in name:
+            # A header, not the 20 s clip: at most two windows, and never a whole-object GET.
+            assert remote_audio.FETCHED["get"] == 0, name
+            assert remote_audio.FETCHED["bytes"] <= 2 * remote_audio.WINDOW < (folder / name).stat().st_size / 4
+    assert remote_audio.FETCHED["bytes"] < wav.stat().st_size / 4  # the member, after its shard's table walk
+    with pytest.raises(AudioUnreadable, match="audio object not found: s3://"):
+        probe_duration(f"{s3_url}/long/nowhere.wav")
+    with pytest.raises(AudioUnreadable, match="no member 'm9.wav'"):
+        probe_duration(f"{s3_url}/long/s.tar#m9.wav")
+
+
 @pytest.fixture
 def shards(tmp_path: Path, s3_url: str) -> tuple[Path, str, list[dict]]:
     """Two WebDataset shards (one sample without JSON), local and on S3."""
