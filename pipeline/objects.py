@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -263,7 +264,8 @@ class RemoteObjects:
         except (oe.AlreadyExistsError, oe.PreconditionError, FileExistsError) as err:
             raise PreconditionFailed(f"{self.url}/{key}: {_one_line(err)}") from None
         except (oe.PermissionDeniedError, oe.UnauthenticatedError) as err:
-            raise ConfigError(f"{self.url}: access denied on {what} of {key} ({_one_line(err)})") from None
+            raise ConfigError(f"{self.url}: access denied on {what} of {key} ({_one_line(err)}); "
+                              f"{CREDENTIALS_HINT}") from None
 
     def get(self, key: str) -> bytes:
         import obstore
@@ -376,7 +378,9 @@ class RemoteObjects:
         try:
             obstore.list_with_delimiter(probe)
         except Exception as err:  # any failure here is the user's URL, endpoint or credentials
-            raise ConfigError(f"cannot reach {self.url}: {_one_line(err)}") from None
+            line = _one_line(err)
+            hint = f"; {CREDENTIALS_HINT}" if _denied(err, line) else ""
+            raise ConfigError(f"cannot reach {self.url}: {line}{hint}") from None
 
 
 def _client_options() -> dict:
@@ -393,6 +397,26 @@ def _info(meta: dict, key: str | None = None) -> ObjectInfo:
 
 
 def _one_line(err: BaseException) -> str:
-    """The first meaningful line of a client error (they run to dozens of lines of debug output)."""
+    """The first meaningful line of a client error (they run to dozens of lines of debug output); a
+    server's XML error body becomes its status, code and message (``403 Forbidden: SignatureDoesNotMatch
+    (...)``)."""
     text = " ".join(str(err).split("\n\nDebug source")[0].split())
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    if code:
+        status = re.search(r"status code: (\d{3}[A-Za-z ]*)", text)
+        message = re.search(r"<Message>([^<]+)</Message>", text)
+        text = f"{status.group(1).strip() if status else 'error'}: {code.group(1)}" + \
+            (f" ({message.group(1)})" if message else "")
     return text[:300]
+
+
+CREDENTIALS_HINT = ("check the credentials in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                    "AWS_SESSION_TOKEN; GOOGLE_APPLICATION_CREDENTIALS; AZURE_STORAGE_*) and the bucket's permissions")
+
+
+def _denied(err: BaseException, line: str) -> bool:
+    """Whether a client error is the server refusing these credentials (401/403), not a network failure."""
+    import obstore.exceptions as oe
+
+    return isinstance(err, oe.PermissionDeniedError | oe.UnauthenticatedError) or \
+        re.search(r"\b(401|403)\b", line) is not None
