@@ -195,7 +195,8 @@ def test_rerun_with_nothing_to_do_starts_no_ray_and_loads_no_model(manifest, tmp
 
 def test_new_audio_starts_the_actors_before_keying_and_missing_files_do_not(tmp_path, monkeypatch):
     """With the encoders' facts cached, the actors still load their models while new audio is keyed
-    (the overlap the job had before the facts cache); a source whose file is missing is no new work."""
+    (keying's threads start first, then Ray and the actors, from inside keying); a source whose file is
+    missing is no new work."""
     import json
 
     import ray
@@ -209,16 +210,23 @@ def test_new_audio_starts_the_actors_before_keying_and_missing_files_do_not(tmp_
 
     seen = []
     real = sources._key_todo
-    monkeypatch.setattr(sources, "_key_todo", lambda todo, cfg: seen.append(ray.is_initialized()) or real(todo, cfg))
+
+    def spy(todo, cfg, start_workers=None):  # (Ray up before keying, workers to start, Ray up after it)
+        before = ray.is_initialized()
+        keyed = real(todo, cfg, start_workers)
+        seen.append((before, start_workers is not None, ray.is_initialized()))
+        return keyed
+
+    monkeypatch.setattr(sources, "_key_todo", spy)
     more = run_pipeline(_config(store, write_manifest_rows(rows, tmp_path / "b.jsonl")))
-    assert seen == [True] and more.encoded == {"whisper": 2}  # Ray and its actors were up before keying
+    assert seen == [(False, True, True)] and more.encoded == {"whisper": 2}  # Ray and its actors started while keying
 
     missing = rows + [{"id": "gone", "audio": str(folder / "gone.wav"), "dataset": "toy"}]
     manifest = tmp_path / "c.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in missing))
     seen.clear()
     again = run_pipeline(_config(store, manifest))
-    assert seen == [False] and again.encoded == {"whisper": 0} and not ray.is_initialized()
+    assert seen == [(False, False, False)] and again.encoded == {"whisper": 0} and not ray.is_initialized()
 
 
 def test_encoder_facts_cache_follows_the_checkpoint_files(tiny_whisper_dir, tmp_path, monkeypatch):
