@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any, Protocol
 
 from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.fork_guard import runtime_pid
+from alarm.pipeline.object_errors import CREDENTIALS_HINT, denied, one_line
 
 URL_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss", "azure")
 # Bounded retries with exponential backoff for every request on a URL (throttling, 5xx, resets):
@@ -245,7 +245,7 @@ class RemoteObjects:
         try:
             self._client = from_url(self.url, retry_config=self._retry, client_options=_client_options())
         except Exception as err:  # unknown scheme, malformed bucket, bad config keys
-            raise ConfigError(f"{self.url}: {_one_line(err)}") from None
+            raise ConfigError(f"{self.url}: {one_line(err)}") from None
 
     def __reduce__(self) -> tuple:  # Ray ships these to workers: rebuild the client there
         return (RemoteObjects, (self.url, self._retry))
@@ -262,9 +262,9 @@ class RemoteObjects:
         except (oe.NotFoundError, FileNotFoundError):
             raise FileNotFoundError(f"{self.url}/{key}") from None
         except (oe.AlreadyExistsError, oe.PreconditionError, FileExistsError) as err:
-            raise PreconditionFailed(f"{self.url}/{key}: {_one_line(err)}") from None
+            raise PreconditionFailed(f"{self.url}/{key}: {one_line(err)}") from None
         except (oe.PermissionDeniedError, oe.UnauthenticatedError) as err:
-            raise ConfigError(f"{self.url}: access denied on {what} of {key} ({_one_line(err)}); "
+            raise ConfigError(f"{self.url}: access denied on {what} of {key} ({one_line(err)}); "
                               f"{CREDENTIALS_HINT}") from None
 
     def get(self, key: str) -> bytes:
@@ -337,7 +337,7 @@ class RemoteObjects:
         try:
             yield from stream
         except (oe.PermissionDeniedError, oe.UnauthenticatedError) as err:
-            raise ConfigError(f"{self.url}: access denied on list ({_one_line(err)})") from None
+            raise ConfigError(f"{self.url}: access denied on list ({one_line(err)}); {CREDENTIALS_HINT}") from None
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         import obstore
@@ -378,8 +378,8 @@ class RemoteObjects:
         try:
             obstore.list_with_delimiter(probe)
         except Exception as err:  # any failure here is the user's URL, endpoint or credentials
-            line = _one_line(err)
-            hint = f"; {CREDENTIALS_HINT}" if _denied(err, line) else ""
+            line = one_line(err)
+            hint = f"; {CREDENTIALS_HINT}" if denied(err, line) else ""
             raise ConfigError(f"cannot reach {self.url}: {line}{hint}") from None
 
 
@@ -394,29 +394,3 @@ def _info(meta: dict, key: str | None = None) -> ObjectInfo:
     modified = meta.get("last_modified")
     return ObjectInfo(key if key is not None else meta["path"], int(meta["size"]),
                       str(meta.get("e_tag") or ""), modified.timestamp() if modified is not None else 0.0)
-
-
-def _one_line(err: BaseException) -> str:
-    """The first meaningful line of a client error (they run to dozens of lines of debug output); a
-    server's XML error body becomes its status, code and message (``403 Forbidden: SignatureDoesNotMatch
-    (...)``)."""
-    text = " ".join(str(err).split("\n\nDebug source")[0].split())
-    code = re.search(r"<Code>([^<]+)</Code>", text)
-    if code:
-        status = re.search(r"status code: (\d{3}[A-Za-z ]*)", text)
-        message = re.search(r"<Message>([^<]+)</Message>", text)
-        text = f"{status.group(1).strip() if status else 'error'}: {code.group(1)}" + \
-            (f" ({message.group(1)})" if message else "")
-    return text[:300]
-
-
-CREDENTIALS_HINT = ("check the credentials in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-                    "AWS_SESSION_TOKEN; GOOGLE_APPLICATION_CREDENTIALS; AZURE_STORAGE_*) and the bucket's permissions")
-
-
-def _denied(err: BaseException, line: str) -> bool:
-    """Whether a client error is the server refusing these credentials (401/403), not a network failure."""
-    import obstore.exceptions as oe
-
-    return isinstance(err, oe.PermissionDeniedError | oe.UnauthenticatedError) or \
-        re.search(r"\b(401|403)\b", line) is not None

@@ -68,7 +68,7 @@ class EvalConfig(InferConfig):
     def run_id(self) -> str:
         """Fingerprint of everything that decides an answer besides the question itself."""
         store = str(Path(self.store).resolve()) if self.store and "://" not in self.store else self.store or None
-        from alarm.trainer.run_remote import checkpoint_identity
+        from alarm.trainer.checkpoint_identity import checkpoint_identity
 
         keyed = {"checkpoint": checkpoint_identity(self.checkpoint), "store": store, "llm": self.llm,
                  "engine": self.engine, "think_budget": self.think_budget, "max_new_tokens": self.max_new_tokens,

@@ -41,7 +41,8 @@ def working_copy(url: str, rank: int) -> Path:
     return alarm_cache_dir() / "runs" / name / f"rank{rank}"
 
 
-def _objects(url: str) -> Any:
+def open_checked(url: str) -> Any:
+    """The objects under ``url``, probed once (a wrong URL or bad credentials: one line, at once)."""
     from alarm.pipeline.objects import open_objects
 
     objects = open_objects(url)
@@ -60,7 +61,7 @@ def remote_checkpoints(objects: Any) -> list[str]:
 def pull(url: str, local: Path, everything: bool) -> None:
     """Empty ``local`` and fill it from the run at ``url``: its latest complete checkpoint, and
     (``everything``: the main process) the run's other files except older checkpoints and set-aside runs."""
-    objects = _objects(url)
+    objects = open_checked(url)
     shutil.rmtree(local, ignore_errors=True)
     local.mkdir(parents=True)
     done = remote_checkpoints(objects)
@@ -76,7 +77,7 @@ def pull(url: str, local: Path, everything: bool) -> None:
 
 def publish_checkpoint(url: str, local: Path, checkpoint: Path) -> None:
     """Put a checkpoint (``meta.json`` last), then the logs; delete remote checkpoints pruned locally."""
-    objects = _objects(url)
+    objects = open_checked(url)
     files = sorted(p for p in checkpoint.rglob("*") if p.is_file())
     for path in sorted(files, key=lambda p: p.name == META_FILE):
         objects.put_file(path.relative_to(local).as_posix(), path)
@@ -97,7 +98,7 @@ def _publish_logs(objects: Any, local: Path) -> None:
 
 def publish_run(url: str, local: Path) -> None:
     """Put every file of the run except checkpoints (published one by one) and set-aside runs."""
-    objects = _objects(url)
+    objects = open_checked(url)
     for path in sorted(local.rglob("*")):
         rel = path.relative_to(local).as_posix()
         top = rel.split("/", 1)[0]
@@ -107,7 +108,7 @@ def publish_run(url: str, local: Path) -> None:
 
 def set_aside_remote(url: str) -> None:
     """Move an earlier run's checkpoints and logs at ``url`` to ``previous-<time>/`` (copy, then delete)."""
-    objects = _objects(url)
+    objects = open_checked(url)
     aside = time.strftime("previous-%Y%m%d-%H%M%S")
     scratch = working_copy(url, 0).parent / "aside"
     for info in objects.list():
@@ -129,8 +130,8 @@ def weights_from(source: str | Path) -> dict[str, Any]:
     url = str(source).rstrip("/")
     if url.endswith(".safetensors"):
         folder, name = url.rsplit("/", 1)
-        return load(_objects(folder).get(name))
-    objects = _objects(url)
+        return load(open_checked(folder).get(name))
+    objects = open_checked(url)
     if objects.exists(WEIGHTS_FILE):
         return load(objects.get(WEIGHTS_FILE))
     done = remote_checkpoints(objects)
@@ -142,7 +143,7 @@ def weights_from(source: str | Path) -> dict[str, Any]:
 
 def fetch_folder(url: str) -> Path:
     """A local copy of a checkpoint or export folder at ``url``, or of a run's latest complete checkpoint."""
-    objects = _objects(url)
+    objects = open_checked(url)
     done = remote_checkpoints(objects)
     prefix = f"checkpoints/{done[-1]}" if done else ""
     local = working_copy(url, 0).parent / "fetched" / (done[-1] if done else "folder")
@@ -153,42 +154,3 @@ def fetch_folder(url: str) -> Path:
         raise FileNotFoundError(f"{url} holds no checkpoint, export or run")
     return local
 
-
-def checkpoint_identity(checkpoint: str) -> str:
-    """The checkpoint actually loaded, as a stable string (a path or a URL, as ``weights_from`` takes).
-
-    A run folder stands for its latest checkpoint, which moves on while training continues, so it is
-    resolved to that step's folder; the folder's metadata file (step, config, data fingerprints) is
-    hashed in, so a checkpoint rewritten in place is not mistaken for the old one. The same holds for
-    a run on object storage: its URL alone would keep naming the first checkpoint an evaluation saw.
-    """
-    from alarm.trainer.checkpoint import latest_checkpoint
-    from alarm.trainer.export import INFO_FILE
-
-    if is_remote(checkpoint):
-        return _remote_identity(checkpoint.rstrip("/"), INFO_FILE)
-    path = Path(checkpoint)
-    if not path.is_dir():
-        return checkpoint
-    if not (path / META_FILE).is_file() and not (path / INFO_FILE).is_file():
-        path = latest_checkpoint(path) or path
-    meta = next((path / name for name in (META_FILE, INFO_FILE) if (path / name).is_file()), None)
-    digest = hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta else "no-metadata"
-    return f"{path.resolve()}@{digest}"
-
-
-def _remote_identity(url: str, info_file: str) -> str:
-    """``checkpoint_identity`` of a URL: a weights object by its etag, a folder by its metadata's hash."""
-    if url.endswith(".safetensors"):
-        folder, name = url.rsplit("/", 1)
-        head = _objects(folder).head(name)
-        return f"{url}@{head.etag if head else 'missing'}"
-    objects = _objects(url)
-    for name in (META_FILE, info_file):  # a checkpoint or an export folder itself
-        if objects.exists(name):
-            return f"{url}@{hashlib.sha256(objects.get(name)).hexdigest()[:16]}"
-    done = remote_checkpoints(objects)
-    if not done:
-        return url
-    meta = objects.get(f"checkpoints/{done[-1]}/{META_FILE}")
-    return f"{url}/checkpoints/{done[-1]}@{hashlib.sha256(meta).hexdigest()[:16]}"
