@@ -11,8 +11,18 @@ from store_trees import leftovers, store_digest
 # The contract tests of the local and S3 roots, run here against the `objects` fixture below.
 from test_objects import test_conditional_create_and_replace, test_put_get_list_delete  # noqa: F401
 
-# The S3 job test's corpus and its clean local run: the store an Azure run must equal.
-from test_store_objects import JOB, corpus, local_store, run_cli  # noqa: F401
+# The S3 job test's corpus and its clean local run (the store an Azure run must equal), and its lease,
+# fencing, twin-commit and gc tests, run here against the `root` fixture below.
+from test_store_objects import (  # noqa: F401
+    JOB,
+    corpus,
+    local_store,
+    run_cli,
+    test_a_renewed_lease_outlives_its_duration,
+    test_a_twin_attempt_keeps_the_first_marker,
+    test_an_expired_lease_cannot_commit,
+    test_gc_removes_only_abandoned_attempts_older_than_grace,
+)
 
 from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.objects import PreconditionFailed, open_objects
@@ -23,6 +33,11 @@ from alarm.pipeline.verify import verify_store
 @pytest.fixture
 def objects(az_url: str):
     return open_objects(az_url)
+
+
+@pytest.fixture
+def root(az_url: str) -> str:
+    return az_url
 
 
 def test_a_listed_etag_is_the_one_head_and_put_give(objects) -> None:
