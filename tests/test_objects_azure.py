@@ -99,3 +99,13 @@ def test_run_to_azure_equals_a_local_run(corpus, local_store, az_url: str) -> No
     # A rerun sees every part's marker (listed on Azure) and writes nothing.
     result = run_cli("pipeline", "run", str(manifest), "--store", az_url, "--config", str(config), *JOB, "--json")
     assert result.exit_code == 0 and '"bytes_written": {\n    "whisper": 0,\n    "w2vbert": 0' in result.output
+
+
+def test_a_file_larger_than_a_chunk_goes_up_in_blocks(objects, tmp_path) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(np.random.default_rng(0).bytes(12 * 2**20))  # above obstore's 5 MiB chunks
+    objects.put_file("big.bin", source)
+    assert objects.head("big.bin").size == source.stat().st_size
+    objects.get_file("big.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == source.read_bytes()
+    assert objects.get_range("big.bin", 6 * 2**20, 6 * 2**20 + 5) == source.read_bytes()[6 * 2**20:6 * 2**20 + 5]
