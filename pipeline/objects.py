@@ -392,11 +392,8 @@ def _client_options() -> dict:
 
 
 def _info(meta: dict, key: str | None = None, quote: bool = False) -> ObjectInfo:
-    modified = meta.get("last_modified")
-    etag = str(meta.get("e_tag") or "")
-    if quote and etag and not etag.startswith(('"', 'W/"')):
-        # Azure lists entity tags bare (<Etag>0x8D...</Etag>) but returns them quoted from HEAD and PUT:
-        # quote them so one object has one tag whichever call saw it (S3's are quoted in both).
-        etag = f'"{etag}"'
+    modified, etag = meta.get("last_modified"), str(meta.get("e_tag") or "")
+    if quote and etag and not etag.startswith(('"', 'W/"')):  # Azure lists tags bare, HEAD and PUT quote
+        etag = f'"{etag}"'  # them (S3 quotes in all three): one object, one tag, whichever call saw it
     return ObjectInfo(key if key is not None else meta["path"], int(meta["size"]),
                       etag, modified.timestamp() if modified is not None else 0.0)
