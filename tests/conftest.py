@@ -16,9 +16,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
+from azure_fixtures import az_url, azurite  # noqa: E402,F401  (the Azure emulator fixtures)
+from azure_fixtures import install_env as install_azure_env  # noqa: E402
 from s3_fixtures import install_env, s3_server, s3_url  # noqa: E402,F401  (the S3 server fixtures)
 
 install_env()  # before any test starts Ray: its workers inherit these variables
+install_azure_env()
 
 
 @pytest.fixture(scope="session")
