@@ -272,7 +272,7 @@ def run_job(manifest: Path, store: Path, encoders: list[str], pools: str = "auto
 
 def timing(args: argparse.Namespace, encoders: list[str], workdir: Path) -> dict[str, Any]:
     """Naive loop, pipeline (each layout of ``--pools``) and compute limit on one corpus, back to back."""
-    from compute_limit import compute_limit
+    from compute_limit import compute_limit, gap, steady_state
 
     manifest, seconds = make_corpus(workdir / "corpus", args.clips)
     result: dict[str, Any] = {"clips": args.clips, "audio_seconds": round(seconds, 1)}
@@ -323,43 +323,6 @@ def timing(args: argparse.Namespace, encoders: list[str], workdir: Path) -> dict
                        compression({k: tiny.read(k) for k in tiny.keys()}, workdir).items()})
         result.update({f"real_dims_{k}": v for k, v in compression(real_dim_clips(), workdir).items()})
     return result
-
-
-def steady_state(result: dict[str, Any], limit: dict[str, Any]) -> dict[str, float]:
-    """What ``pipeline_over_compute_limit`` tends to as the corpus grows (shared layout only).
-
-    Ray's start, the actors' model loads, the last unit's tail and the shutdown cost the same for any
-    corpus; what grows with it is the actors' busy time (decode, forward passes, writes, per-unit work)
-    and the keying pass (one decode and hash of every source, before planning). Against the limit's
-    busy time, in wall seconds and in CPU-seconds: keying's CPU-seconds count in both, as the worker-
-    seconds the keying threads take from the encoders.
-    """
-    stages = result["pipeline_stage_seconds"]
-    if "busy" not in stages:
-        return {}
-    keying = limit["keying_cpu_s"]
-    return {"pipeline_busy_s": stages["busy"], "pipeline_busy_cpu_s": stages["busy_cpu"], "keying_cpu_s": keying,
-            "pipeline_steady_over_compute_limit": limit["compute_limit_busy_s"] / (stages["busy"] + keying),
-            "pipeline_steady_cpu_over_compute_limit": limit["compute_limit_cpu_s"] / (stages["busy_cpu"] + keying)}
-
-
-def gap(result: dict[str, Any], limit: dict[str, Any], encoders: list[str]) -> dict[str, float]:
-    """Where the pipeline's wall time beyond the compute limit's goes, in seconds.
-
-    ``before_encode`` (manifest, keying, Ray start, until the pool takes the first unit) and
-    ``after_encode`` (index, summary, Ray shutdown) are the job's own phases. The encoding phase's excess
-    over the limit splits into ``decode_write`` (the actors' decode and write seconds, per actor),
-    ``forward_over_limit`` (the actors' forward-pass seconds per actor, minus the limit's wall) and
-    ``rest`` (actor start-up not hidden by keying, per-unit overhead, an actor idle at the end).
-    """
-    stages, phases, workers = result["pipeline_stage_seconds"], result["pipeline_phases"], limit["compute_limit_workers"]
-    decode_write = (stages.get("decode", 0.0) + sum(stages.get(f"{e}_write", 0.0) for e in encoders)) / workers
-    forward = sum(stages.get(e, 0.0) for e in encoders) / workers - limit["compute_limit_wall_s"]
-    excess = phases["encode_s"] - limit["compute_limit_wall_s"]
-    return {"total": result["pipeline_wall_s"] - limit["compute_limit_wall_s"],
-            "before_encode": phases["before_encode_s"], "after_encode": phases["after_encode_s"],
-            "encode_phase_over_limit": excess, "decode_write": decode_write, "forward_over_limit": forward,
-            "rest": excess - decode_write - forward}
 
 
 def memory(n: int, runs: int, encoders: list[str], workdir: Path) -> dict[str, Any]:

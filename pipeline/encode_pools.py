@@ -133,7 +133,8 @@ def unit_cost(unit: WorkUnit) -> float:
 
     Whisper pads every clip to a 30 s window (a cost per clip whatever its length), convolutions and
     feed-forward layers grow with the length, and the others' attention over the whole clip with its
-    square. Fitted on the job's own units (the four tiny encoders on CPU, 20 parts of 10 to 177 clips):
+    square. Fitted once (a one-off trace, not a bench) on the job's own units (the four tiny encoders on
+    CPU, 20 parts of 10 to 177 clips):
     1 per clip, 1/12 per second, 1/130 per second squared predict each unit's time within 14 %, where
     counting a window per clip and its length in windows was off by up to 74 % (it put the long-clip
     parts last, and the job ended on one of them). Only the order of the units depends on it.

@@ -51,7 +51,7 @@ def release_memory() -> None:
 
     glibc keeps freed blocks in its arenas; after many parts of mixed sizes a worker's resident memory
     would creep up with the corpus size instead of staying at one part's working set. Trimming after
-    every unit kept it flat but cost about 3 % of the forward passes (measured on the tiny encoders: the
+    every unit kept it flat but cost about 3 % of the forward passes (measured once, on the tiny encoders: the
     next unit faults every page back in, 24.7 against 24.0 CPU-s over ten units). So the size after the
     worker's first unit (one of the costliest: they go first) is its reference, and the heap is trimmed
     only when a later unit leaves the worker ``TRIM_SLACK`` times larger.

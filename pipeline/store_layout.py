@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from alarm.pipeline.objects import Objects, is_url, join, open_objects
+from alarm.pipeline.shard_writer import group_json
 
 STORE_FORMAT = 1
 DTYPES = ("float16", "bfloat16", "float32", "int8")
@@ -240,13 +241,6 @@ def list_groups(root: Location, encoder: str) -> list[str]:
     return [sid for sid in objects.list_dirs() if objects.exists(f"{sid}/spec.json")]
 
 
-def _zarr_group_json(attributes: dict) -> bytes:
-    """The ``zarr.json`` zarr writes for a v3 group with ``attributes`` (``shard_writer`` writes it as zarr does)."""
-    from alarm.pipeline.shard_writer import group_json
-
-    return group_json(attributes)
-
-
 def init_group(root: Location, encoder: str, spec: dict, layers: int, dim: int,
                frame_rate: float) -> Location:
     """Create (or check) the group for ``spec`` and return its location."""
@@ -266,7 +260,7 @@ def init_group(root: Location, encoder: str, spec: dict, layers: int, dim: int,
                           (f"features/{encoder}/{sid}", {"spec_id": sid}), (f"features/{encoder}/{sid}/parts", {})):
         key = f"{prefix}/zarr.json" if prefix else "zarr.json"
         if not objects.exists(key):
-            objects.put(key, _zarr_group_json(attrs))
+            objects.put(key, group_json(attrs))
     objects.put(spec_key, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return folder
 

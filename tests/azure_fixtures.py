@@ -21,20 +21,19 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-from s3_fixtures import _free_port
+from local_servers import free_port, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = "devstoreaccount1"
 # azurite's documented account key (public, the same in every emulator): not a secret.
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-PORT = int(os.environ.get("ALARM_TEST_AZURE_PORT") or _free_port())
+PORT = int(os.environ.get("ALARM_TEST_AZURE_PORT") or free_port())
 ENDPOINT = f"http://127.0.0.1:{PORT}"
 ENV = {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": ENDPOINT,
        "ALARM_TEST_AZURE_PORT": str(PORT)}
@@ -81,27 +80,19 @@ class Azurite:
             return
         binary = azurite_binary()
         if binary is None:
-            pytest.skip("azurite is not installed (`make test` installs it with npm into .cache/azurite)")
+            # CI installs it (``make test``): there a missing emulator is a failure, not a reason to skip.
+            (pytest.fail if os.environ.get("CI") else pytest.skip)(
+                "azurite is not installed (`make test` installs it with npm into .cache/azurite)")
         self.folder = tempfile.mkdtemp(prefix="azurite-")
         # --loose and --skipApiVersionCheck: object_store sends an API version and headers newer
         # releases of azurite may not know yet; the semantics under test do not depend on them.
-        self.proc = subprocess.Popen([binary, "--blobHost", "127.0.0.1", "--blobPort", str(PORT), "--location",
+        try:
+            self.proc = start_server([binary, "--blobHost", "127.0.0.1", "--blobPort", str(PORT), "--location",
                                       self.folder, "--silent", "--loose", "--skipApiVersionCheck",
-                                      "--disableTelemetry"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(ENDPOINT, timeout=1).close()
-                return
-            except urllib.error.HTTPError:
-                return  # it answers
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"azurite exited at start ({self.proc.returncode})") from None
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"azurite did not answer on {ENDPOINT} within 60 s")
+                                      "--disableTelemetry"], ENDPOINT, "azurite")
+        except RuntimeError:
+            self.stop()
+            raise
 
     def container(self) -> str:
         """A new empty container; returns its name (3 to 63 characters, lower case)."""
@@ -111,13 +102,7 @@ class Azurite:
         return name
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_server(self.proc)
         self.proc = None
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)

@@ -10,24 +10,16 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
 
 import pytest
+from local_servers import free_port, start_server, stop_server
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-PORT = int(os.environ.get("ALARM_TEST_S3_PORT") or _free_port())
+PORT = int(os.environ.get("ALARM_TEST_S3_PORT") or free_port())
 ENDPOINT = f"http://127.0.0.1:{PORT}"
 ENV = {"AWS_ENDPOINT_URL": ENDPOINT, "AWS_ACCESS_KEY_ID": "alarm-test", "AWS_SECRET_ACCESS_KEY": "alarm-test",
        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
@@ -47,22 +39,9 @@ class S3Server:
         self._buckets = itertools.count()
 
     def start(self) -> None:
-        if self.proc is not None:
-            return
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(PORT)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(ENDPOINT, timeout=1).close()
-                return
-            except urllib.error.HTTPError:
-                return  # it answers
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("moto server exited at start") from None
-                time.sleep(0.2)
-        raise RuntimeError(f"moto server did not answer on {ENDPOINT} within 60 s")
+        if self.proc is None:
+            self.proc = start_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(PORT)],
+                                     ENDPOINT, "moto server")
 
     def bucket(self) -> str:
         """A new empty bucket; returns its name."""
@@ -73,12 +52,7 @@ class S3Server:
         return name
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_server(self.proc)
         self.proc = None
 
 

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
+from local_servers import free_port, start_server, stop_server
 
 from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.objects import open_objects
@@ -32,24 +28,11 @@ def auth_server() -> Iterator[dict[str, str]]:
     """A moto server that checks signatures, with one user allowed everything on S3; yields its AWS env."""
     import boto3
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], endpoint,
+                        "moto server", env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"})
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
-                break
-            except urllib.error.HTTPError:
-                break  # it answers
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None, "moto server did not start"
-                time.sleep(0.2)
         admin = {"endpoint_url": endpoint, "region_name": "us-east-1"}
         iam = boto3.client("iam", aws_access_key_id="x", aws_secret_access_key="x", **admin)
         iam.create_user(UserName="alarm")
@@ -61,8 +44,7 @@ def auth_server() -> Iterator[dict[str, str]]:
         yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
                "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop_server(proc)
 
 
 def test_wrong_credentials_are_one_line_naming_what_to_check(auth_server, monkeypatch) -> None:
