@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,19 +38,29 @@ print("NODES", json.dumps([{"id": n["NodeID"], "ip": n["NodeManagerAddress"], "a
 """
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def _ephemeral_floor() -> int:
+    """The first port of the kernel's ephemeral range, where outgoing connections take their ports."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class PortPicker:
     """Free ports for the nodes of one cluster, never the same port twice (a worker range that no
-    process listens on yet is still taken)."""
+    process listens on yet is still taken).
+
+    Ports are drawn at random below the ephemeral range. Inside it, every outgoing connection (Ray's
+    gRPC ones, the test servers') takes a port and leaves it in TIME_WAIT after closing, so 40
+    consecutive free ports there can't be counted on: CI once found none in 500 tries. Random draws
+    keep two clusters started at once on this machine apart, and the bind check sees any listener.
+    """
 
     def __init__(self) -> None:
         self.taken: set[int] = set()
+        self.high = _ephemeral_floor()
+        self.low = max(1024, self.high - 20000)
+        self.rng = random.Random()  # seeded by the OS: parallel test processes must not draw alike
 
     def _bindable(self, ports: range) -> bool:
         held = []
@@ -57,6 +68,8 @@ class PortPicker:
             for p in ports:
                 s = socket.socket()
                 held.append(s)
+                # As Ray's gRPC servers do: a port left in TIME_WAIT by an ended cluster is free to them.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind(("0.0.0.0", p))
             return True
         except OSError:
@@ -67,13 +80,13 @@ class PortPicker:
 
     def take(self, count: int = 1) -> int:
         """The first of ``count`` consecutive free ports, now taken."""
-        for _ in range(500):
-            base = free_port("0.0.0.0")
+        for _ in range(2000):
+            base = self.rng.randrange(self.low, self.high - count)
             ports = range(base, base + count)
-            if base + count < 65000 and not self.taken.intersection(ports) and self._bindable(ports):
+            if not self.taken.intersection(ports) and self._bindable(ports):
                 self.taken.update(ports)
                 return base
-        raise RuntimeError(f"no {count} consecutive free ports")
+        raise RuntimeError(f"no {count} consecutive free ports in {self.low}-{self.high}")
 
     def node_flags(self) -> list[str]:
         """``ray start`` flags giving a node its own ports: its services and a range for its workers."""

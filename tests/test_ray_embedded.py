@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from local_servers import free_port
 from store_fixtures import good_corpus, write_manifest_rows
 
 from alarm.pipeline.job import PipelineConfig, run_pipeline
@@ -33,19 +33,13 @@ print(json.dumps({"drivers": [j.get("DriverPid") for j in state.jobs()], "actors
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ForeignCluster:
     """A cluster started with ``ray start --head --block`` in its own session (one process group)."""
 
     def __init__(self) -> None:
         # Short: Ray's unix socket paths live under it and must stay under ~107 characters.
         self.tmp = Path(tempfile.mkdtemp(prefix="rayf", dir="/tmp"))
-        ports = {flag: _free_port() for flag in ("port", "node-manager-port", "object-manager-port",
+        ports = {flag: free_port() for flag in ("port", "node-manager-port", "object-manager-port",
                                                    "dashboard-port", "dashboard-agent-listen-port",
                                                    "dashboard-agent-grpc-port", "runtime-env-agent-port",
                                                    "metrics-export-port")}
@@ -272,7 +266,7 @@ def test_an_address_nobody_listens_on_fails_at_once_in_one_line(tmp_path: Path) 
     started = time.perf_counter()
     result = CliRunner().invoke(main, ["pipeline", "run", str(manifest), "--store", str(tmp_path / "store"),
                                        "--preset", "tiny", "--encoders", "whisper",
-                                       "--address", f"127.0.0.1:{_free_port()}"])
+                                       "--address", f"127.0.0.1:{free_port()}"])
     assert time.perf_counter() - started < 30  # ray.init alone would retry the address for minutes
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: no Ray cluster answers at 127.0.0.1:")
