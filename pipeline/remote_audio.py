@@ -20,13 +20,13 @@ import functools
 import hashlib
 import io
 import json
-import os
 import tarfile
 import threading
 from collections import Counter, OrderedDict
 from typing import Any
 
 from alarm.pipeline.objects import Objects, is_url
+from alarm.pipeline.store_layout import atomic_path
 
 WINDOW = 64 << 10
 """Bytes fetched per request while walking a shard's headers: enough for a sample's JSON member and
@@ -154,12 +154,11 @@ def remember_table(url: str, version: str, table: dict[str, tuple[int, int]]) ->
         while len(_TABLES) > _MAX_TABLES:
             _TABLES.popitem(last=False)
     path = _table_path(url, version)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(table))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(table))
     except OSError:  # a read-only or full cache folder only costs a rebuild elsewhere
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 def _table_path(url: str, version: str):

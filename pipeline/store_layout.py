@@ -158,7 +158,7 @@ def tree_checksums(folder: Path) -> dict[str, str]:
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, fsync: bool = False) -> Iterator[Path]:
     """A temporary name beside the local file ``path`` to write it under; renamed over ``path`` when
     the block ends, removed if it raises, so a reader sees the old file or the whole new one.
 
@@ -166,12 +166,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
     go through ``write_atomic``, which also handles a URL. The name is hidden and unique
     (``.<name>.<random>.tmp``): two writers never share one, local object listings skip it, and
     ``clear_tmp`` sweeps what a kill left.
+
+    Args:
+        path: The file to publish.
+        fsync: Flush the written file to disk before the rename, for a file that must survive a
+            power loss whole once it has its name (the rename alone orders nothing on some filesystems).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
+        if fsync:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from alarm.pipeline.store_layout import atomic_path
 
 PART_NAME = re.compile(r"part-\d+-[0-9a-f]+\.parquet")
 
@@ -125,11 +126,8 @@ class PassCache:
             return name
         self.folder.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temporaries()
-        tmp = self.folder / f".{name}.{os.getpid()}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.folder / name)
+        with atomic_path(self.folder / name, fsync=True) as tmp:  # ``.part-*.tmp``, as swept below
+            pq.write_table(table, tmp, compression="zstd")
         return name
 
     def _remove_stale_temporaries(self, older_than_s: float = 3600.0) -> None:

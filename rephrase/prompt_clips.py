@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from alarm.pipeline.store_layout import atomic_path
+
 PROMPT, KEEP = "prompt", "keep"  # what happens to a row
 
 
@@ -120,9 +122,8 @@ def write_rows(rows: list[Any], path: Path, schema: Any = None) -> None:
 
     data = [r if isinstance(r, dict) else asdict(r) for r in rows]
     table = pa.Table.from_pylist(data, schema=schema) if schema is not None or data else pa.table({})
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_clips(path: Path) -> list[ClipRow]:

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from alarm.pipeline.store_layout import atomic_path
 from alarm.rephrase import prompts
 from alarm.rephrase.cache import PassCache
 from alarm.rephrase.config import (
@@ -46,9 +47,8 @@ def _write_table(rows: list[Any], path: Path) -> None:
 
     from alarm.rephrase.inputs import rows_to_table
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(rows_to_table(rows), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(rows_to_table(rows), tmp)
 
 
 def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig | None = None,

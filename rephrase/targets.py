@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alarm.pipeline.store_layout import atomic_path
 from alarm.rephrase.cache import PassCache
 from alarm.rephrase.config import INPUTS_FILE, RUN_FILE, pass_specs
 from alarm.rephrase.engines import weights_fingerprint
@@ -96,9 +97,8 @@ def _write(rows: list[dict[str, Any]], schema: Any, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
 
 
 def _schemas() -> tuple[Any, Any]:

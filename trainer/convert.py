@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from alarm.pipeline.store_layout import atomic_path
+
 if TYPE_CHECKING:
     from alarm.trainer.frontend import FrontEndConfig
 
@@ -306,10 +308,8 @@ def convert_file(src: str | Path, dst: str | Path, direction: str, encoder: str 
         raise ValueError(f"direction must be 'to-ours' or 'to-original', got {direction!r}")
     if not converted:
         raise ConvertError(f"{src} holds no audio front-end tensors to convert")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp))
-    tmp.replace(dst)
+    with atomic_path(dst) as tmp:
+        save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp))
     if config_path is not None:
         save_config(frontend_cfg, config_path)
     return ConvertSummary(converted=len(converted), skipped=skipped, config_path=config_path, layers=layers)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from alarm.pipeline.store import DamagedPartError
+from alarm.pipeline.store_layout import atomic_path
 from alarm.trainer.sequence import PromptLayout, SequenceTooLong, fit_target
 
 SPLITS = ("train", "validation")
@@ -181,9 +182,8 @@ def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
 def write_rejects(rejects: list[dict[str, str]], path: str | Path) -> None:
     """Write dropped rows as JSONL (instance_id, reason), replacing an earlier table."""
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
 
 
 class TokenBudgetSampler:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.store_layout import atomic_path
 from alarm.trainer.infer_records import InferConfig
 from alarm.trainer.mcqa import Question, build_prompt, parse_choice, read_eval_manifest
 
@@ -185,9 +186,8 @@ def load_predictions(path: Path) -> dict[str, dict[str, Any]]:
     data = path.read_bytes()
     complete, _, torn = data.rpartition(b"\n")
     if torn:  # rewrite without the partial line so the next append starts on a fresh line
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(complete + b"\n" if complete else b"")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(complete + b"\n" if complete else b"")
     rows: dict[str, dict[str, Any]] = {}
     for text in (complete.decode("utf-8", errors="replace").splitlines() if complete else []):
         row = _row_or_none(text)
@@ -209,9 +209,8 @@ def _drop_keys(path: Path, keys: set[str]) -> None:
     """Rewrite predictions without ``keys`` (questions about to be asked again)."""
     kept = [line for line in path.read_text(encoding="utf-8").splitlines()
             if (row := _row_or_none(line)) is not None and row["key"] not in keys]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def prediction_row(key: str, run_id: str, question: Question, prompt: str, result: Any) -> dict[str, Any]:

@@ -7,10 +7,11 @@ again), so every step appears once and in order. Only the main process writes.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from alarm.pipeline.store_layout import atomic_path
 
 
 class RunLog:
@@ -73,9 +74,8 @@ def truncate_log(log_path: Path, step: int) -> int:
             kept.append(line)
     if len(kept) == len(lines):
         return 0
-    tmp = log_path.with_name(log_path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, log_path)
+    with atomic_path(log_path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept))
     return len(lines) - len(kept)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from alarm.pipeline.encoders import ENCODERS, EncoderConfig
 from alarm.pipeline.encoders.base import ENCODER_CODE_VERSION, resolve_checkpoint_dir
+from alarm.pipeline.store_layout import atomic_path
 
 # The tiny builders' folder names, so that finding a built one imports no torch;
 # tests/test_ray_embedded.py checks they match the builders.
@@ -91,14 +92,8 @@ def cached_facts(cfg: EncoderConfig) -> dict[str, Any] | None:
 
 def save_facts(cfg: EncoderConfig, facts: dict[str, Any]) -> None:
     """Keep ``facts`` (JSON: spec, layers, dim, frame_rate, sample_rate) for ``cached_facts``."""
-    import os
-    import tempfile
-
     path = _facts_path(cfg)
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
         json.dump(facts, handle, sort_keys=True)
-    os.replace(tmp, path)
