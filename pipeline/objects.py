@@ -5,11 +5,14 @@ where there is no rename, no lock and no append. So the few operations used are 
 offers: whole-object put and get, ranged get, list, delete, and a conditional put (create only if
 absent; replace only if unchanged), which is what commit markers and leases are built from.
 
-``obstore`` (Rust ``object_store``) is the client for URLs: credentials, region and endpoint come
-from each cloud's standard environment (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``,
-``AWS_ALLOW_HTTP``, ``GOOGLE_APPLICATION_CREDENTIALS``, ...), never from our own flags. Requests are
-retried with backoff a bounded number of times; ``check()`` probes a root once without retries so a
-wrong URL or bad credentials fail at once with one line naming the URL.
+``obstore`` (Rust ``object_store``) is the client for URLs, built by ``object_clients`` from each
+cloud's standard environment (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP``,
+``GOOGLE_APPLICATION_CREDENTIALS``, ...), never from our own flags; ``check()`` probes a root once
+without retries so a wrong URL or bad credentials fail at once with one line naming the URL.
+
+An object's entity tag is the token callers hold for a conditional replace, whatever the cloud: the
+one a put, a HEAD and a listing give agree. GCS replaces conditionally on a *generation* instead,
+which its listings do not carry, so there ``put_replace`` looks the generation up (see there).
 
 Local folders are plain files: writes go through a temporary name and a rename, a conditional
 create is a hard link (atomic, fails if the name exists), a conditional replace holds an ``fcntl``
@@ -23,19 +26,15 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.fork_guard import runtime_pid
-from alarm.pipeline.object_errors import CREDENTIALS_HINT, denied, one_line
+from alarm.pipeline.object_clients import RETRY, SCHEMES, cloud, connect, probe
+from alarm.pipeline.object_errors import CREDENTIALS_HINT, one_line
 
-URL_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss", "azure")
-# Bounded retries with exponential backoff for every request on a URL (throttling, 5xx, resets):
-# about 30 s at most, then the caller's operation fails and its part stays uncommitted.
-RETRY = {"max_retries": 6, "retry_timeout": timedelta(seconds=60),
-         "backoff": {"init_backoff": timedelta(seconds=0.2), "max_backoff": timedelta(seconds=8), "base": 2.0}}
+URL_SCHEMES = tuple(SCHEMES)
 
 
 class PreconditionFailed(RuntimeError):
@@ -237,16 +236,12 @@ class RemoteObjects:
     """Objects under an object-store prefix, through obstore, with bounded retries and backoff."""
 
     def __init__(self, url: str, retry: dict | None = None) -> None:
-        from obstore.store import from_url
-
         self.url, self.local = url.rstrip("/"), None
         self._retry = RETRY if retry is None else retry
         self._pid = runtime_pid(self.url)
-        self._azure = self.url.split("://", 1)[0].lower() in ("az", "abfs", "abfss", "azure")
-        try:
-            self._client = from_url(self.url, retry_config=self._retry, client_options=_client_options())
-        except Exception as err:  # unknown scheme, malformed bucket, bad config keys
-            raise ConfigError(f"{self.url}: {one_line(err)}") from None
+        self._cloud = cloud(self.url)
+        self._azure = self._cloud == "azure"
+        self._client = connect(self.url, self._retry)
 
     def __reduce__(self) -> tuple:  # Ray ships these to workers: rebuild the client there
         return (RemoteObjects, (self.url, self._retry))
@@ -306,7 +301,26 @@ class RemoteObjects:
     def put_replace(self, key: str, data: bytes, etag: str) -> str:
         import obstore
 
-        return self._call("put", key, obstore.put, data, mode={"e_tag": etag})["e_tag"] or ""
+        mode = self._generation_match(key, etag) if self._cloud == "gcs" else {"e_tag": etag}
+        return self._call("put", key, obstore.put, data, mode=mode)["e_tag"] or ""
+
+    def _generation_match(self, key: str, etag: str) -> dict:
+        """GCS's form of "replace only if unchanged": the live generation, if its tag is ``etag``.
+
+        object_store sends GCS's only conditional write, ``x-goog-if-generation-match``, and refuses an
+        update that names no generation; listings carry none. So the tag the caller holds is checked
+        against a HEAD here, and the server refuses the put if anything replaced that generation since.
+        (The tag is the content's MD5, as on S3: a rewrite with the very same bytes passes either check.)
+        """
+        import obstore
+
+        try:
+            meta = self._call("head", key, obstore.head)
+        except FileNotFoundError:
+            raise PreconditionFailed(f"{self.url}/{key}: no such object to replace") from None
+        if _info(meta, key).etag != etag or not meta.get("version"):
+            raise PreconditionFailed(f"{self.url}/{key} changed since it was read")
+        return {"e_tag": etag, "version": meta["version"]}
 
     def put_file(self, key: str, path: Path) -> None:
         import obstore
@@ -370,25 +384,7 @@ class RemoteObjects:
     def check(self) -> None:
         """List the root once with no retries: an unreachable endpoint, a missing bucket or bad
         credentials raise ``ConfigError`` naming the URL within seconds."""
-        import obstore
-        from obstore.store import from_url
-
-        runtime_pid(self.url)
-        probe = from_url(self.url, retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=5)},
-                         client_options={**_client_options(), "connect_timeout": "3s", "timeout": "10s"})
-        try:
-            obstore.list_with_delimiter(probe)
-        except Exception as err:  # any failure here is the user's URL, endpoint or credentials
-            line = one_line(err)
-            hint = f"; {CREDENTIALS_HINT}" if denied(err, line) else ""
-            raise ConfigError(f"cannot reach {self.url}: {line}{hint}") from None
-
-
-def _client_options() -> dict:
-    # object_store reads AWS_ALLOW_HTTP for S3 only; honour it for every scheme (S3-compatible
-    # servers on premises are often plain http).
-    allow = os.environ.get("AWS_ALLOW_HTTP", os.environ.get("ALLOW_HTTP", "")).lower() in ("1", "true", "yes")
-    return {"allow_http": True} if allow else {}
+        probe(self.url)
 
 
 def _info(meta: dict, key: str | None = None, quote: bool = False) -> ObjectInfo:
