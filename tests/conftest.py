@@ -18,10 +18,13 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 from azure_fixtures import az_url, azurite  # noqa: E402,F401  (the Azure emulator fixtures)
 from azure_fixtures import install_env as install_azure_env  # noqa: E402
+from gcs_fixtures import gcs_server, gs_url  # noqa: E402,F401  (the GCS stand-in server fixtures)
+from gcs_fixtures import install_env as install_gcs_env  # noqa: E402
 from s3_fixtures import install_env, s3_server, s3_url  # noqa: E402,F401  (the S3 server fixtures)
 
 install_env()  # before any test starts Ray: its workers inherit these variables
 install_azure_env()
+install_gcs_env()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gcs_fixtures import gcs_server, gs_url, install_env  # noqa: F401  (the GCS server fixtures)
 from store_trees import leftovers, store_digest
 
 # The contract tests of the local and S3 roots, run here against the `objects` fixture below.
@@ -29,8 +28,6 @@ from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.objects import PreconditionFailed, open_objects
 from alarm.pipeline.store import open_features
 from alarm.pipeline.verify import verify_store
-
-install_env()  # at collection, before any test starts Ray: its workers inherit the environment
 
 
 @pytest.fixture
