@@ -39,12 +39,17 @@ def client_options() -> dict:
     return {"allow_http": True} if allow else {}
 
 
+def _native(url: str) -> str:
+    # object_store knows GCS only as gs://; gcs:// is a common spelling of the same (gsutil, fsspec).
+    return "gs://" + url.split("://", 1)[1] if url.split("://", 1)[0].lower() == "gcs" else url
+
+
 def connect(url: str, retry: dict) -> Any:
     """The obstore client for ``url``; ``ConfigError`` naming the URL if it cannot be built."""
     from obstore.store import from_url
 
     try:
-        return from_url(url, retry_config=retry, client_options=client_options())
+        return from_url(_native(url), retry_config=retry, client_options=client_options())
     except Exception as err:  # unknown scheme, malformed bucket, bad config keys, unreadable key file
         raise ConfigError(f"{url}: {one_line(err)}") from None
 
@@ -56,7 +61,7 @@ def probe(url: str) -> None:
     from obstore.store import from_url
 
     runtime_pid(url)
-    client = from_url(url, retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=5)},
+    client = from_url(_native(url), retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=5)},
                       client_options={**client_options(), "connect_timeout": "3s", "timeout": "10s"})
     try:
         obstore.list_with_delimiter(client)

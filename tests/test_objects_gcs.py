@@ -95,6 +95,14 @@ def test_a_missing_bucket_is_one_line(gcs_server) -> None:  # noqa: F811
     open_objects(f"gs://{gcs_server.bucket()}/x").check()  # an existing, empty one is fine
 
 
+def test_gcs_scheme_is_the_same_bucket_as_gs(gs_url: str) -> None:  # noqa: F811
+    """``gcs://`` (gsutil's and fsspec's spelling), which object_store does not parse, names the same objects."""
+    open_objects(gs_url).put("a/b.bin", b"same")
+    other = open_objects(gs_url.replace("gs://", "gcs://", 1))
+    other.check()
+    assert other.get("a/b.bin") == b"same" and [i.key for i in other.list("a")] == ["a/b.bin"]
+
+
 def test_run_to_gcs_equals_a_local_run(corpus, local_store, gs_url: str) -> None:  # noqa: F811
     manifest, config = corpus
     result = run_cli("pipeline", "run", str(manifest), "--store", gs_url, "--config", str(config), *JOB)
