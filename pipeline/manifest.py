@@ -142,12 +142,16 @@ def parse_row(row: Any, base: Path | str, line: int) -> Instance:
     """Validate one raw row and build its ``Instance``; raises ``ValueError`` with the reason."""
     if not isinstance(row, dict):
         raise ValueError(f"row must be a JSON object, got {type(row).__name__}")
-    missing = [k for k in REQUIRED if row.get(k) in (None, "")]
+    # A blank value ("", "  ") is as good as none: a blank id or audio path is a hole in the source table.
+    missing = [k for k in REQUIRED if row.get(k) is None or (isinstance(row[k], str) and not row[k].strip())]
     if missing:
         raise ValueError(f"missing field(s): {', '.join(missing)}")
     for key in REQUIRED + OPTIONAL_STR:
         if key in row and row[key] is not None and not isinstance(row[key], str):
             raise ValueError(f"'{key}' must be a string, got {type(row[key]).__name__}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in row["id"]):
+        # Ids are joined on and printed one per line (reports, logs): a newline or NUL in one breaks both.
+        raise ValueError(f"'id' holds a control character (newline, tab, NUL, ...): {row['id']!r}")
     unknown = sorted(set(row) - KNOWN)
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(unknown)}")
