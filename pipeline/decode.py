@@ -252,16 +252,22 @@ def _check_range(block: np.ndarray) -> None:
                           f"over {MAX_PEAK:g} the encoders' features overflow)")
 
 
-def read_samples(audio: str, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
+def read_samples(audio: str, start: float | None, end: float | None,
+                 max_seconds: float = float("inf")) -> tuple[np.ndarray, int]:
     """Decode ``audio`` (cut to ``[start, end)`` seconds) to ``(frames, channels)`` float32 and its rate.
+
+    Args:
+        max_seconds: a cut whose header says it is this long or longer is refused before it is read.
 
     Raises:
         DecodeError: missing, empty, truncated or undecodable file, non-finite or out-of-range
-            samples, or an empty cut.
+            samples, an empty cut, or (``max_seconds``) too long.
     """
     with _cut(audio, start, end) as (handle, count):
-        blocks = list(_blocks(handle, count))
         rate = handle.samplerate
+        if count / rate >= max_seconds:
+            raise DecodeError(f"too long: {count / rate:.2f} s >= the {max_seconds:g} s limit")
+        blocks = list(_blocks(handle, count))
     return (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)), rate
 
 
@@ -326,7 +332,7 @@ def decode_clip(audio: str, start: float | None, end: float | None, cfg: DecodeC
         DecodeError: the reason the clip is rejected (missing, empty, truncated, undecodable,
             non-finite samples, empty cut, too long).
     """
-    samples, rate = read_checked(audio, start, end)
+    samples, rate = read_samples(audio, start, end, cfg.max_seconds)  # an hour-long file is not read
     duration = len(samples) / rate
     if duration >= cfg.max_seconds:
         raise DecodeError(f"too long: {duration:.2f} s >= the {cfg.max_seconds:g} s limit")

@@ -279,6 +279,9 @@ def parse_rows(path: Path | str, parse: Callable[[Any, Path | str, int], Any], r
         raise ManifestError(f"{what} {path} is a folder; pass the .jsonl/.parquet file inside it")
     else:
         base = Path(path).resolve().parent
+    if str(path).lower().endswith((".csv", ".tsv")):  # else every line is "malformed JSON"
+        raise ManifestError(f"{what} {path} is a CSV/TSV table; {what}s are JSONL or Parquet "
+                            "(`alarm manifest import csv` converts a table)")
     rejects: list[Reject] = []
     items = [item for _, item in unique_rows(read_raw_rows(path), parse, base, rejects)]
     if not items and not rejects:  # every row read is either kept or rejected, so none was read
@@ -293,7 +296,9 @@ def parse_rows(path: Path | str, parse: Callable[[Any, Path | str, int], Any], r
             log.warning("rejects of %s not written: %s", path, err)
             written = None
     if not items:
-        raise ManifestError(f"{what} {path} has no valid row ({len(rejects)} rejected; reasons in {written})")
+        first = rejects[0]
+        raise ManifestError(f"{what} {path} has no valid row ({len(rejects)} rejected, the first on line "
+                            f"{first.line}: {first.reason}; every reason in {written})")
     return items, rejects, written
 
 

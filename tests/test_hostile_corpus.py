@@ -32,7 +32,7 @@ from alarm.pipeline.decode import (
 )
 from alarm.pipeline.extract_stages import key_source
 from alarm.pipeline.job import PipelineConfig, run_pipeline
-from alarm.pipeline.manifest import read_manifest
+from alarm.pipeline.manifest import ManifestError, read_manifest
 from alarm.pipeline.probe import AudioUnreadable, probe_duration
 from alarm.pipeline.sources import key_sources
 from alarm.pipeline.store import open_features
@@ -85,6 +85,12 @@ def test_a_long_recording_is_keyed_in_blocks(tmp_path: Path) -> None:
     tracemalloc.stop()
     assert (key, seconds) == (expected, frames / 8000)
     assert peak < 3 * BLOCK_FRAMES * 4, f"keying took {peak} bytes"
+    # Decoding it for an encoder (infer, eval) refuses it as too long from its header, before reading it.
+    tracemalloc.start()
+    with pytest.raises(DecodeError, match=r"^too long: 327\.70 s >= the 60 s limit$"):
+        decode_clip(str(path), None, None, CFG)
+    assert tracemalloc.get_traced_memory()[1] < BLOCK_FRAMES
+    tracemalloc.stop()
     # A cut across block boundaries keys like the same samples read whole.
     cut, _ = read_samples(str(path), 30.0, 100.0)
     assert len(cut) == 70 * 8000 and key_audio(str(path), 30.0, 100.0)[0] == clip_key(cut, 8000)
@@ -179,6 +185,17 @@ def test_blank_ids_and_control_characters_are_manifest_rejects(tmp_path: Path) -
     assert reasons == {2: "missing field(s): id", 3: "missing field(s): audio", 5: "missing field(s): dataset",
                        6: "'id' holds a control character (newline, tab, NUL, ...): 'two\\nlines'",
                        7: "'id' holds a control character (newline, tab, NUL, ...): 'nul\\x00'"}
+
+
+def test_a_manifest_nothing_can_be_read_from_says_why_at_once(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("id,audio,dataset\na,a.wav,d\n")
+    with pytest.raises(ManifestError, match=r"is a CSV/TSV table; manifests are JSONL or Parquet \(`alarm manifest"):
+        read_manifest(tmp_path / "m.csv")
+    assert not (tmp_path / "m.csv.rejects.jsonl").exists()
+    # A JSON array (one line, or pretty-printed) instead of one object per line: the first reason tells.
+    (tmp_path / "a.jsonl").write_text(json.dumps([{"id": "a", "audio": "a.wav", "dataset": "d"}]) + "\n")
+    with pytest.raises(ManifestError, match="the first on line 1: row must be a JSON object, got list; every reason in"):
+        read_manifest(tmp_path / "a.jsonl")
 
 
 def test_a_rerun_decodes_unreadable_sources_again(tmp_path: Path) -> None:
