@@ -85,30 +85,38 @@ def resample(mono: np.ndarray, source_rate: int, rate: int, quality: str = "HQ")
     return np.ascontiguousarray(soxr.resample(mono, source_rate, rate, quality=quality), dtype=np.float32)
 
 
-def _wav_problem(raw: BinaryIO, size: int) -> str | None:
-    """Why a RIFF/WAVE file's data chunk cannot be trusted (a reject reason), or None.
+def _header_problem(raw: BinaryIO, size: int) -> str | None:
+    """Why a WAV (RIFF, RF64) or AIFF file's data chunk cannot be trusted (a reject reason), or None.
 
     libsndfile quietly reads what is there, so a file cut short in transit would otherwise pass, and
-    reads a recording whose header was never finished (data size 0, audio after it) as no samples.
-    Only the chunk headers are read.
+    reads a WAV whose header was never finished (data size 0, audio after it) as no samples. Only the
+    chunk headers are read.
     """
     raw.seek(0)
     head = raw.read(12)
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+        kind, endian, data_id = "WAV", "<", b"data"
+    elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        kind, endian, data_id = "AIFF", ">", b"SSND"
+    else:
         return None
-    pos = 12
+    pos, data64 = 12, None
     while pos + 8 <= size:
         raw.seek(pos)
-        header = raw.read(8)
+        header = raw.read(16)
         if len(header) < 8:
             return None
-        chunk, length = header[:4], struct.unpack("<I", header[4:])[0]
-        if chunk == b"data":
-            if length == 0 and size > pos + 8 and not _chunk_at(raw, pos + 8, size):
+        chunk, length = header[:4], struct.unpack(endian + "I", header[4:8])[0]
+        if chunk == b"ds64" and len(header) == 16:  # RF64: the 64-bit RIFF size, then the data size
+            data64 = struct.unpack("<Q", (raw.read(8) + bytes(8))[:8])[0]
+        if chunk == data_id:
+            if length == 0xFFFFFFFF and data64 is not None:
+                length = data64
+            if kind == "WAV" and length == 0 and size > pos + 8 and not _chunk_at(raw, pos + 8, size):
                 return (f"truncated: the WAV header says its data chunk is empty, but {size - pos - 8} bytes "
                         "follow (a recording whose header was never finished)")
             if length != 0xFFFFFFFF and pos + 8 + length > size:
-                return "truncated: the WAV data chunk is shorter than its header says"
+                return f"truncated: the {kind} data chunk is shorter than its header says"
             return None
         pos += 8 + length + (length & 1)
     return None
@@ -169,7 +177,7 @@ def _opened(audio: str) -> Iterator[tuple[BinaryIO, Any]]:
         if size == 0:
             raise DecodeError("empty: the audio file has no bytes")
         try:
-            problem = _wav_problem(raw, size)
+            problem = _header_problem(raw, size)
         except OSError as err:
             raise DecodeError(f"unreadable: {audio}: {err.strerror}") from err
         if problem:
@@ -178,11 +186,19 @@ def _opened(audio: str) -> Iterator[tuple[BinaryIO, Any]]:
         yield raw, audio if local else raw
 
 
+LIBSNDFILE_SAYS = {
+    "File does not exist or is not a regular file": "no audio stream found (a damaged or cut-short file)",
+    "SF_INFO struct incomplete": "the header gives no sample rate or channel count",
+}
+"""libsndfile errors whose words mislead here (the file does exist), and what they mean."""
+
+
 def _undecodable(err: Exception, name: Any) -> DecodeError:
     """libsndfile's error as a reason, without the path or the in-memory buffer it names (the rejects
     table has the path; ``<_io.BytesIO object at 0x...>`` would change from run to run)."""
-    detail = str(err).replace(f"Error opening {name!r}: ", "").replace("\n", " ")
-    return DecodeError(f"undecodable: {detail or type(err).__name__}")
+    detail = str(err).replace(f"Error opening {name!r}: ", "").replace("\n", " ") or type(err).__name__
+    meaning = next((m for says, m in LIBSNDFILE_SAYS.items() if says in detail), None)
+    return DecodeError(f"undecodable: {meaning} (libsndfile: {detail})" if meaning else f"undecodable: {detail}")
 
 
 @contextmanager

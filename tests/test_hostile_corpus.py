@@ -122,6 +122,9 @@ def hostile_files(folder: Path) -> dict[str, tuple[Path, str]]:
     os.symlink(folder / "gone.wav", folder / "link.wav")
     cases["dangling link"] = (folder / "link.wav", f"missing: {folder / 'link.wav'} is a link to ")
     cases["under a file"] = (good / "x.wav", "unreadable: ")
+    cases["name too long"] = (folder / ("x" * 300 + ".wav"), "unreadable: ")  # an OSError that once ended the job
+    os.symlink("loop.wav", folder / "loop.wav")
+    cases["link loop"] = (folder / "loop.wav", "unreadable: ")
     # Finite samples that overflow: the mix-down of two channels at 3e38 is inf, 1e30 squared is inf.
     sf.write(folder / "huge.wav", np.full((8000, 2), 3e38, np.float32), 16000, subtype="FLOAT")
     cases["huge"] = (folder / "huge.wav", "out of range: a sample of magnitude 3e+38")
@@ -134,6 +137,13 @@ def hostile_files(folder: Path) -> dict[str, tuple[Path, str]]:
     mp3 = write_wav(folder / "full.mp3", tone(1.0, 44100, 2), 44100, subtype="MPEG_LAYER_III").read_bytes()
     (folder / "cut.mp3").write_bytes(mp3[: len(mp3) // 2])  # decodes without an error, half as long
     cases["truncated mp3"] = (folder / "cut.mp3", "truncated: ")
+    (folder / "stub.mp3").write_bytes(mp3[: len(mp3) // 20])  # libsndfile says "does not exist"
+    cases["mp3 stub"] = (folder / "stub.mp3", "undecodable: no audio stream found (a damaged or cut-short file)")
+    for name, fmt in (("cut.aiff", "AIFF"), ("cut.rf64", "RF64")):  # libsndfile reads what is there
+        sf.write(folder / name, tone(1.0, 16000), 16000, format=fmt, subtype="PCM_16")
+        whole = (folder / name).read_bytes()
+        (folder / name).write_bytes(whole[: len(whole) * 2 // 3])
+        cases[f"truncated {fmt}"] = (folder / name, f"truncated: the {'AIFF' if fmt == 'AIFF' else 'WAV'} data chunk")
     data = bytearray(good.read_bytes())
     at = data.find(b"data")
     data[at + 4:at + 8] = bytes(4)  # a recorder killed before it wrote the sizes
