@@ -153,9 +153,9 @@ def local_file_problem(path: str) -> str | None:
 
 
 @contextmanager
-def _opened(audio: str) -> Iterator[tuple[BinaryIO, Any]]:
-    """The raw bytes of ``audio`` as a binary file and what libsndfile should open (the local path,
-    read natively, or that in-memory file for a tar member or an object).
+def _opened(audio: str) -> Iterator[Any]:
+    """What libsndfile should open for ``audio``, its header checked first: the local path (read
+    natively, nothing read up front) or the bytes in memory for a tar member or an object.
 
     Raises:
         DecodeError: missing, not a file, unreadable, empty or truncated.
@@ -183,7 +183,7 @@ def _opened(audio: str) -> Iterator[tuple[BinaryIO, Any]]:
         if problem:
             raise DecodeError(problem)
         raw.seek(0)
-        yield raw, audio if local else raw
+        yield audio if local else raw
 
 
 LIBSNDFILE_SAYS = {
@@ -210,7 +210,7 @@ def _cut(audio: str, start: float | None, end: float | None) -> Iterator[tuple[A
     """
     import soundfile as sf
 
-    with _opened(audio) as (_, source):
+    with _opened(audio) as source:
         try:
             handle = sf.SoundFile(source)
         except Exception as err:  # libsndfile raises LibsndfileError/RuntimeError/TypeError for bad input
