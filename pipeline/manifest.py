@@ -142,12 +142,16 @@ def parse_row(row: Any, base: Path | str, line: int) -> Instance:
     """Validate one raw row and build its ``Instance``; raises ``ValueError`` with the reason."""
     if not isinstance(row, dict):
         raise ValueError(f"row must be a JSON object, got {type(row).__name__}")
-    missing = [k for k in REQUIRED if row.get(k) in (None, "")]
+    # A blank value ("", "  ") is as good as none: a blank id or audio path is a hole in the source table.
+    missing = [k for k in REQUIRED if row.get(k) is None or (isinstance(row[k], str) and not row[k].strip())]
     if missing:
         raise ValueError(f"missing field(s): {', '.join(missing)}")
     for key in REQUIRED + OPTIONAL_STR:
         if key in row and row[key] is not None and not isinstance(row[key], str):
             raise ValueError(f"'{key}' must be a string, got {type(row[key]).__name__}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in row["id"]):
+        # Ids are joined on and printed one per line (reports, logs): a newline or NUL in one breaks both.
+        raise ValueError(f"'id' holds a control character (newline, tab, NUL, ...): {row['id']!r}")
     unknown = sorted(set(row) - KNOWN)
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(unknown)}")
@@ -275,6 +279,9 @@ def parse_rows(path: Path | str, parse: Callable[[Any, Path | str, int], Any], r
         raise ManifestError(f"{what} {path} is a folder; pass the .jsonl/.parquet file inside it")
     else:
         base = Path(path).resolve().parent
+    if str(path).lower().endswith((".csv", ".tsv")):  # else every line is "malformed JSON"
+        raise ManifestError(f"{what} {path} is a CSV/TSV table; {what}s are JSONL or Parquet "
+                            "(`alarm manifest import csv` converts a table)")
     rejects: list[Reject] = []
     items = [item for _, item in unique_rows(read_raw_rows(path), parse, base, rejects)]
     if not items and not rejects:  # every row read is either kept or rejected, so none was read
@@ -289,7 +296,9 @@ def parse_rows(path: Path | str, parse: Callable[[Any, Path | str, int], Any], r
             log.warning("rejects of %s not written: %s", path, err)
             written = None
     if not items:
-        raise ManifestError(f"{what} {path} has no valid row ({len(rejects)} rejected; reasons in {written})")
+        first = rejects[0]
+        raise ManifestError(f"{what} {path} has no valid row ({len(rejects)} rejected, the first on line "
+                            f"{first.line}: {first.reason}; every reason in {written})")
     return items, rejects, written
 
 

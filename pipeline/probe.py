@@ -36,10 +36,11 @@ def open_audio_bytes(audio: str) -> bytes:
             return audio_bytes(audio)
         except DecodeError as err:
             raise AudioUnreadable(str(err).split(": ", 1)[-1]) from err
-    path = Path(audio)
-    if not path.is_file():
-        raise AudioUnreadable(f"audio file not found: {audio}")
-    return path.read_bytes()
+    _check_local(audio)
+    try:
+        return Path(audio).read_bytes()
+    except OSError as err:
+        raise AudioUnreadable(f"{audio}: {err.strerror}") from err
 
 
 def probe_duration(audio: str) -> float:
@@ -52,8 +53,7 @@ def probe_duration(audio: str) -> float:
     elif TAR_SEPARATOR in audio:
         source = io.BytesIO(open_audio_bytes(audio))
     else:
-        if not Path(audio).is_file():
-            raise AudioUnreadable(f"audio file not found: {audio}")
+        _check_local(audio)
         source = audio
     try:
         info = sf.info(source)
@@ -62,6 +62,16 @@ def probe_duration(audio: str) -> float:
     if info.samplerate <= 0 or info.frames < 0:
         raise AudioUnreadable(f"bad header: {info.samplerate} Hz, {info.frames} frames")
     return info.frames / info.samplerate
+
+
+def _check_local(audio: str) -> None:
+    """Refuse a local path that is not a readable regular file, with the decoder's reason (a folder or a
+    pipe is named as such, not "not found"; a pipe is never opened)."""
+    from alarm.pipeline.decode import local_file_problem
+
+    problem = local_file_problem(audio)
+    if problem:
+        raise AudioUnreadable(problem.split(": ", 1)[1])  # without its kind: ``audio file not found: x.wav``
 
 
 def _ranged(audio: str) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 from alarm.pipeline.encode_pools import cpu_budget, quiet_ray_data
 from alarm.pipeline.extract_stages import key_batch, key_source
 from alarm.pipeline.job_config import PipelineConfig
+from alarm.pipeline.manifest import reason_kind
 from alarm.pipeline.store_layout import Location, at, clear_tmp, read_parquet, write_parquet_atomic
 
 
@@ -36,6 +37,16 @@ def source_stat(audio: str) -> tuple[int, int]:
     from alarm.pipeline.audio_source import audio_stat
 
     return audio_stat(audio)
+
+
+RETRIED_KINDS = ("unreadable",)
+"""Reject kinds a rerun decodes again although the file's size and time are unchanged: fixing a
+permission or a failing disk does not touch them."""
+
+
+def retried(row: dict[str, Any]) -> bool:
+    """True when a cached ``sources.parquet`` row is a reject whose cause may have gone (``RETRIED_KINDS``)."""
+    return bool(row.get("reason")) and reason_kind(row["reason"]) in RETRIED_KINDS
 
 
 def source_order(src: tuple) -> tuple:
@@ -83,7 +94,7 @@ def key_sources(root: Location, sources: list[tuple[str, float | None, float | N
     for src in sources:
         stat = source_stat(src[0])
         hit = cached.get((*src, *stat))
-        if hit is not None and stat[0] >= 0:
+        if hit is not None and stat[0] >= 0 and not retried(hit):
             result[src] = hit
         else:
             todo.append(src)
