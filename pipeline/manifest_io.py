@@ -41,9 +41,9 @@ def read_raw_rows(path: Path | str) -> Iterator[tuple[int, Any, str | None]]:
         return
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            yield from _jsonl_rows(handle)
-    except (OSError, UnicodeDecodeError, EOFError) as err:
+        with opener(path, "rb") as handle:
+            yield from _jsonl_rows(handle, path)
+    except (OSError, EOFError) as err:
         raise ManifestError(f"manifest {path} cannot be read: {err}") from err
 
 
@@ -63,8 +63,8 @@ def _url_rows(url: str) -> Iterator[tuple[int, Any, str | None]]:
     try:
         if url.endswith(".gz"):
             data = gzip.decompress(data)
-        yield from _jsonl_rows(io.StringIO(data.decode("utf-8")))
-    except (OSError, UnicodeDecodeError, EOFError) as err:
+        yield from _jsonl_rows(io.BytesIO(data), url)
+    except (OSError, EOFError) as err:
         raise ManifestError(f"manifest {url} cannot be read: {err}") from err
 
 
@@ -85,8 +85,19 @@ def _parquet_rows(name: Path | str, source: Any) -> Iterator[tuple[int, Any, str
         yield number, {k: v for k, v in row.items() if v is not None}, None
 
 
-def _jsonl_rows(handle: Iterable[str]) -> Iterator[tuple[int, Any, str | None]]:
-    for number, text in enumerate(handle, start=1):
+def _jsonl_rows(handle: Iterable[bytes], name: Path | str) -> Iterator[tuple[int, Any, str | None]]:
+    """Rows of JSON lines, decoded line by line: a line that is not UTF-8 is that line's reject, not
+    the whole manifest's, and a byte-order mark (as Windows editors write) is not part of row 1."""
+    for number, raw in enumerate(handle, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        elif number == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise ManifestError(f"manifest {name} cannot be read: it is UTF-16 text (save it as UTF-8)")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield number, None, f"not UTF-8 text: byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line"
+            continue
         if not text.strip():
             continue
         try:

@@ -146,3 +146,27 @@ def test_schema_documents_every_field() -> None:
     schema = json.loads((Path(__file__).parents[1] / "manifests" / "schema.json").read_text())
     assert set(schema["properties"]) == KNOWN
     assert set(schema["required"]) == {"id", "audio", "dataset"}
+
+
+def test_a_byte_order_mark_is_not_row_one_and_a_line_not_in_utf8_is_that_line_s_reject(tmp_path: Path) -> None:
+    """Windows editors start a file with a byte-order mark; one Latin-1 line (a name like "café") must
+    cost that line, not the whole manifest."""
+    lines = [row(id="first"), row(id="second")]
+    plain = tmp_path / "bom.jsonl"
+    plain.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
+    packed = tmp_path / "bom.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    for path in (plain, packed):
+        result = read_manifest(path)
+        assert [i.id for i in result.instances] == ["first", "second"] and result.rejects == []
+
+    mixed = tmp_path / "latin1.jsonl"
+    latin1 = row(id="caf\xe9").replace("\\u00e9", "\xe9").encode("latin-1")  # {"id": "caf\xe9", ...
+    mixed.write_bytes(row(id="ok").encode() + b"\n" + latin1 + b"\n" + row(id="also").encode() + b"\n")
+    result = read_manifest(mixed)
+    assert [i.id for i in result.instances] == ["ok", "also"]
+    assert [(r.line, r.reason) for r in result.rejects] == [(2, "not UTF-8 text: byte 0xe9 at byte 12 of the line")]
+
+    (tmp_path / "wide.jsonl").write_bytes("\n".join(lines).encode("utf-16"))
+    with pytest.raises(ManifestError, match="UTF-16 text"):
+        read_manifest(tmp_path / "wide.jsonl")
