@@ -60,14 +60,24 @@ def now() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+def stat_fields(pid: int) -> list[str]:
+    """``/proc/<pid>/stat`` after the command name: field N of proc(5) is item N - 3."""
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()
+
+
 def process_started(pid: int) -> float:
     """When process ``pid`` began, on ``now()``'s clock (to the kernel's tick, 10 ms)."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in ticks since boot
+    return int(stat_fields(pid)[19]) / os.sysconf("SC_CLK_TCK")  # start time in ticks since boot
 
 
-def session_processes(title: str) -> list[int]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU-seconds process ``pid`` has used so far."""
+    fields = stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def session_processes(title: str = "") -> list[int]:
     """Pids of this process session whose title starts with ``title`` (Ray titles an actor ``ray::<Class>``)."""
     sid, pids = os.getsid(0), []
     for entry in filter(str.isdigit, os.listdir("/proc")):
@@ -80,6 +90,17 @@ def session_processes(title: str) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def session_cpu() -> float:
+    """CPU-seconds used so far by the processes of this session alive now (the driver and its Ray)."""
+    total = 0.0
+    for pid in session_processes():
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            continue
+    return total
 
 
 def summary(runs: list[Any]) -> dict[str, Any]:
@@ -98,30 +119,33 @@ def probe_stage() -> type:
         def __init__(self, *args: Any) -> None:
             import builtins
 
-            self.stamps = {"process": process_started(os.getpid()), "init": now()}
+            # Wall stamps on the driver's clock; CPU-seconds of this process (all its threads).
+            self.stamps = {"process": process_started(os.getpid()), "init": now(), "init_cpu": time.process_time()}
             self.imports: Counter = Counter()
+            self.import_cpu = 0.0
             real, depth = builtins.__import__, [0]
 
             def timed(name: str, *rest: Any, **kwargs: Any) -> Any:
                 if depth[0]:  # only the outermost import statement counts (it includes what it imports)
                     return real(name, *rest, **kwargs)
-                depth[0], started = 1, now()
+                depth[0], started, cpu = 1, now(), time.process_time()
                 try:
                     return real(name, *rest, **kwargs)
                 finally:
                     depth[0] = 0
                     self.imports[name] += now() - started
+                    self.import_cpu += time.process_time() - cpu
 
             builtins.__import__ = timed
             try:
                 super().__init__(*args)
             finally:
                 builtins.__import__ = real
-            self.stamps["built"] = now()
+            self.stamps["built"], self.stamps["built_cpu"] = now(), time.process_time()
 
         def probe(self) -> dict[str, Any]:
             return {"stamps": self.stamps, "imports": {k: v for k, v in self.imports.items() if v >= 0.005},
-                    "import_s": sum(self.imports.values())}
+                    "import_s": sum(self.imports.values()), "import_cpu_s": self.import_cpu}
 
     return ProbeStage
 
@@ -140,10 +164,11 @@ def pool_ready(cfg: Any, probe: bool = False) -> tuple[Any, dict[str, Any]]:
         done, _ = ray.wait(list(pending), num_returns=1)
         ray.get(done[0])
         ready[pending.pop(done[0])] = now()
-    title = "ray::ProbeStage" if probe else "ray::SharedEncodeStage"
+    pids = session_processes("ray::ProbeStage" if probe else "ray::SharedEncodeStage")
     result: dict[str, Any] = {"actors_s": sorted(t - created for t in ready.values()),
                               "all_s": max(ready.values()) - created,
-                              "process_start_s": sorted(process_started(p) - created for p in session_processes(title))}
+                              "process_start_s": sorted(process_started(p) - created for p in pids),
+                              "cpu_s": sorted(cpu_seconds(p) for p in pids)}  # each actor's process, when ready
     if probe:
         phases = []
         for actor, at in ready.items():
@@ -151,7 +176,11 @@ def pool_ready(cfg: Any, probe: bool = False) -> tuple[Any, dict[str, Any]]:
             st = got["stamps"]
             phases.append({"process_start_s": st["process"] - created, "to_init_s": st["init"] - created,
                            "imports_s": got["import_s"], "build_and_rest_s": st["built"] - st["init"] - got["import_s"],
-                           "first_call_s": at - st["built"], "ready_s": at - created, "imports": got["imports"]})
+                           "first_call_s": at - st["built"], "ready_s": at - created,
+                           # CPU: the worker's own start and class load, imports, the rest of __init__
+                           "boot_cpu_s": st["init_cpu"], "imports_cpu_s": got["import_cpu_s"],
+                           "build_and_rest_cpu_s": st["built_cpu"] - st["init_cpu"] - got["import_cpu_s"],
+                           "imports": got["imports"]})
         result["phases"] = phases
     return pool, result
 
@@ -184,18 +213,20 @@ def ray_child(encoders: list[str]) -> dict[str, Any]:
 
     # As the job: Ray's start, the shared pool at once, the shutdown with its actors up.
     workers = encode_pools.JobWorkers(config(encoders))
-    t = now()
+    t, cpu = now(), session_cpu()
     workers.ray()
     result["ray_init_s"] = now() - t
+    result["ray_init_cpu_s"] = session_cpu() - cpu  # the driver and every Ray process, during the call
     workers.pool, result["shared"] = pool_ready(workers.cfg)
     t = now()
     workers.close()
     result["ray_shutdown_s"] = now() - t
     # Then, in a second Ray, a job of each encoder alone, and every pool again with its phases stamped.
     second = encode_pools.JobWorkers(config(encoders))
-    t = now()
+    t, cpu = now(), session_cpu()
     second.ray()
     result["ray_init_second_s"] = now() - t
+    result["ray_init_second_cpu_s"] = session_cpu() - cpu
     # ``SharedPool`` looks its actor class up when it is built: swapping it there is how the probe gets the
     # job's own actor count, CPUs and arguments.
     stages = {False: encode_pools.SharedEncodeStage, True: probe_stage()}
@@ -247,13 +278,15 @@ def ray_figures(encoders: list[str], repeats: int) -> dict[str, Any]:
     """Every Ray figure, a fresh process per repeat; each listed with its median."""
     runs = [run_ray_child(encoders) for _ in range(repeats)]
     result: dict[str, Any] = {k: summary([r[k] for r in runs])
-                              for k in ("ray_import_s", "ray_init_s", "ray_init_second_s", "ray_shutdown_s")}
+                              for k in ("ray_import_s", "ray_init_s", "ray_init_cpu_s", "ray_init_second_s",
+                                        "ray_init_second_cpu_s", "ray_shutdown_s")}
     ready, phases = {}, {}
     for name in [k for k in runs[0] if not k.startswith("ray_")]:
         rows = [r[name] for r in runs]
         if "all_s" in rows[0]:
             ready[name] = {**summary([r["all_s"] for r in rows]), "actors_s": [r["actors_s"] for r in rows],
-                           "process_start_s": [r["process_start_s"] for r in rows]}
+                           "process_start_s": [r["process_start_s"] for r in rows],
+                           "cpu_s": [r["cpu_s"] for r in rows]}
         every = [p for r in rows for p in r["phases"]]  # every actor of every repeat
         phases[name] = {"median": {k: statistics.median(p[k] for p in every) for k in every[0] if k != "imports"},
                         "imports_median": {m: statistics.median(p["imports"].get(m, 0.0) for p in every)
