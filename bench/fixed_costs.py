@@ -92,15 +92,15 @@ def session_processes(title: str = "") -> list[int]:
     return pids
 
 
-def session_cpu() -> float:
-    """CPU-seconds used so far by the processes of this session alive now (the driver and its Ray)."""
-    total = 0.0
+def session_cpu(before: dict[int, float] | None = None) -> dict[int, float]:
+    """CPU-seconds of each live process of this session (the driver and its Ray), less its figure in ``before``."""
+    used = {}
     for pid in session_processes():
         try:
-            total += cpu_seconds(pid)
+            used[pid] = cpu_seconds(pid) - (before or {}).get(pid, 0.0)
         except OSError:
             continue
-    return total
+    return used
 
 
 def summary(runs: list[Any]) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def probe_stage() -> type:
             # Wall stamps on the driver's clock; CPU-seconds of this process (all its threads).
             self.stamps = {"process": process_started(os.getpid()), "init": now(), "init_cpu": time.process_time()}
             self.imports: Counter = Counter()
-            self.import_cpu = 0.0
+            self.imports_cpu: Counter = Counter()
             real, depth = builtins.__import__, [0]
 
             def timed(name: str, *rest: Any, **kwargs: Any) -> Any:
@@ -134,7 +134,7 @@ def probe_stage() -> type:
                 finally:
                     depth[0] = 0
                     self.imports[name] += now() - started
-                    self.import_cpu += time.process_time() - cpu
+                    self.imports_cpu[name] += time.process_time() - cpu
 
             builtins.__import__ = timed
             try:
@@ -144,8 +144,9 @@ def probe_stage() -> type:
             self.stamps["built"], self.stamps["built_cpu"] = now(), time.process_time()
 
         def probe(self) -> dict[str, Any]:
-            return {"stamps": self.stamps, "imports": {k: v for k, v in self.imports.items() if v >= 0.005},
-                    "import_s": sum(self.imports.values()), "import_cpu_s": self.import_cpu}
+            return {"stamps": self.stamps, "import_s": sum(self.imports.values()),
+                    "import_cpu_s": sum(self.imports_cpu.values()),  # by module: [wall, CPU] seconds
+                    "imports": {k: [v, self.imports_cpu[k]] for k, v in self.imports.items() if v >= 0.005}}
 
     return ProbeStage
 
@@ -216,7 +217,7 @@ def ray_child(encoders: list[str]) -> dict[str, Any]:
     t, cpu = now(), session_cpu()
     workers.ray()
     result["ray_init_s"] = now() - t
-    result["ray_init_cpu_s"] = session_cpu() - cpu  # the driver and every Ray process, during the call
+    result["ray_init_cpu_s"] = sum(session_cpu(cpu).values())  # the driver and every Ray process, in the call
     workers.pool, result["shared"] = pool_ready(workers.cfg)
     t = now()
     workers.close()
@@ -226,7 +227,7 @@ def ray_child(encoders: list[str]) -> dict[str, Any]:
     t, cpu = now(), session_cpu()
     second.ray()
     result["ray_init_second_s"] = now() - t
-    result["ray_init_second_cpu_s"] = session_cpu() - cpu
+    result["ray_init_second_cpu_s"] = sum(session_cpu(cpu).values())
     # ``SharedPool`` looks its actor class up when it is built: swapping it there is how the probe gets the
     # job's own actor count, CPUs and arguments.
     stages = {False: encode_pools.SharedEncodeStage, True: probe_stage()}
@@ -289,10 +290,17 @@ def ray_figures(encoders: list[str], repeats: int) -> dict[str, Any]:
                            "cpu_s": [r["cpu_s"] for r in rows]}
         every = [p for r in rows for p in r["phases"]]  # every actor of every repeat
         phases[name] = {"median": {k: statistics.median(p[k] for p in every) for k in every[0] if k != "imports"},
-                        "imports_median": {m: statistics.median(p["imports"].get(m, 0.0) for p in every)
-                                           for m in sorted({m for p in every for m in p["imports"]})},
+                        "imports_median": imports_median(every),
                         "runs": [r["phases"] for r in rows]}
     return {**result, "actor_ready_s": ready, "actor_phases": phases}
+
+
+def imports_median(actors: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per module imported in ``__init__``: the median [wall, CPU] seconds over ``actors`` (5 ms and more)."""
+    names = sorted({m for a in actors for m in a["imports"]})
+    medians = {m: [statistics.median(a["imports"].get(m, [0.0, 0.0])[i] for a in actors) for i in (0, 1)]
+               for m in names}
+    return {m: v for m, v in medians.items() if v[0] >= 0.005}
 
 
 # ------------------------------------------------------------------ the whole job over one clip, and a cached rerun

@@ -31,7 +31,7 @@ def test_fixed_costs_bench_runs_tiny_on_cpu() -> None:
         assert actor["imports_s"] > 0 and actor["build_and_rest_s"] > 0 and actor["first_call_s"] >= 0
         # The actor's own stamps (its clock is the driver's) fall in order: process, __init__, ready.
         assert actor["process_start_s"] < actor["to_init_s"] < actor["ready_s"]
-    assert "torch" in result["actor_phases"]["shared"]["imports_median"]
+    assert result["actor_phases"]["shared"]["imports_median"]["torch"][1] > 0  # [wall, CPU] seconds
     # One clip is encoded; the rerun over the finished store starts no Ray and encodes nothing.
     job = result["empty_job_s"]
     assert job["one_clip"]["ray_started"] == [True] and job["one_clip"]["encoded"] == [{"sslam": 1}]
