@@ -23,9 +23,11 @@ job with (``compute_limit.job_config``: 2 CPUs, ``pools: auto``):
 * ``mixdown_s``: numpy's ``mean(axis=1)`` (the job's mix-down before session 5, kept here) against
   ``decode.mix_down`` over the same multichannel float32 clips, and whether every output is bit-identical.
 
-Each process that starts Ray gets a ``RAY_TMPDIR`` of its own, so nothing here joins (or is joined by)
-another Ray on the machine. The load average is printed at the start and the end: on a shared machine
-these seconds swing with it.
+Beside the wall seconds, CPU-seconds (``ray_init_cpu_s``: the driver and every Ray process during the
+call; ``cpu_s``: each actor's process once ready; the phases' ``*_cpu_s``), which the load moves much
+less. Each process that starts Ray gets a ``RAY_TMPDIR`` of its own, so nothing here joins (or is joined
+by) another Ray on the machine. The load average is printed at the start and the end: on a shared
+machine the wall seconds swing with it.
 
 Usage: ``python bench/fixed_costs.py [--repeats 3] [--encoders whisper,w2vbert,muq,sslam] [--mix-clips 40]
 [--mix-channels 2,6] [--no-job]``

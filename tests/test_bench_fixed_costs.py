@@ -1,4 +1,4 @@
-"""bench/fixed_costs.py end to end with one tiny encoder: one JSON line whose figures hold together."""
+"""bench/fixed_costs.py end to end with one tiny encoder: one JSON line whose figures hold together (17 s quiet)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 def test_fixed_costs_bench_runs_tiny_on_cpu() -> None:
     out = subprocess.run([sys.executable, str(REPO / "bench" / "fixed_costs.py"), "--encoders", "sslam",
                           "--repeats", "1", "--mix-clips", "2"], capture_output=True, text=True, timeout=300, check=True)
