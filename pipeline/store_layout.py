@@ -186,13 +186,30 @@ def atomic_path(path: Path, fsync: bool = False) -> Iterator[Path]:
 
 
 def write_atomic(path: Location, data: bytes) -> None:
-    """Write one object whole, so readers never see half of it (a temporary name and a rename on disk)."""
+    """Write one object whole, so readers never see half of it (a temporary name and a rename on disk).
+
+    An object that already holds exactly ``data`` is left alone: a rerun with nothing new (the same
+    index, instance tables, sources) writes nothing, so its files keep their times and a copy or
+    sync of the store sees no change.
+    """
+    if _holds(path, data):
+        return
     if is_url(path):
         parent, name = str(path).rsplit("/", 1)
         open_objects(parent).put(name, data)
         return
     with atomic_path(Path(path)) as tmp:
         tmp.write_bytes(data)
+
+
+def _holds(path: Location, data: bytes) -> bool:
+    """Whether the object at ``path`` exists with exactly ``data`` (its size asked first: no read when it differs)."""
+    parent, name = str(path).rstrip("/").rsplit("/", 1)
+    try:
+        info = open_objects(parent).head(name)
+    except OSError:
+        return False
+    return info is not None and info.size == len(data) and read_bytes(path) == data
 
 
 def write_parquet_atomic(table: Any, path: Location) -> None:
