@@ -277,9 +277,14 @@ def init_group(root: Location, encoder: str, spec: dict, layers: int, dim: int,
     spec_key = f"features/{encoder}/{sid}/spec.json"
     existing = read_bytes(at(root, spec_key))
     if existing is not None:
-        if spec_id(json.loads(existing)["spec"]) != sid:
+        try:
+            found = spec_id(json.loads(existing)["spec"])
+        except (ValueError, KeyError, TypeError):  # torn or overwritten: written again below, as the job knows it
+            found = None
+        if found == sid:
+            return folder
+        if found is not None:
             raise StoreSpecError(f"{at(root, spec_key)} does not hash to its folder name {sid}: the store is damaged")
-        return folder
     # Zarr group metadata down to the parts, so zarr tools see one hierarchy.
     for prefix, attrs in (("", {"alarm_store": STORE_FORMAT}), ("features", {}), (f"features/{encoder}", {}),
                           (f"features/{encoder}/{sid}", {"spec_id": sid}), (f"features/{encoder}/{sid}/parts", {})):
@@ -291,9 +296,24 @@ def init_group(root: Location, encoder: str, spec: dict, layers: int, dim: int,
 
 
 def read_marker(group: Location, part: str) -> dict | None:
-    """The done marker of ``part`` as JSON, or None when the part is not committed."""
-    data = read_bytes(at(group, "parts", part, DONE))
-    return None if data is None else json.loads(data)
+    """The done marker of ``part`` as JSON, or None when the part is not committed.
+
+    Raises:
+        DamagedPartError: the marker is there but is not a marker (truncated, overwritten).
+    """
+    path = at(group, "parts", part, DONE)
+    data = read_bytes(path)
+    if data is None:
+        return None
+    try:
+        marker = json.loads(data)
+        why = "" if isinstance(marker, dict) else "not a JSON object"
+    except ValueError as err:  # torn JSON, or bytes that are not text
+        why = " ".join(str(err).split())[:120]
+    if why:
+        raise DamagedPartError(f"done marker {path} is unreadable ({why}); `alarm pipeline repair` recomputes "
+                               "the part")
+    return marker
 
 
 def committed_parts(group: Location) -> list[str]:

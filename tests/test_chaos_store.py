@@ -63,3 +63,54 @@ def test_write_atomic_replaces_only_what_differs(tmp_path: Path, same: bool) -> 
     assert (_stamp(path) == before) is same
     write_atomic(path, data[:-1] + b"X")  # same size, other bytes: written
     assert path.read_bytes() == data[:-1] + b"X"
+
+
+def _cli(*args: str):  # noqa: ANN202 - click's Result
+    from click.testing import CliRunner
+
+    from alarm.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def _damage(group: Path, what: str) -> None:
+    store = group.parents[2]
+    target = {"marker": group / "parts" / "p0" / "_DONE", "spec": group / "spec.json",
+              "index": group / "index.parquet", "instances": store / "instances.parquet"}[what]
+    target.write_bytes(b"\x00garbage\xff")
+
+
+@pytest.mark.parametrize("what,named", [("marker", "done marker"), ("spec", "spec.json is unreadable"),
+                                        ("index", "index.parquet is unreadable"),
+                                        ("instances", "instances.parquet is unreadable")])
+def test_verify_status_and_gc_name_an_unreadable_file_in_one_line(tmp_path: Path, what: str, named: str) -> None:
+    # A torn done marker, spec.json, index or instance table made `verify` (and `repair`, which
+    # verifies first) end in a traceback; `gc` did too for a marker.
+    group = _group(tmp_path / "store", parts=2)
+    write_index(group)
+    write_parquet_atomic(pa.table({"key": ["clip0", "clip1"]}), tmp_path / "store" / "instances.parquet")
+    assert _cli("pipeline", "verify", "--store", str(tmp_path / "store")).exit_code == 0
+    _damage(group, what)
+    out = _cli("pipeline", "verify", "--store", str(tmp_path / "store"))
+    assert out.exit_code == 1 and named in out.output and _no_crash(out), out.output
+    status = _cli("pipeline", "status", "--store", str(tmp_path / "store"))
+    assert _no_crash(status) and (status.exit_code == 0 or "unreadable" in status.output), status.output
+    gc = _cli("pipeline", "gc", str(tmp_path / "store"), "--grace", "0s")
+    assert _no_crash(gc), gc.output
+    if what == "marker":  # gc refuses to judge attempts against a marker it cannot read
+        assert gc.exit_code == 2 and "unreadable" in gc.output
+        assert len(list((group / "parts" / "p0").iterdir())) == 2  # the marker and its attempt, kept
+
+
+def _no_crash(result) -> bool:  # noqa: ANN001 - click's Result
+    return result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_the_job_rewrites_a_torn_spec_json(tmp_path: Path) -> None:
+    # The job itself ended in a JSONDecodeError on a torn spec.json; it knows the spec (the folder
+    # name is its hash), so it writes it again.
+    group = _group(tmp_path / "store", parts=1)
+    whole = (group / "spec.json").read_bytes()
+    (group / "spec.json").write_bytes(whole[:10])
+    assert _group(tmp_path / "store", parts=1) == group
+    assert (group / "spec.json").read_bytes() == whole
