@@ -188,10 +188,7 @@ def atomic_path(path: Path, fsync: bool = False) -> Iterator[Path]:
 def write_atomic(path: Location, data: bytes) -> None:
     """Write one object whole, so readers never see half of it (a temporary name and a rename on disk).
 
-    An object that already holds exactly ``data`` is left alone: a rerun with nothing new (the same
-    index, instance tables, sources) writes nothing, so its files keep their times and a copy or
-    sync of the store sees no change.
-    """
+    One that already holds exactly ``data`` is left alone: a rerun with nothing new writes nothing."""
     if _holds(path, data):
         return
     if is_url(path):
@@ -236,15 +233,37 @@ def read_bytes(path: Location) -> bytes | None:
         return None
 
 
+class UnreadableTable(StoreError, ValueError):  # a ValueError as pyarrow's was: its handlers still apply
+    """A table of the store that exists but is not Parquet (torn, overwritten); the message says what to do."""
+
+
+_REMEDY = {  # what brings each table back, for ``UnreadableTable``'s message
+    "index.parquet": "the job rebuilds it from the committed parts: delete it and rerun the job",
+    "sources.parquet": "it caches the keyed audio: delete it and rerun the job, which keys the audio again",
+    "clips.parquet": "its part is damaged: `alarm pipeline repair` recomputes it",
+}
+
+
 def read_parquet(path: Location, columns: list[str] | None = None) -> Any:
-    """A Parquet object as a pyarrow table, or None when it does not exist."""
+    """A Parquet object as a pyarrow table, or None when it does not exist (``UnreadableTable`` if torn)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if not is_url(path):
-        return pq.read_table(path, columns=columns) if Path(path).is_file() else None
-    data = read_bytes(path)
-    return None if data is None else pq.read_table(pa.BufferReader(data), columns=columns)
+    if is_url(path):  # a failed request raises as it is: only the bytes it got are judged below
+        source = None if (data := read_bytes(path)) is None else pa.BufferReader(data)
+    else:
+        source = path if Path(path).is_file() else None
+    if source is None:
+        return None
+    try:
+        return pq.read_table(source, columns=columns)
+    except (pa.ArrowInvalid, OSError) as err:
+        if isinstance(err, (FileNotFoundError, PermissionError)):  # removed since it was seen; not ours to read
+            raise
+        name = str(path).rstrip("/").rsplit("/", 1)[-1]
+        why = " ".join(str(err).split())[:160]
+        remedy = _REMEDY.get(name, "delete it and rerun the job on every input this store serves")
+        raise UnreadableTable(f"{path} is unreadable ({why}); {remedy}") from None
 
 
 # ------------------------------------------------------------------------------------------ groups

@@ -156,8 +156,8 @@ def verify_store(root: Location, checksums: bool = True) -> VerifyReport:
         return report
     try:
         wanted = _instance_keys(root)
-    except Exception as err:  # any unreadable table is a problem to name, not a crash
-        report.problems.append(f"instances.parquet is unreadable ({_short(err)}); rerun the job to rewrite it")
+    except StoreError as err:  # a torn table is a problem to name, not a crash
+        report.problems.append(str(err))
         wanted = set()
     for encoder in _encoders(root):
         for sid in list_groups(root, encoder):
@@ -211,9 +211,8 @@ def _verify_group(group: Location, label: str, wanted: set[str], checksums: bool
 def _check_index(group: Location, label: str, rows: list[dict], done: list[str], report: VerifyReport) -> None:
     try:
         table = read_parquet(at(group, "index.parquet"))
-    except Exception as err:  # torn or overwritten: the job rebuilds it from the parts
-        report.problems.append(f"group {label}: index.parquet is unreadable ({_short(err)}); rerun the job to "
-                               "rebuild it")
+    except StoreError as err:  # torn or overwritten
+        report.problems.append(f"group {label}: {err}")
         return
     if table is None:
         report.problems.append(f"group {label}: index.parquet is missing (rerun the job to rebuild it)")
@@ -237,12 +236,8 @@ def store_status(root: Location) -> dict[str, Any]:
     """Done / pending / rejected clip counts per encoder group, from the store alone (a folder or a URL)."""
     from alarm.pipeline.store_gc import scan_parts
 
-    try:
-        wanted = _instance_keys(root)
-        rejects = read_parquet(at(root, "rejects.parquet"), ["reason"])
-    except (OSError, ValueError) as err:  # a torn table: one line (``pipeline status`` prints it), not a crash
-        raise StoreError(f"the instance tables of {root} are unreadable ({_short(err)}); rerun the job to "
-                         "rewrite them") from None
+    wanted = _instance_keys(root)  # a torn table raises UnreadableTable, one line that says what to do
+    rejects = read_parquet(at(root, "rejects.parquet"), ["reason"])
     rejected: Counter = Counter()
     if rejects is not None:
         for reason in rejects.column("reason").to_pylist():
@@ -253,7 +248,7 @@ def store_status(root: Location) -> dict[str, Any]:
             group = at(root, "features", encoder, sid)
             try:
                 index = load_index(group)
-            except (OSError, ValueError):  # an unreadable index.parquet: rebuilt from the parts, in memory
+            except StoreError:  # an unreadable index.parquet: rebuilt from the parts, in memory
                 index = build_index(group)
             stored = set(index.column("key").to_pylist())
             done = committed_parts(group)

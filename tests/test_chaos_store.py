@@ -16,8 +16,10 @@ from alarm.pipeline.part_writer import PartWriter
 from alarm.pipeline.store_index import write_index
 from alarm.pipeline.store_layout import (
     StoreConfig,
+    StoreError,
     group_spec,
     init_group,
+    read_parquet,
     write_atomic,
     write_parquet_atomic,
 )
@@ -114,3 +116,16 @@ def test_the_job_rewrites_a_torn_spec_json(tmp_path: Path) -> None:
     (group / "spec.json").write_bytes(whole[:10])
     assert _group(tmp_path / "store", parts=1) == group
     assert (group / "spec.json").read_bytes() == whole
+
+
+@pytest.mark.parametrize("name,remedy", [("index.parquet", "rebuilds it"), ("sources.parquet", "keys the audio"),
+                                         ("instances.parquet", "every input"), ("clips.parquet", "repair")])
+def test_a_torn_table_fails_in_one_line_that_says_what_to_do(tmp_path: Path, name: str, remedy: str) -> None:
+    # The job ended in pyarrow's traceback on a torn index, sources, instance or reject table.
+    path = tmp_path / name
+    write_parquet_atomic(pa.table({"k": list("abcdefgh")}), path)
+    path.write_bytes(path.read_bytes()[:-9])
+    with pytest.raises(StoreError, match=rf"{name} is unreadable \(.*\); .*{remedy}") as caught:
+        read_parquet(path)
+    assert isinstance(caught.value, ValueError)  # as pyarrow's error was, for callers that handled that
+    assert read_parquet(tmp_path / "absent.parquet") is None
