@@ -170,10 +170,10 @@ def pipeline_status(store: str) -> None:
 
     store = _need_store(store)
     try:
-        status = store_status(store)
-    except StoreError as err:  # e.g. an unreadable done marker: one line, not a traceback
+        status, counts = store_status(store), store_counts(store)
+    except StoreError as err:  # an unreadable done marker or table: one line, not a traceback
         fail(str(err))
-    click.echo(f"{store_counts(store).line()}; {status['rejected_total']} rejected instances")
+    click.echo(f"{counts.line()}; {status['rejected_total']} rejected instances")
     for kind, n in status["rejected"].items():
         click.echo(f"  rejected ({kind}): {n}")
     for label, g in sorted(status["groups"].items()):

@@ -159,6 +159,11 @@ def verify_store(root: Location, checksums: bool = True) -> VerifyReport:
     except StoreError as err:  # a torn table is a problem to name, not a crash
         report.problems.append(str(err))
         wanted = set()
+    for name in ("rejects.parquet", "sources.parquet"):  # the job reads both first: it would stop on either
+        try:
+            read_parquet(at(root, name))
+        except StoreError as err:
+            report.problems.append(str(err))
     for encoder in _encoders(root):
         for sid in list_groups(root, encoder):
             _verify_group(at(root, "features", encoder, sid), f"{encoder}/{sid}", wanted, checksums, report)

@@ -78,16 +78,20 @@ def _cli(*args: str):  # noqa: ANN202 - click's Result
 def _damage(group: Path, what: str) -> None:
     store = group.parents[2]
     target = {"marker": group / "parts" / "p0" / "_DONE", "spec": group / "spec.json",
-              "index": group / "index.parquet", "instances": store / "instances.parquet"}[what]
+              "index": group / "index.parquet", "instances": store / "instances.parquet",
+              "rejects": store / "rejects.parquet", "sources": store / "sources.parquet"}[what]
     target.write_bytes(b"\x00garbage\xff")
 
 
 @pytest.mark.parametrize("what,named", [("marker", "done marker"), ("spec", "spec.json is unreadable"),
                                         ("index", "index.parquet is unreadable"),
-                                        ("instances", "instances.parquet is unreadable")])
+                                        ("instances", "instances.parquet is unreadable"),
+                                        ("rejects", "rejects.parquet is unreadable"),
+                                        ("sources", "sources.parquet is unreadable")])
 def test_verify_status_and_gc_name_an_unreadable_file_in_one_line(tmp_path: Path, what: str, named: str) -> None:
     # A torn done marker, spec.json, index or instance table made `verify` (and `repair`, which
-    # verifies first) end in a traceback; `gc` did too for a marker.
+    # verifies first) end in a traceback, `gc` did too for a marker, and `status` for a torn
+    # sources table; verify passed a torn reject or sources table, on which the job stopped.
     group = _group(tmp_path / "store", parts=2)
     write_index(group)
     write_parquet_atomic(pa.table({"key": ["clip0", "clip1"]}), tmp_path / "store" / "instances.parquet")
