@@ -165,11 +165,15 @@ def pipeline_run(manifest: str | None, shards: tuple[str, ...], store: str | Non
 def pipeline_status(store: str) -> None:
     """Done / pending / rejected clips per encoder group of a store."""
     from alarm.pipeline.counts import store_counts
+    from alarm.pipeline.store_layout import StoreError
     from alarm.pipeline.verify import store_status
 
     store = _need_store(store)
-    status = store_status(store)
-    click.echo(f"{store_counts(store).line()}; {status['rejected_total']} rejected instances")
+    try:
+        status, counts = store_status(store), store_counts(store)
+    except StoreError as err:  # an unreadable done marker or table: one line, not a traceback
+        fail(str(err))
+    click.echo(f"{counts.line()}; {status['rejected_total']} rejected instances")
     for kind, n in status["rejected"].items():
         click.echo(f"  rejected ({kind}): {n}")
     for label, g in sorted(status["groups"].items()):
@@ -270,11 +274,12 @@ def pipeline_gc(store: str, grace: str, dry_run: bool) -> None:
     """
     from alarm.pipeline.formatting import human_bytes
     from alarm.pipeline.store_gc import parse_seconds, run_gc
+    from alarm.pipeline.store_layout import StoreError
 
     root = _need_store(store)
     try:
         report = run_gc(root, parse_seconds(grace), dry_run=dry_run)
-    except ConfigError as err:
+    except (ConfigError, StoreError) as err:  # StoreError: a done marker it cannot read (repair first)
         fail(str(err))
     for name in report.removed:
         click.echo(f"{'would remove' if dry_run else 'removed'} {name}")

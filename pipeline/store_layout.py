@@ -186,13 +186,27 @@ def atomic_path(path: Path, fsync: bool = False) -> Iterator[Path]:
 
 
 def write_atomic(path: Location, data: bytes) -> None:
-    """Write one object whole, so readers never see half of it (a temporary name and a rename on disk)."""
+    """Write one object whole, so readers never see half of it (a temporary name and a rename on disk).
+
+    One that already holds exactly ``data`` is left alone: a rerun with nothing new writes nothing."""
+    if _holds(path, data):
+        return
     if is_url(path):
         parent, name = str(path).rsplit("/", 1)
         open_objects(parent).put(name, data)
         return
     with atomic_path(Path(path)) as tmp:
         tmp.write_bytes(data)
+
+
+def _holds(path: Location, data: bytes) -> bool:
+    """Whether the object at ``path`` exists with exactly ``data`` (its size asked first: no read when it differs)."""
+    parent, name = str(path).rstrip("/").rsplit("/", 1)
+    try:
+        info = open_objects(parent).head(name)
+    except OSError:
+        return False
+    return info is not None and info.size == len(data) and read_bytes(path) == data
 
 
 def write_parquet_atomic(table: Any, path: Location) -> None:
@@ -219,15 +233,37 @@ def read_bytes(path: Location) -> bytes | None:
         return None
 
 
+class UnreadableTable(StoreError, ValueError):  # a ValueError as pyarrow's was: its handlers still apply
+    """A table of the store that exists but is not Parquet (torn, overwritten); the message says what to do."""
+
+
+_REMEDY = {  # what brings each table back, for ``UnreadableTable``'s message
+    "index.parquet": "the job rebuilds it from the committed parts: delete it and rerun the job",
+    "sources.parquet": "it caches the keyed audio: delete it and rerun the job, which keys the audio again",
+    "clips.parquet": "its part is damaged: `alarm pipeline repair` recomputes it",
+}
+
+
 def read_parquet(path: Location, columns: list[str] | None = None) -> Any:
-    """A Parquet object as a pyarrow table, or None when it does not exist."""
+    """A Parquet object as a pyarrow table, or None when it does not exist (``UnreadableTable`` if torn)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if not is_url(path):
-        return pq.read_table(path, columns=columns) if Path(path).is_file() else None
-    data = read_bytes(path)
-    return None if data is None else pq.read_table(pa.BufferReader(data), columns=columns)
+    if is_url(path):  # a failed request raises as it is: only the bytes it got are judged below
+        source = None if (data := read_bytes(path)) is None else pa.BufferReader(data)
+    else:
+        source = path if Path(path).is_file() else None
+    if source is None:
+        return None
+    try:
+        return pq.read_table(source, columns=columns)
+    except (pa.ArrowInvalid, OSError) as err:
+        if isinstance(err, (FileNotFoundError, PermissionError)):  # removed since it was seen; not ours to read
+            raise
+        name = str(path).rstrip("/").rsplit("/", 1)[-1]
+        why = " ".join(str(err).split())[:160]
+        remedy = _REMEDY.get(name, "delete it and rerun the job on every input this store serves")
+        raise UnreadableTable(f"{path} is unreadable ({why}); {remedy}") from None
 
 
 # ------------------------------------------------------------------------------------------ groups
@@ -260,9 +296,14 @@ def init_group(root: Location, encoder: str, spec: dict, layers: int, dim: int,
     spec_key = f"features/{encoder}/{sid}/spec.json"
     existing = read_bytes(at(root, spec_key))
     if existing is not None:
-        if spec_id(json.loads(existing)["spec"]) != sid:
+        try:
+            found = spec_id(json.loads(existing)["spec"])
+        except (ValueError, KeyError, TypeError):  # torn or overwritten: written again below, as the job knows it
+            found = None
+        if found == sid:
+            return folder
+        if found is not None:
             raise StoreSpecError(f"{at(root, spec_key)} does not hash to its folder name {sid}: the store is damaged")
-        return folder
     # Zarr group metadata down to the parts, so zarr tools see one hierarchy.
     for prefix, attrs in (("", {"alarm_store": STORE_FORMAT}), ("features", {}), (f"features/{encoder}", {}),
                           (f"features/{encoder}/{sid}", {"spec_id": sid}), (f"features/{encoder}/{sid}/parts", {})):
@@ -274,9 +315,24 @@ def init_group(root: Location, encoder: str, spec: dict, layers: int, dim: int,
 
 
 def read_marker(group: Location, part: str) -> dict | None:
-    """The done marker of ``part`` as JSON, or None when the part is not committed."""
-    data = read_bytes(at(group, "parts", part, DONE))
-    return None if data is None else json.loads(data)
+    """The done marker of ``part`` as JSON, or None when the part is not committed.
+
+    Raises:
+        DamagedPartError: the marker is there but is not a marker (truncated, overwritten).
+    """
+    path = at(group, "parts", part, DONE)
+    data = read_bytes(path)
+    if data is None:
+        return None
+    try:
+        marker = json.loads(data)
+        why = "" if isinstance(marker, dict) else "not a JSON object"
+    except ValueError as err:  # torn JSON, or bytes that are not text
+        why = " ".join(str(err).split())[:120]
+    if why:
+        raise DamagedPartError(f"done marker {path} is unreadable ({why}); `alarm pipeline repair` recomputes "
+                               "the part")
+    return marker
 
 
 def committed_parts(group: Location) -> list[str]:

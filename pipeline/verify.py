@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from alarm.pipeline.manifest import reason_kind
-from alarm.pipeline.store_index import load_index
+from alarm.pipeline.store_index import build_index, load_index
 from alarm.pipeline.store_layout import (
     DONE,
     Location,
+    StoreError,
     at,
     bytes_checksum,
     committed_parts,
@@ -73,6 +74,10 @@ def _small_array(objects: Any, prefix: str) -> Any:
     for info in objects.list(prefix):
         store._store_dict[info.key[len(prefix) + 1:]] = proto.buffer.from_bytes(objects.get(info.key))
     return zarr.open_array(store, mode="r")[:]
+
+
+def _short(err: BaseException) -> str:
+    return " ".join(str(err).split())[:160] or type(err).__name__
 
 
 def _checksum(objects: Any, rel: str) -> str:
@@ -149,7 +154,16 @@ def verify_store(root: Location, checksums: bool = True) -> VerifyReport:
     if not store_exists(root):
         report.problems.append(f"store {root} does not exist")
         return report
-    wanted = _instance_keys(root)
+    try:
+        wanted = _instance_keys(root)
+    except StoreError as err:  # a torn table is a problem to name, not a crash
+        report.problems.append(str(err))
+        wanted = set()
+    for name in ("rejects.parquet", "sources.parquet"):  # the job reads both first: it would stop on either
+        try:
+            read_parquet(at(root, name))
+        except StoreError as err:
+            report.problems.append(str(err))
     for encoder in _encoders(root):
         for sid in list_groups(root, encoder):
             _verify_group(at(root, "features", encoder, sid), f"{encoder}/{sid}", wanted, checksums, report)
@@ -159,15 +173,23 @@ def verify_store(root: Location, checksums: bool = True) -> VerifyReport:
 def _verify_group(group: Location, label: str, wanted: set[str], checksums: bool, report: VerifyReport) -> None:
     from alarm.pipeline.store_gc import abandoned, scan_parts
 
-    meta = json.loads(read_bytes(at(group, "spec.json")))
-    if spec_id(meta["spec"]) != label.split("/")[1]:
+    try:
+        meta = json.loads(read_bytes(at(group, "spec.json")))
+        matches = spec_id(meta["spec"]) == label.split("/")[1]
+    except (ValueError, KeyError, TypeError) as err:
+        report.problems.append(f"group {label}: spec.json is unreadable ({_short(err)}); rerun the job to rewrite it")
+        return
+    if not matches:
         report.problems.append(f"group {label}: spec.json does not hash to the folder name")
         return
     done = committed_parts(group)
     scanned = scan_parts(group)
     for part in sorted(set(scanned) - set(done)):
         report.problems.append(f"part {label}/{part}: no done marker (interrupted write; rerun the job)")
-    dead = sum(len(a) for p, a in abandoned(group, scanned).items() if p in done)
+    try:
+        dead = sum(len(a) for p, a in abandoned(group, scanned).items() if p in done)
+    except StoreError:  # an unreadable done marker, which the part checks below name
+        dead = 0
     if dead:
         report.warnings.append(f"group {label}: {dead} abandoned attempt(s) beside committed parts "
                                "(`alarm pipeline gc` removes them)")
@@ -192,7 +214,11 @@ def _verify_group(group: Location, label: str, wanted: set[str], checksums: bool
 
 
 def _check_index(group: Location, label: str, rows: list[dict], done: list[str], report: VerifyReport) -> None:
-    table = read_parquet(at(group, "index.parquet"))
+    try:
+        table = read_parquet(at(group, "index.parquet"))
+    except StoreError as err:  # torn or overwritten
+        report.problems.append(f"group {label}: {err}")
+        return
     if table is None:
         report.problems.append(f"group {label}: index.parquet is missing (rerun the job to rebuild it)")
         return
@@ -215,7 +241,7 @@ def store_status(root: Location) -> dict[str, Any]:
     """Done / pending / rejected clip counts per encoder group, from the store alone (a folder or a URL)."""
     from alarm.pipeline.store_gc import scan_parts
 
-    wanted = _instance_keys(root)
+    wanted = _instance_keys(root)  # a torn table raises UnreadableTable, one line that says what to do
     rejects = read_parquet(at(root, "rejects.parquet"), ["reason"])
     rejected: Counter = Counter()
     if rejects is not None:
@@ -225,7 +251,11 @@ def store_status(root: Location) -> dict[str, Any]:
     for encoder in _encoders(root):
         for sid in list_groups(root, encoder):
             group = at(root, "features", encoder, sid)
-            stored = set(load_index(group).column("key").to_pylist())
+            try:
+                index = load_index(group)
+            except StoreError:  # an unreadable index.parquet: rebuilt from the parts, in memory
+                index = build_index(group)
+            stored = set(index.column("key").to_pylist())
             done = committed_parts(group)
             groups[f"{encoder}/{sid}"] = {
                 "encoder": encoder, "spec_id": sid, "done": len(wanted & stored), "pending": len(wanted - stored),

@@ -95,9 +95,12 @@ def _run_in(manifest: str | Path, out: Path, cfg: RephraseConfig, instances: str
     from alarm.rephrase.inputs import collect_inputs
 
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / CONFIG_FILE)
-    (out / RUN_FILE).write_text(json.dumps({"manifest": _resolved(manifest), "instances": _resolved(instances)},
-                                           indent=2) + "\n")
+    # Whole or not at all (a kill mid-write): `rephrase retry` and `status` resume from these two.
+    with atomic_path(out / CONFIG_FILE) as tmp:
+        save_config(cfg, tmp)
+    with atomic_path(out / RUN_FILE) as tmp:
+        tmp.write_text(json.dumps({"manifest": _resolved(manifest), "instances": _resolved(instances)}, indent=2)
+                       + "\n")
 
     rows, input_rejects = collect_inputs(manifest, cfg.max_audio_seconds, instances)
     _write_table(rows, out / INPUTS_FILE)
@@ -134,7 +137,8 @@ def _run_in(manifest: str | Path, out: Path, cfg: RephraseConfig, instances: str
                                             progress=progress)
     finally:
         pool.close()
-    (out / "run_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_path(out / "run_report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
     write_rephrase_report(out)  # report.json, report.md and target_lengths.png, for people
     return report
 

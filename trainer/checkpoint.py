@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from alarm.pipeline.configs import ConfigError
+
 WEIGHTS_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 META_FILE = "meta.json"
@@ -38,6 +40,16 @@ class Checkpoint:
     weights: dict[str, Any]
     optimizer_tensors: dict[str, Any]
     meta: dict[str, Any]
+
+
+class DamagedCheckpointError(ConfigError):
+    """A checkpoint folder whose files cannot be read (damaged on disk, or not written by ``save_checkpoint``)."""
+
+    def __init__(self, path: Path, err: BaseException) -> None:
+        before = [p for p in path.parent.glob(f"{STEP_PREFIX}*") if (p / META_FILE).is_file() and p.name < path.name]
+        where = (f"move it away to resume from {max(before).name}" if before else "move it away")
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        super().__init__(f"checkpoint {path} is damaged ({reason}); {where}, or start --fresh")
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:
@@ -135,6 +147,8 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, Any], opt
 
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
+    for stale in (*root.glob(".tmp-step-*"), *root.glob(".old-step-*")):  # what a killed save left
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"{STEP_PREFIX}{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-step-", dir=root))
     try:
@@ -142,15 +156,23 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, Any], opt
         save_file(optimizer_tensors, str(tmp / OPTIMIZER_FILE))
         (tmp / META_FILE).write_text(json.dumps(dict(meta, step=step), indent=1, sort_keys=True))
         if final.exists():  # a rerun of the same step (e.g. after a crash right after saving)
-            shutil.rmtree(final)
+            _remove(final)
         tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if keep > 0:
         done = sorted(p for p in root.glob(f"{STEP_PREFIX}*") if (p / META_FILE).is_file())
         for old in done[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     return final
+
+
+def _remove(checkpoint: Path) -> None:
+    """Delete a checkpoint folder, renamed aside first: a kill inside the delete would otherwise leave
+    a folder with its meta.json but not all its tensors, which the next resume would pick."""
+    aside = Path(tempfile.mkdtemp(prefix=".old-step-", dir=checkpoint.parent))
+    checkpoint.rename(aside / checkpoint.name)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -161,12 +183,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not (path / META_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {META_FILE})")
     optimizer_path = path / OPTIMIZER_FILE
-    return Checkpoint(
-        path=path,
-        weights=load_file(str(path / WEIGHTS_FILE)),
-        optimizer_tensors=load_file(str(optimizer_path)) if optimizer_path.is_file() else {},
-        meta=json.loads((path / META_FILE).read_text()),
-    )
+    try:
+        return Checkpoint(
+            path=path,
+            weights=load_file(str(path / WEIGHTS_FILE)),
+            optimizer_tensors=load_file(str(optimizer_path)) if optimizer_path.is_file() else {},
+            meta=json.loads((path / META_FILE).read_text()),
+        )
+    except Exception as err:  # safetensors raises its own error types for a truncated or foreign file
+        raise DamagedCheckpointError(path, err) from None
 
 
 def load_weights(source: str | Path) -> dict[str, Any]:
