@@ -8,6 +8,7 @@ The results are cached in ``sources.parquet`` (by path, cut, size and mtime), so
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,14 @@ from alarm.pipeline.encode_pools import cpu_budget, quiet_ray_data
 from alarm.pipeline.extract_stages import key_batch, key_source
 from alarm.pipeline.job_config import PipelineConfig
 from alarm.pipeline.manifest import reason_kind
-from alarm.pipeline.store_layout import Location, at, clear_tmp, read_parquet, write_parquet_atomic
+from alarm.pipeline.store_layout import (
+    Location,
+    UnreadableTable,
+    at,
+    clear_tmp,
+    read_parquet,
+    write_parquet_atomic,
+)
 
 
 @dataclass
@@ -85,12 +93,16 @@ def key_sources(root: Location, sources: list[tuple[str, float | None, float | N
 
     cache_path = at(root, "sources.parquet")
     cached: dict[tuple, dict[str, Any]] = {}
-    table = read_parquet(cache_path)
+    try:
+        table = read_parquet(cache_path)
+    except UnreadableTable as err:  # a cache: key the audio again and write it anew, as for a new store
+        logging.getLogger(__name__).warning("%s", err)
+        table = None
     if table is not None:
         for r in table.to_pylist():
             cached[(r["audio"], r["start"], r["end"], r["size"], r["mtime_ns"])] = r
     result: dict[tuple, dict[str, Any]] = {}
-    todo = []
+    todo, again = [], set()
     for src in sources:
         stat = source_stat(src[0])
         hit = cached.get((*src, *stat))
@@ -98,8 +110,13 @@ def key_sources(root: Location, sources: list[tuple[str, float | None, float | N
             result[src] = hit
         else:
             todo.append(src)
+            if hit is not None:
+                again.add(src)
     start_workers = None
-    if todo and on_new_audio is not None and any(source_stat(src[0])[0] >= 0 for src in todo):
+    # An unchanged file rejected as unreadable is tried again, but most likely fails again: it alone
+    # does not start the actors (a rerun with nothing new starts nothing); the job starts them later
+    # if it turns out readable.
+    if on_new_audio is not None and any(src not in again and source_stat(src[0])[0] >= 0 for src in todo):
         start_workers = on_new_audio
     if todo:
         for src, (key, duration, reason) in zip(todo, _key_todo(todo, cfg, start_workers), strict=True):

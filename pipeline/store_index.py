@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from alarm.pipeline.store_layout import (
     Location,
+    UnreadableTable,
     at,
     committed_parts,
     part_subdir,
@@ -57,7 +59,11 @@ def write_index(group: Location) -> Any:
 
 def load_index(group: Location) -> Any:
     """The clip index: index.parquet when it covers exactly the committed parts, else rebuilt in memory."""
-    table = read_parquet(at(group, "index.parquet"))
+    try:
+        table = read_parquet(at(group, "index.parquet"))
+    except UnreadableTable as err:  # derived from the parts: rebuilt below, and written anew by the job
+        logging.getLogger(__name__).warning("%s", err)
+        table = None
     parts = committed_parts(group)
     if table is not None:
         meta = table.schema.metadata or {}

@@ -238,8 +238,8 @@ class UnreadableTable(StoreError, ValueError):  # a ValueError as pyarrow's was:
 
 
 _REMEDY = {  # what brings each table back, for ``UnreadableTable``'s message
-    "index.parquet": "the job rebuilds it from the committed parts: delete it and rerun the job",
-    "sources.parquet": "it caches the keyed audio: delete it and rerun the job, which keys the audio again",
+    "index.parquet": "the next run of the job rebuilds it from the committed parts (readers rebuild it in memory)",
+    "sources.parquet": "it caches the keyed audio: the next run of the job keys the audio again and rewrites it",
     "clips.parquet": "its part is damaged: `alarm pipeline repair` recomputes it",
 }
 

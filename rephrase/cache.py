@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 import uuid
@@ -98,7 +99,14 @@ class PassCache:
         for part in self.parts():
             if part not in self._rows:
                 data = self.objects.get(part)
-                self._rows[part] = pq.read_table(pa.BufferReader(data), schema=_schema()).to_pylist()
+                try:
+                    self._rows[part] = pq.read_table(pa.BufferReader(data), schema=_schema()).to_pylist()
+                except (pa.ArrowInvalid, OSError) as err:  # damaged from outside (writes are whole)
+                    # A cache: what the part held is generated again, not worth stopping the run for.
+                    logging.getLogger(__name__).warning(
+                        "cache part %s/%s is unreadable (%s): its generations are made again; delete it "
+                        "to silence this", str(self.location).rstrip("/"), part, " ".join(str(err).split())[:160])
+                    self._rows[part] = []
             for row in self._rows[part]:
                 gen = CachedGeneration(**row)
                 old = best.get(gen.key)

@@ -44,3 +44,22 @@ def test_a_kill_while_the_config_is_rewritten_leaves_the_run_resumable(tmp_path,
     rf.ScriptedEngine.calls.clear()
     report = retry_failed(out, progress=False)
     assert report["answer"]["generated"] == 0 and not rf.ScriptedEngine.calls
+
+
+def test_a_damaged_cache_part_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    # A part overwritten from outside made every later run end in "Could not open Parquet input
+    # source '<Buffer>'", naming neither the part nor a way out; what it held is generated again.
+    from alarm.rephrase.cache import CachedGeneration, PassCache
+
+    def generation(key: str) -> CachedGeneration:
+        return CachedGeneration(key=key, text="t", n_prompt_tokens=1, n_tokens=1, finish_reason="stop", error=None,
+                                seed=1, model="m", template_hash="h", sampling="s", forced=False, gen_seconds=0.1,
+                                created=1.0)
+
+    cache = PassCache(tmp_path, "answer")
+    cache.write([generation("k1")])
+    damaged = cache.write([generation("k2")])
+    (tmp_path / "answer" / damaged).write_bytes(b"\x00not parquet")
+    with caplog.at_level("WARNING"):
+        assert set(PassCache(tmp_path, "answer").read()) == {"k1"}
+    assert f"{damaged} is unreadable" in caplog.text and "made again" in caplog.text

@@ -133,3 +133,26 @@ def test_a_torn_table_fails_in_one_line_that_says_what_to_do(tmp_path: Path, nam
         read_parquet(path)
     assert isinstance(caught.value, ValueError)  # as pyarrow's error was, for callers that handled that
     assert read_parquet(tmp_path / "absent.parquet") is None
+
+
+def test_a_torn_index_or_sources_cache_is_rebuilt_not_fatal(tmp_path: Path) -> None:
+    # Both are derived (the index from the committed parts, the sources table from the audio): a job
+    # or reader that meets one torn rebuilds it, where it used to stop and ask for a deletion.
+    from store_fixtures import tone, write_wav
+
+    from alarm.pipeline.job_config import PipelineConfig
+    from alarm.pipeline.sources import key_sources
+    from alarm.pipeline.store_index import load_index
+
+    group = _group(tmp_path / "store", parts=3)
+    whole = write_index(group)
+    (group / "index.parquet").write_bytes(b"\x00garbage\xff")
+    assert load_index(group).equals(whole.replace_schema_metadata(None).select(whole.column_names))
+
+    store = tmp_path / "store"
+    audio = str(write_wav(tmp_path / "a.wav", tone(1.0, 16000, seed=1), 16000))
+    cfg = PipelineConfig(store=str(store), manifest=str(tmp_path / "unused.jsonl"), encoders=["whisper"], preset="tiny")
+    first = key_sources(store, [(audio, None, None)], cfg)
+    (store / "sources.parquet").write_bytes(b"\x00garbage\xff")
+    assert key_sources(store, [(audio, None, None)], cfg) == first
+    assert read_parquet(store / "sources.parquet").to_pylist() == [first[(audio, None, None)]]

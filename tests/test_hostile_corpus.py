@@ -218,10 +218,14 @@ def test_a_rerun_decodes_unreadable_sources_again(tmp_path: Path) -> None:
     cached = {"audio": str(path), "start": None, "end": None, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
               "duration": 0.0}
     cfg = PipelineConfig(store=str(store), manifest=str(tmp_path / "m.jsonl"), num_cpus=1)
+    started: list[int] = []
     for reason, rekeyed in (("unreadable: a.wav: Permission denied", True), ("undecodable: Format", False)):
         pq.write_table(pa.Table.from_pylist([{**cached, "key": None, "reason": reason}]), store / "sources.parquet")
-        row = key_sources(store, [src], cfg)[src]
+        row = key_sources(store, [src], cfg, on_new_audio=lambda: started.append(1))[src]
         assert (row["reason"], bool(row["key"])) == ((None, True) if rekeyed else (reason, False))
+        # Trying an unreadable file again does not start the actors by itself (most likely it fails
+        # again, and a rerun with nothing new starts nothing); the job starts them if there is work.
+        assert started == []
 
 
 def test_a_job_over_a_hostile_corpus_keeps_every_good_clip(tmp_path: Path) -> None:
