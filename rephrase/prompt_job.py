@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from alarm.pipeline.configs import save_config
+from alarm.pipeline.store_layout import atomic_path
 from alarm.rephrase.cache import PassCache
 from alarm.rephrase.execute import LazyPool, PassStats, execute_pass, forced_chunk, plain_chunk
 from alarm.rephrase.generation import Engine
@@ -72,8 +73,11 @@ def _run_in(manifest: str | Path, out: Path, cfg: PromptsConfig, retry_failed: b
             engine: Engine | None, checker_engine: Engine | None, publish: Any) -> dict[str, Any]:
     """``run_prompts`` in a local folder (the run's own, or the work folder of a URL run)."""
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / CONFIG_FILE)
-    (out / RUN_FILE).write_text(json.dumps({"manifest": absolute_location(manifest)}, indent=2) + "\n")
+    # Whole or not at all (a kill mid-write): `prompts retry` and `status` resume from these two.
+    with atomic_path(out / CONFIG_FILE) as tmp:
+        save_config(cfg, tmp)
+    with atomic_path(out / RUN_FILE) as tmp:
+        tmp.write_text(json.dumps({"manifest": absolute_location(manifest)}, indent=2) + "\n")
     clips, rejects = collect_clips(manifest, cfg)
     write_rows(clips, out / CLIPS_FILE)
     write_rows(rejects, out / INPUT_REJECTS_FILE)

@@ -77,3 +77,41 @@ def test_a_damaged_latest_checkpoint_is_named_with_the_one_to_resume_from(tmp_pa
         (latest / ck.META_FILE).write_text("{torn")
     with pytest.raises(ConfigError, match=r"step_00000008 is damaged .*resume from step_00000004"):
         ck.load_checkpoint(latest)
+
+
+def test_export_of_a_damaged_checkpoint_is_one_line(tmp_path: Path) -> None:
+    # `alarm train export` caught only "no checkpoint": a damaged one ended in a traceback.
+    from click.testing import CliRunner
+
+    from alarm.cli import main
+
+    _save(tmp_path, 4, 1.0)
+    latest = _save(tmp_path, 8, 2.0)
+    (latest / ck.META_FILE).write_text("{torn")
+    result = CliRunner().invoke(main, ["train", "export", str(tmp_path), str(tmp_path / "out")])
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.output
+    assert "step_00000008 is damaged" in result.output and "Traceback" not in result.output
+
+
+def test_two_fresh_starts_in_one_second_set_aside_two_folders(tmp_path: Path, monkeypatch) -> None:
+    # A kill during a --fresh start, then an immediate rerun: the second set-aside named the same
+    # previous-<time> folder and ended in FileExistsError.
+    import time
+
+    from alarm.trainer.run_log import set_aside
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "previous-20261130-120000")
+    for n in range(2):
+        (tmp_path / "logs.jsonl").write_text(f"{n}\n")
+        set_aside(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["previous-20261130-120000", "previous-20261130-120000-2"]
+    assert (tmp_path / "previous-20261130-120000-2" / "logs.jsonl").read_text() == "1\n"
+
+
+def test_a_log_with_bytes_that_are_not_utf8_is_truncated_not_a_traceback(tmp_path: Path) -> None:
+    from alarm.trainer.run_log import truncate_log
+
+    log = tmp_path / "logs.jsonl"
+    log.write_bytes(b'{"step": 1}\n{"step": 2, "lo\xff\xfe": 1}\n\xff\xfe garbage\n{"step": 3}\n')
+    assert truncate_log(log, 2) == 2
+    assert [line for line in log.read_text().splitlines()] == ['{"step": 1}', '{"step": 2, "lo\ufffd\ufffd": 1}']

@@ -131,7 +131,7 @@ def train_export(source: Path, out: Path) -> None:
 
     try:
         folder = export_model(source, out)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ConfigError) as err:  # no checkpoint there; a damaged one
         fail(str(err))
     click.echo(f"exported to {folder}")
 

@@ -311,5 +311,6 @@ def convert_file(src: str | Path, dst: str | Path, direction: str, encoder: str 
     with atomic_path(dst) as tmp:
         save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp))
     if config_path is not None:
-        save_config(frontend_cfg, config_path)
+        with atomic_path(config_path) as tmp:
+            save_config(frontend_cfg, tmp)
     return ConvertSummary(converted=len(converted), skipped=skipped, config_path=config_path, layers=layers)

@@ -43,8 +43,14 @@ def set_aside(run_dir: Path) -> None:
     old = [run_dir / name for name in ("checkpoints", "logs.jsonl", "rejects.jsonl", "tensorboard")
            if (run_dir / name).exists()]
     if old:
-        aside = run_dir / time.strftime("previous-%Y%m%d-%H%M%S")
-        aside.mkdir()
+        stamp = time.strftime("previous-%Y%m%d-%H%M%S")
+        aside = run_dir / stamp
+        for n in range(2, 1000):  # two fresh starts within a second (a kill, then a rerun) get two folders
+            try:
+                aside.mkdir()
+                break
+            except FileExistsError:
+                aside = run_dir / f"{stamp}-{n}"
         for path in old:
             path.rename(aside / path.name)
 
@@ -63,7 +69,9 @@ def truncate_log(log_path: Path, step: int) -> int:
     """
     if not log_path.exists():
         return 0
-    lines = log_path.read_text().splitlines()
+    # Bytes that are not UTF-8 come only from outside damage: read as replacement characters, a line
+    # they garble into invalid JSON is dropped like a torn one, instead of a traceback on resume.
+    lines = log_path.read_text(errors="replace").splitlines()
     kept = []
     for line in lines:
         try:

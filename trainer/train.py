@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from alarm.pipeline.configs import ConfigError, save_config, to_dict
+from alarm.pipeline.store_layout import atomic_path
 from alarm.trainer.build import make_frontend, open_readers
 from alarm.trainer.config import TrainConfig, local_llm
 from alarm.trainer.distributed import barrier, broadcast_module, init_distributed
@@ -115,7 +116,8 @@ def start_run(cfg: TrainConfig, fresh: bool) -> Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         if fresh:
             set_aside(run_dir)
-        save_config(cfg, run_dir / "config.yaml")
+        with atomic_path(run_dir / "config.yaml") as tmp:  # whole or not at all: a resume reads it
+            save_config(cfg, tmp)
     barrier(dist)
     if url and not dist.main:
         pull(url, run_dir, everything=False)  # the checkpoint to resume from
