@@ -31,6 +31,8 @@ def build_config(cls: type, path: Path | None = None, overrides: dict | None = N
         fail(str(err))
 
 
+STORE_HELP = "Store folder or object-store URL (s3://bucket/prefix, gs://..., az://...)."
+
 # ---------------------------------------------------------------------------------------- manifest
 
 
@@ -103,7 +105,7 @@ def _with_input(fn):  # noqa: ANN001, ANN202 - click decorator plumbing
 
 @pipeline.command("run")
 @_with_input
-@click.option("--store", default=None, help="Store folder or object-store URL (s3://bucket/prefix, gs://...).")
+@click.option("--store", default=None, help=STORE_HELP)
 @click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")
 @click.option("--preset", type=click.Choice(PRESETS), default=None,
               help="Encoder weights: alarm checkpoints (default), tiny, full-size-random.")
@@ -161,7 +163,7 @@ def pipeline_run(manifest: str | None, shards: tuple[str, ...], store: str | Non
 
 
 @pipeline.command("status")
-@click.option("--store", required=True, help="Store folder or object-store URL (s3://bucket/prefix).")
+@click.option("--store", required=True, help=STORE_HELP)
 def pipeline_status(store: str) -> None:
     """Done / pending / rejected clips per encoder group of a store."""
     from alarm.pipeline.counts import store_counts
@@ -182,7 +184,7 @@ def pipeline_status(store: str) -> None:
 
 
 @pipeline.command("verify")
-@click.option("--store", required=True, help="Store folder or object-store URL (s3://bucket/prefix).")
+@click.option("--store", required=True, help=STORE_HELP)
 @click.option("--quick", is_flag=True, help="Skip recomputing file checksums.")
 def pipeline_verify(store: str, quick: bool) -> None:
     """Check every part (completeness, index agreement, checksums); exit 1 naming what is wrong."""
@@ -223,7 +225,7 @@ def _end_with(report: object) -> None:
 
 @pipeline.command("repair")
 @_with_input
-@click.option("--store", required=True, help="Store folder or object-store URL (s3://bucket/prefix).")
+@click.option("--store", required=True, help=STORE_HELP)
 @click.option("--encoders", default=None, help="Comma-separated encoders (default: all four).")
 @click.option("--preset", type=click.Choice(PRESETS), default=None,
               help="Encoder weights, as the job that wrote the store used them.")
