@@ -36,3 +36,40 @@ def test_a_killed_url_runs_work_folder_goes_with_the_next_url_run(tmp_path: Path
         (out / "stats.json").write_text("{}")
         assert not dead.parent.exists()  # the dead process's folder went when this one was made
     assert list((tmp_path / "alarm-runs").iterdir()) == []  # and this one's, at its end
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL at a chosen request."""
+
+
+def test_a_checkpoint_half_pruned_on_the_url_goes_with_the_next_publish(tmp_path: Path, s3_url: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pruning a remote checkpoint deletes its meta.json, then its files; killed in between, the step
+    # folder stayed on the URL without meta.json, which no later prune looked at (only complete ones).
+    import torch
+
+    from alarm.pipeline.objects import RemoteObjects, open_objects
+    from alarm.trainer import checkpoint as ck
+    from alarm.trainer.run_remote import publish_checkpoint, remote_checkpoints
+
+    run, local = f"{s3_url}/runs/r1", tmp_path / "run"
+
+    def save(step: int) -> Path:
+        weights = {"w": torch.full((4,), float(step))}
+        return ck.save_checkpoint(local, step, weights, {"w::exp_avg": torch.zeros(4)}, {"config": {}}, keep=1)
+
+    publish_checkpoint(run, local, save(2))
+    real = RemoteObjects.delete_prefix
+
+    def killed_after_the_marker(self, prefix: str) -> int:  # noqa: ANN001
+        raise Killed(prefix)
+
+    monkeypatch.setattr(RemoteObjects, "delete_prefix", killed_after_the_marker)
+    with pytest.raises(Killed):
+        publish_checkpoint(run, local, save(4))  # prunes step 2: meta.json gone, then killed
+    objects = open_objects(run)
+    assert remote_checkpoints(objects) == ["step_00000004"]
+    assert objects.exists("checkpoints/step_00000002/trainable.safetensors")  # what the kill left
+    monkeypatch.setattr(RemoteObjects, "delete_prefix", real)
+    publish_checkpoint(run, local, save(6))
+    assert {i.key.split("/")[1] for i in objects.list("checkpoints")} == {"step_00000006"}
