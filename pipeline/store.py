@@ -43,7 +43,8 @@ A store may live on object storage (``open_features("s3://bucket/prefix", ...)``
 fetches spec.json, index.parquet and the list of done markers once when it opens, and every file of
 a part through a bounded local read-through cache (``part_cache``), each checked whole against its
 marker's checksum as it is downloaded, then by the same chunk checks on each read; the second epoch
-reads local disk. A local store reads its files in place (no cache). Where a reader's files come
+reads local disk. A part of such a store that fails a check has its cached files dropped and is
+downloaded once more before it is refused (a copy damaged on the local disk is not the store's fault). A local store reads its files in place (no cache). Where a reader's files come
 from is ``store_files``; parts written under an attempt prefix are found through their marker
 (``store_layout.part_subdir``).
 
@@ -169,12 +170,14 @@ class FeatureReader:
         self._duration = table.column("duration").to_numpy()
         self._arrays: dict[int, tuple[Any, Any]] = {}
         self._damaged: dict[int, str] = {}
+        self._refetched_parts: set[int] = set()  # parts whose cached files were dropped after a failed check
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_arrays"] = {}  # zarr handles stay in the process that opened them
         state["_damaged"] = {}  # a repaired store is checked afresh
+        state["_refetched_parts"] = set()
         return state
 
     @property
@@ -217,9 +220,23 @@ class FeatureReader:
                                "repair` or rerun the feature job to recompute it")
         return DamagedPartError(self._damaged[part])
 
+    def _refetched(self, part: int) -> bool:
+        """For a store on object storage: close the part and drop its cached files, once per part.
+
+        Returns whether to try again: a failed check may come from the local copy, not the object.
+        """
+        if not isinstance(self.files, RemoteGroup) or part in self._refetched_parts:
+            return False
+        self._refetched_parts.add(part)
+        for array in self._arrays.pop(part, ()):
+            if isinstance(array, RawShardedArray):
+                array.close()
+        self.files.forget(self._parts[part])
+        return True
+
     def _open(self, part: int) -> tuple[Any, Any]:
         if self._pid != os.getpid():  # forked: handles of the parent are not ours
-            self._arrays, self._damaged, self._pid = {}, {}, os.getpid()
+            self._arrays, self._damaged, self._refetched_parts, self._pid = {}, {}, set(), os.getpid()
         if part in self._damaged:
             raise DamagedPartError(self._damaged[part])
         if part not in self._arrays:
@@ -229,6 +246,8 @@ class FeatureReader:
                 features = _open_array(files, "features")
                 scales = _open_array(files, "scales") if self.dtype == "int8" else None
             except (OSError, ValueError, KeyError, StoreError) as err:  # unreadable is damaged too
+                if self._refetched(part):
+                    return self._open(part)
                 raise self._refuse(part, str(err)) from None
             for array, name in ((features, "features"), (scales, "scales")):
                 if isinstance(array, RawShardedArray):
@@ -294,6 +313,8 @@ class FeatureReader:
             values = _read_rows(features, start, stop)
             scale_rows = _read_rows(scales, start, stop) if scales is not None else None
         except (DamagedChunk, CacheChecksumError, FileNotFoundError) as err:  # a shard read, or downloaded
+            if self._refetched(part):
+                return self.read(key, stored)
             raise self._refuse(part, str(err)) from None
         if stored and self.dtype == "float16":
             return np.asarray(values)

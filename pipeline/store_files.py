@@ -157,6 +157,22 @@ class RemoteGroup:
         marker = json.loads(self.cache.read(self.objects, f"parts/{part}/{DONE}", self.markers[part]))
         return RemotePart(self.objects, part_subdir(part, marker), marker, self.cache)
 
+    def forget(self, part: str) -> None:
+        """Drop the part's files (and its marker) from the local cache, so that the next read downloads them.
+
+        A cached file is checked as it is downloaded, not after: one damaged on the local disk since
+        would fail every read, blamed on the store, until dropped.
+        """
+        url = self.objects.url
+        if part in self.markers:
+            self.cache.entry(url, f"parts/{part}/{DONE}", self.markers[part]).unlink(missing_ok=True)
+        try:
+            files = self.part(part)
+        except (OSError, ValueError, StoreError):
+            return  # no marker to name its files: nothing of them was read either
+        for rel, checksum in files.marker["files"].items():
+            self.cache.entry(url, f"{files.subdir}/{rel}", checksum).unlink(missing_ok=True)
+
 
 def index_of(tables: dict[str, Any]) -> Any:
     """The clip index of parts' clip tables (part -> pyarrow table): sorted by key, first part wins a key."""

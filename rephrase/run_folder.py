@@ -7,6 +7,9 @@ whole, so they are made in a local work folder and published to the URL at pass 
 the end; a run starts by copying them down, so ``validate``, ``status`` and ``show`` read a URL run
 exactly as they read a local one. The work folder remembers its URL (``.published-to``), so the
 cache of a work folder is found on the URL.
+
+Work folders sit under ``<temp dir>/alarm-runs/<pid>/``: a run killed with SIGKILL cannot remove its
+own, so the next URL run on the machine removes those of processes that are gone.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from alarm.pipeline.objects import is_url, join, open_objects
+from alarm.pipeline.process_dirs import own_folder
 
 MARKER = ".published-to"
 CACHE = "cache"
@@ -49,7 +53,7 @@ class WorkFolder:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.objects = open_objects(self.url)
-        self.path = Path(tempfile.mkdtemp(prefix="alarm-run-"))
+        self.path = Path(tempfile.mkdtemp(prefix="run-", dir=own_folder(Path(tempfile.gettempdir()) / "alarm-runs")))
         self._seen: dict[str, tuple[int, int]] = {}
 
     def fetch(self) -> None:
@@ -79,6 +83,8 @@ class WorkFolder:
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(OSError):  # this process's folder, once it holds no other work folder
+            self.path.parent.rmdir()
 
 
 def _stamp(path: Path) -> tuple[int, int]:

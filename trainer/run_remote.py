@@ -84,10 +84,19 @@ def publish_checkpoint(url: str, local: Path, checkpoint: Path) -> None:
     _publish_logs(objects, local)
     kept = {p.name for p in (local / "checkpoints").glob(f"{STEP_PREFIX}*")}
     oldest_kept = min(kept)
-    for step in remote_checkpoints(objects):
+    complete = set(remote_checkpoints(objects))
+    for step in _remote_steps(objects):
         if step < oldest_kept:  # pruned by keep_checkpoints; never one this run has not seen
-            objects.delete(f"checkpoints/{step}/{META_FILE}")  # incomplete first, then gone
+            if step in complete:
+                objects.delete(f"checkpoints/{step}/{META_FILE}")  # incomplete first, then gone
+            # An incomplete one is what a kill left inside this loop or inside a publish: it goes too.
             objects.delete_prefix(f"checkpoints/{step}")
+
+
+def _remote_steps(objects: Any) -> list[str]:
+    """Every step folder under the run's ``checkpoints/``, complete or not."""
+    return sorted({info.key.split("/")[1] for info in objects.list("checkpoints")
+                   if info.key.count("/") >= 2 and info.key.split("/")[1].startswith(STEP_PREFIX)})
 
 
 def _publish_logs(objects: Any, local: Path) -> None:
