@@ -157,7 +157,7 @@ def write_outputs(out: Path, run_cfg: Any, cfg: Any, candidates: list[Any], pend
         kept.append({
             "instance_id": row.instance_id, "clip_key": row.clip_key, "dataset": row.dataset,
             "kind": row.kind, "prompt": row.prompt, "target": cand.target, "incomplete": cand.incomplete,
-            "split": split_for(row.dataset, row.instance_id, cfg.val_fraction),
+            "split": split_for(row.dataset, row.clip_key or row.audio, cfg.val_fraction),
             "n_tokens": cand.extra.get("n_tokens"), "model": run_cfg.engine.model,
             "model_fingerprint": fingerprint, "answer_template_hash": specs[ANSWER].template_hash,
             "rephrase_template_hash": specs[REPHRASE].template_hash if audio else None,

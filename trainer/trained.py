@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.configs import ConfigError, model_folder
 from alarm.pipeline.objects import is_url
-from alarm.trainer.config import local_llm
 
 
 class SpecMismatchError(ConfigError):
@@ -59,7 +58,7 @@ def load_trained(source: str | Path, store: str | None = None, llm: str | None =
         specs = {name: info["encoders"][name]["spec"] for name in names}
         spec_ids = {name: info["encoders"][name]["spec_id"] for name in names}
         readers = open_trained_store(store, spec_ids) if store is not None else {}
-        return TrainedFrontEnd(frontend, specs, spec_ids, local_llm(llm or info["llm"]),
+        return TrainedFrontEnd(frontend, specs, spec_ids, model_folder(llm or info["llm"]),
                                info["prompt_layout"]["audio_prompt_separator"], "auto", readers)
     ckpt = source if (source / META_FILE).is_file() else latest_checkpoint(source)
     if ckpt is None:
@@ -84,7 +83,7 @@ def _load_checkpoint(ckpt: Path, store: str | None, llm: str | None) -> TrainedF
                           "store (--store) so the encoders can be rebuilt with its exact specs")
     spec_ids = {name: state.meta["store_spec_ids"][name] for name in cfg.encoders}  # front-end order
     readers = open_trained_store(root, spec_ids)
-    llm = local_llm(llm or cfg.llm)
+    llm = model_folder(llm or cfg.llm)
     frontend = make_frontend(cfg, readers, AutoConfig.from_pretrained(llm).hidden_size)
     frontend.load_state_dict(state.weights, strict=False)
     specs = {name: r.spec for name, r in readers.items()}
