@@ -117,8 +117,8 @@ def _typed(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
         return value
     if origin in (list, tuple) or annotation in (list, tuple):
-        if isinstance(value, str) and args and args[0] is str:
-            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, str) and args and args[0] is str:  # a brace pattern's commas are its own
+            value = [value] if "{" in value else [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -133,7 +133,8 @@ def _typed(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r} ({type(value).__name__})")
         item = args[1] if len(args) == 2 else Any
         return {k: _typed(v, item, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(annotation) and not isinstance(value, annotation):
+    if dataclasses.is_dataclass(annotation) and not isinstance(value, (annotation, dict)):
+        # a mapping is left as it is: the dataclass holding it builds it (FrontEndConfig's encoders)
         raise ConfigError(f"{key}: expected a mapping, got {value!r} ({type(value).__name__})")
     return value  # another class (a Path, an enum): the dataclass decides
 

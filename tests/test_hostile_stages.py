@@ -185,3 +185,23 @@ def test_rephrase_rejects_rows_with_nothing_to_say_and_splits_by_clip(tmp_path, 
     targets = pq.read_table(out / "targets.parquet").to_pylist()
     assert {t["split"] for t in targets if t["dataset"] == "many"} in ({"train"}, {"validation"})
     assert len([t for t in targets if t["dataset"] == "many"]) == 8
+
+
+# ------------------------------------------------------------------------------------------- help
+
+
+def test_help_of_every_subcommand_runs():
+    import click
+
+    def walk(command: click.Command, path: list[str]):
+        yield path
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*path, name])
+
+    paths = list(walk(main, []))
+    assert len(paths) > 30  # every group and command, not just the top
+    for path in paths:
+        result = CliRunner().invoke(main, [*path, "--help"])
+        assert result.exit_code == 0 and result.exception is None, (path, result.output)
+        assert "Usage:" in result.output, path
