@@ -205,3 +205,21 @@ def test_help_of_every_subcommand_runs():
         result = CliRunner().invoke(main, [*path, "--help"])
         assert result.exit_code == 0 and result.exception is None, (path, result.output)
         assert "Usage:" in result.output, path
+
+
+def test_weights_for_an_llm_of_another_hidden_size_are_one_line(data, tmp_path, tiny_qwen3_dir):
+    from transformers import AutoConfig, AutoTokenizer, Qwen3ForCausalLM
+
+    write_targets(data["root"] / "targets.parquet", data["rows"])
+    first = tmp_path / "first"
+    first.mkdir()
+    assert invoke(["train", "run", "--config", str(train_config(data, first, tiny_qwen3_dir))]).exit_code == 0
+    config = AutoConfig.from_pretrained(tiny_qwen3_dir)
+    config.hidden_size *= 2  # the same family, another width
+    Qwen3ForCausalLM(config).save_pretrained(tmp_path / "wide")
+    AutoTokenizer.from_pretrained(tiny_qwen3_dir).save_pretrained(tmp_path / "wide")
+    wide = train_config(data, tmp_path, tmp_path / "wide", init=[str(first / "run")])
+    one_line_error(invoke(["train", "run", "--config", str(wide)]), "trained for an LLM of another hidden size")
+    # resuming the first run with the wide LLM: the same answer, not torch's many-line error
+    resume = train_config(data, first, tmp_path / "wide", max_steps=2)
+    one_line_error(invoke(["train", "run", "--config", str(resume)]), "trained for an LLM of another hidden size")

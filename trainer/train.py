@@ -277,11 +277,12 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 def resume(run: Run, inputs: Inputs, parts: Parts, optimizer: Any, scheduler: Any) -> Position:
     """Restore the checkpoint's weights, optimiser, schedule, sampler position and RNG (step 0 when fresh)."""
     from alarm.trainer import checkpoint as ck
+    from alarm.trainer.frontend import load_weights
 
     position = Position()
     state = inputs.state
     if state is not None:
-        parts.frontend.load_state_dict(state.weights, strict=False)
+        load_weights(parts.frontend, state.weights, f"the checkpoint in {run.run_dir}")
         ck.optimizer_from_flat(optimizer, parts.names, state.optimizer_tensors, state.meta["optimizer_groups"])
         scheduler.load_state_dict(state.meta["scheduler"])
         position.step = state.meta["step"]

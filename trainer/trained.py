@@ -58,7 +58,14 @@ def load_trained(source: str | Path, store: str | None = None, llm: str | None =
         specs = {name: info["encoders"][name]["spec"] for name in names}
         spec_ids = {name: info["encoders"][name]["spec_id"] for name in names}
         readers = open_trained_store(store, spec_ids) if store is not None else {}
-        return TrainedFrontEnd(frontend, specs, spec_ids, model_folder(llm or info["llm"]),
+        llm_path = model_folder(llm or info["llm"])
+        from transformers import AutoConfig
+
+        hidden = AutoConfig.from_pretrained(llm_path).hidden_size
+        if hidden != frontend.cfg.llm_dim:  # else a shape error deep in generation
+            raise ConfigError(f"{source} was exported for an LLM of hidden size {frontend.cfg.llm_dim}; "
+                              f"{llm_path} has {hidden}: give the LLM it was trained with (--llm)")
+        return TrainedFrontEnd(frontend, specs, spec_ids, llm_path,
                                info["prompt_layout"]["audio_prompt_separator"], "auto", readers)
     ckpt = source if (source / META_FILE).is_file() else latest_checkpoint(source)
     if ckpt is None:
@@ -74,6 +81,7 @@ def _load_checkpoint(ckpt: Path, store: str | None, llm: str | None) -> TrainedF
     from alarm.trainer.build import make_frontend
     from alarm.trainer.checkpoint import load_checkpoint
     from alarm.trainer.config import TrainConfig
+    from alarm.trainer.frontend import load_weights
 
     state = load_checkpoint(ckpt)
     cfg = from_dict(TrainConfig, state.meta["config"])
@@ -85,7 +93,7 @@ def _load_checkpoint(ckpt: Path, store: str | None, llm: str | None) -> TrainedF
     readers = open_trained_store(root, spec_ids)
     llm = model_folder(llm or cfg.llm)
     frontend = make_frontend(cfg, readers, AutoConfig.from_pretrained(llm).hidden_size)
-    frontend.load_state_dict(state.weights, strict=False)
+    load_weights(frontend, state.weights, str(ckpt))
     specs = {name: r.spec for name, r in readers.items()}
     return TrainedFrontEnd(frontend.eval(), specs, spec_ids, llm, cfg.audio_prompt_separator,
                            cfg.precision, readers)
