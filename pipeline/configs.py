@@ -57,9 +57,14 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         )
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
+        key = f"{where}.{name}" if where else name
         sub = _dataclass_type(hints.get(name))
         if sub is not None and isinstance(value, dict):
-            value = from_dict(sub, value, f"{where}.{name}" if where else name)
+            value = from_dict(sub, value, key)
+        elif sub is not None and value is not None and not isinstance(value, sub):
+            raise ConfigError(f"{key}: expected a mapping of {sub.__name__}'s keys, got {value!r}")
+        elif sub is None:
+            value = _typed(value, hints.get(name, Any), key)
         kwargs[name] = value
     try:
         return cls(**kwargs)
@@ -67,6 +72,89 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"{where or cls.__name__}: {err}") from err
+
+
+def _kind(annotation: Any) -> str:
+    """How an annotation reads in an error message."""
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _typed(value: Any, annotation: Any, key: str) -> Any:
+    """``value`` checked against the field's annotation, with YAML's near misses converted.
+
+    The dataclasses compare and compute with their fields, so a wrong type would surface later as a
+    TypeError deep in training (``lr: fast``) or, worse, work wrongly (a string iterated as a list).
+    Converted, because they mean one thing only: ``1e-3`` (PyYAML reads a float without a dot as a
+    string), ``"8"`` for an int, ``2.0`` for an int, and a comma-separated string for a list of strings
+    (what the command line's ``--encoders a,b`` gives). None is left to the dataclass (many fields take it).
+    """
+    if value is None or annotation is Any or isinstance(annotation, (str, typing.TypeVar)):
+        return value
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _typed(value, option, key)
+            except ConfigError as err:
+                errors.append(err)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{key}: expected {' or '.join(_kind(a) for a in options)}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation in (int, float):
+        return _number(value, annotation, key)
+    if annotation is str:
+        if not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
+        return value
+    if origin in (list, tuple) or annotation in (list, tuple):
+        if isinstance(value, str) and args and args[0] is str:  # a brace pattern's commas are its own
+            value = [value] if "{" in value else [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({list(value)})")
+            return tuple(_typed(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        item = args[0] if args else Any
+        items = [_typed(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r} ({type(value).__name__})")
+        item = args[1] if len(args) == 2 else Any
+        return {k: _typed(v, item, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(annotation) and not isinstance(value, (annotation, dict)):
+        # a mapping is left as it is: the dataclass holding it builds it (FrontEndConfig's encoders)
+        raise ConfigError(f"{key}: expected a mapping, got {value!r} ({type(value).__name__})")
+    return value  # another class (a Path, an enum): the dataclass decides
+
+
+def _number(value: Any, kind: type, key: str) -> int | float:
+    """An int or float field's value; see ``_typed``."""
+    if isinstance(value, str):
+        try:
+            value = float(value) if kind is float else int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})")
+    if value != value:  # NaN passes every `< 0` check below it
+        raise ConfigError(f"{key}: expected a number, got NaN")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        return int(value)
+    return value
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
@@ -106,8 +194,10 @@ def merge_config(cls: type[T], path: str | Path | None = None, overrides: Mappin
         *parents, leaf = key.split(".")
         node = data
         for name in parents:
-            if not isinstance(node.get(name), dict):
+            if node.get(name) is None:
                 node[name] = {}
+            elif not isinstance(node[name], dict):  # the file's value would be dropped without a word
+                raise ConfigError(f"{name}: expected a mapping, got {node[name]!r}")
             node = node[name]
         node[leaf] = value
     return from_dict(cls, data)
@@ -171,3 +261,19 @@ def local_llm(name: str) -> str:
             f"llm {name!r} is neither a local folder nor in the local Hugging Face cache: give the folder of "
             f"the model (llm: /path/to/model, or --llm), download it first (huggingface-cli download {name}), "
             f"or set {ALLOW_DOWNLOAD}=1 to let alarm download it") from err
+
+
+def model_folder(name: str) -> str:
+    """``local_llm(name)``, refusing a local folder that holds no model (no config.json).
+
+    Loading such a folder raises a long tokenizer or config error far from the cause (a path one
+    level too high or too low); this says it in one line before anything loads.
+
+    Raises:
+        ConfigError: as ``local_llm``, or the folder has no config.json.
+    """
+    found = local_llm(name)
+    if Path(found).is_dir() and not (Path(found) / "config.json").is_file():
+        raise ConfigError(f"llm folder {name} holds no config.json: it is not a model folder "
+                          "(give the folder with config.json and the weights)")
+    return found

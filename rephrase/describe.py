@@ -100,8 +100,27 @@ def build_description(metadata: dict[str, Any], duration: float) -> str:
     return f"{body} ({', '.join(clip_attrs)})"
 
 
+def _says_something(metadata: dict[str, Any]) -> bool:
+    """Whether the labels hold anything heard or known about the clip beyond its length."""
+    segments = metadata.get("segments") or []
+    return bool((metadata.get("transcript") or "").strip() or _sound_content(metadata)
+                or _attributes(metadata, ROLE_KEYS + HIDDEN_KEYS)
+                or any((seg.get("text") or "").strip() or _attributes(seg, ("start", "end", "text"))
+                       for seg in segments))
+
+
 def instance_description(instance: Any, duration: float) -> str:
-    """An instance's description: its precomputed ``description`` if the manifest gave one."""
-    if getattr(instance, "description", None):
-        return instance.description
-    return build_description(instance.metadata, duration)
+    """An instance's description: its precomputed ``description`` if the manifest gave one.
+
+    Raises:
+        ValueError: neither a description nor any label: the LLM would answer from a bare duration and
+            its target would be invented, so the row is rejected (``no_description``) instead.
+    """
+    given = getattr(instance, "description", None)
+    if given and given.strip():
+        return given
+    metadata = instance.metadata or {}
+    if not _says_something(metadata):
+        raise ValueError("no description and no label (transcript, caption, labels, segments or other "
+                         "metadata) to describe the clip from")
+    return build_description(metadata, duration)

@@ -128,7 +128,7 @@ def collect_inputs(manifest: str | Path, max_audio_seconds: float, instances_pat
             reason = error or "unreadable_audio"
         elif duration >= max_audio_seconds:
             reason = f"audio_too_long: {duration:.1f}s >= {max_audio_seconds:g}s"
-        elif not instance.prompt:
+        elif not (instance.prompt or "").strip():  # whitespace asks nothing either
             reason = "no_prompt"
         elif instance.kind == "audio":
             try:

@@ -101,7 +101,11 @@ def rule_hits(text: str, rules: dict[str, re.Pattern[str]]) -> list[str]:
     return [name for name, pattern in rules.items() if pattern.search(text)]
 
 
-def split_for(dataset: str, instance_id: str, val_fraction: float) -> str:
-    """``validation`` for about ``val_fraction`` of each dataset's ids, else ``train``; stable."""
-    digest = hashlib.sha256(f"{dataset}\x1f{instance_id}".encode()).digest()
+def split_for(dataset: str, key: str, val_fraction: float) -> str:
+    """``validation`` for about ``val_fraction`` of each dataset's keys, else ``train``; stable.
+
+    ``key`` names what must not straddle the splits: the rephrase job gives the clip (its store key, else
+    its audio file's name), so the k prompts of one clip all land in one split and validation is audio never trained on.
+    """
+    digest = hashlib.sha256(f"{dataset}\x1f{key}".encode()).digest()
     return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"

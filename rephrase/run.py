@@ -71,12 +71,12 @@ def run_rephrase(manifest: str | Path, out_dir: str | Path, cfg: RephraseConfig 
     Returns:
         Per-pass statistics and the validation report.
     """
-    from alarm.pipeline.configs import local_llm
+    from alarm.pipeline.configs import model_folder
 
     cfg = cfg or RephraseConfig()
     # A model that is not on disk fails here, in one line, before any work (a hub id in the local cache
     # resolves to its snapshot folder; downloads only with ALARM_ALLOW_DOWNLOAD=1).
-    cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, model=local_llm(cfg.engine.model)))
+    cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, model=model_folder(cfg.engine.model)))
     with run_folder(out_dir) as (out, work):
         publish = work.publish if work is not None else (lambda: 0)
         return _run_in(manifest, out, cfg, instances, retry_failed, progress, engine, publish)

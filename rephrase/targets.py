@@ -121,6 +121,12 @@ def _schemas() -> tuple[Any, Any]:
     return targets, rejects
 
 
+def _clip_of(row: Any) -> str:
+    """What must not straddle the splits: the clip's store key, else its file's name (not its full path:
+    the same corpus read from a copy elsewhere, on object storage say, must split the same)."""
+    return row.clip_key or row.audio.replace("\\", "/").rsplit("/", 1)[-1]
+
+
 def _clip_key_note(out: Path, n_inputs: int) -> str:
     """Where the targets' clip keys come from, and how many generation inputs got one."""
     import pyarrow.parquet as pq
@@ -157,7 +163,7 @@ def write_outputs(out: Path, run_cfg: Any, cfg: Any, candidates: list[Any], pend
         kept.append({
             "instance_id": row.instance_id, "clip_key": row.clip_key, "dataset": row.dataset,
             "kind": row.kind, "prompt": row.prompt, "target": cand.target, "incomplete": cand.incomplete,
-            "split": split_for(row.dataset, row.instance_id, cfg.val_fraction),
+            "split": split_for(row.dataset, _clip_of(row), cfg.val_fraction),
             "n_tokens": cand.extra.get("n_tokens"), "model": run_cfg.engine.model,
             "model_fingerprint": fingerprint, "answer_template_hash": specs[ANSWER].template_hash,
             "rephrase_template_hash": specs[REPHRASE].template_hash if audio else None,

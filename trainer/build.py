@@ -40,13 +40,13 @@ def make_frontend(cfg: TrainConfig, readers: dict[str, Any], llm_dim: int) -> An
     Raises:
         ConfigError: An init file holds weights this front end does not have.
     """
-    from alarm.trainer.frontend import EncoderShape, FrontEndConfig, build_frontend
+    from alarm.trainer.frontend import EncoderShape, FrontEndConfig, build_frontend, load_weights
     from alarm.trainer.run_remote import weights_from
 
     shapes = [EncoderShape(name, r.layers, r.dim) for name, r in readers.items()]
     frontend = build_frontend(FrontEndConfig(encoders=shapes, fusion=cfg.fusion, llm_dim=llm_dim, **cfg.frontend))
     for source in cfg.init:
-        unexpected = frontend.load_state_dict(weights_from(source), strict=False).unexpected_keys
+        unexpected = load_weights(frontend, weights_from(source), f"init {source}").unexpected_keys
         if unexpected:
             raise ConfigError(f"init {source}: weights that this front end does not have: {unexpected[:10]}")
     if cfg.freeze:

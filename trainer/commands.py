@@ -84,7 +84,7 @@ def train_run(config_path: Path, fresh: bool, allow_changed_data: bool, init: tu
                                                       "freeze": sorted(set(cfg.freeze) | set(freeze)), "llm": llm})
     try:
         result = run_training(cfg, fresh=fresh, allow_changed_data=allow_changed_data)
-    except (ConfigError, DataError, DataChangedError) as err:
+    except (ConfigError, DataError, DataChangedError, FileNotFoundError) as err:  # FileNotFound: an init path
         fail(str(err))
     checkpoint = result.checkpoint
     if checkpoint is not None and is_url(cfg.output_dir):  # the copy that counts is the one on object storage

@@ -133,6 +133,14 @@ class TrainConfig:
             raise ConfigError("adapter_cache only serves a fusion stage (fusion ca or perceiver)")
         if "llm_dim" in self.frontend or "encoders" in self.frontend or "fusion" in self.frontend:
             raise ConfigError("frontend: llm_dim, encoders and fusion are set by the trainer, not here")
+        if not isinstance(self.frontend, dict):  # TrainConfig(...) in code skips from_dict's type check
+            raise ConfigError(f"frontend: expected a mapping, got {self.frontend!r}")
+        # Checked now, not when the model is built after the LLM and the data have loaded: a typo or a
+        # wrong type in frontend fails at once, in one line, like every other key.
+        from alarm.pipeline.configs import from_dict
+        from alarm.trainer.frontend import FrontEndConfig
+
+        from_dict(FrontEndConfig, dict(self.frontend), "frontend")
         for name in ("max_seq_len", "batch_tokens", "grad_accum", "bucket_size", "epochs", "log_every",
                      "save_every"):
             if int(getattr(self, name)) < 1:
@@ -154,7 +162,18 @@ class TrainConfig:
                               f"(max_seq_len {self.max_seq_len})")
 
     def check_paths(self) -> None:
-        """Raise at once when a path that training needs is not set (called by train())."""
+        """Raise at once when a path that training needs is not set or cannot be one (called by train())."""
+        from pathlib import Path
+
+        from alarm.pipeline.objects import is_url
+
         for name in ("targets", "store", "output_dir"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required")
+        if not is_url(self.output_dir) and Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ConfigError(f"output_dir {self.output_dir} is a file, not a folder")
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("device: cuda, but torch sees no CUDA device here (use auto or cpu)")

@@ -13,7 +13,6 @@ run's rejects table (``SkipLog``); the rest of the run goes on. Repair the store
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,15 +24,16 @@ import numpy as np
 from alarm.pipeline.store import DamagedPartError
 from alarm.pipeline.store_layout import atomic_path
 from alarm.trainer.sequence import PromptLayout, SequenceTooLong, fit_target
+from alarm.trainer.target_table import (  # noqa: F401 - DataError, read_targets, targets_fingerprint re-exported
+    TARGET_COLUMNS,
+    DataError,
+    read_targets,
+    targets_fingerprint,
+    well_formed,
+)
 
 SPLITS = ("train", "validation")
-TARGET_COLUMNS = ("instance_id", "clip_key", "dataset", "prompt", "target", "split")
-# Columns that decide what is learned: the fingerprint a resumed run compares.
-FINGERPRINT_COLUMNS = ("instance_id", "clip_key", "dataset", "prompt", "target", "split")
 
-
-class DataError(ValueError):
-    """Targets and store do not fit together; the message lists what is missing."""
 
 
 @dataclass
@@ -61,45 +61,6 @@ class JoinResult:
     rejects: list[dict[str, str]] = field(default_factory=list)
 
 
-def read_targets(path: str | Path) -> Any:
-    """Read a targets Parquet file (a path or an object-store URL) as a pyarrow Table, checking the
-    columns the trainer needs.
-
-    Raises:
-        DataError: The file is missing or lacks required columns.
-    """
-    import pyarrow.parquet as pq
-
-    from alarm.pipeline.objects import is_url, open_objects
-
-    if is_url(path):  # one object, read whole (a targets file is small next to the features)
-        import io
-
-        objects = open_objects(str(path).rsplit("/", 1)[0])
-        try:
-            table = pq.read_table(io.BytesIO(objects.get(str(path).rsplit("/", 1)[1])))
-        except FileNotFoundError:
-            raise DataError(f"targets file {path} does not exist") from None
-    elif not Path(path).exists():
-        raise DataError(f"targets file {path} does not exist")
-    else:
-        table = pq.read_table(path)
-    missing = [c for c in TARGET_COLUMNS if c not in table.column_names]
-    if missing:
-        raise DataError(f"targets {path} lacks column(s) {missing}; has {table.column_names}")
-    return table
-
-
-def targets_fingerprint(table: Any) -> str:
-    """A content hash of the columns that decide training, independent of row order and file layout."""
-    digest = hashlib.sha256()
-    columns = {c: table.column(c).to_pylist() for c in FINGERPRINT_COLUMNS}
-    for i in np.argsort(np.asarray(columns["instance_id"], dtype=object), kind="stable"):
-        row = [str(columns[c][i]) for c in FINGERPRINT_COLUMNS]
-        digest.update(json.dumps(row, ensure_ascii=False).encode())
-    return digest.hexdigest()[:16]
-
-
 AudioCounter = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
@@ -119,7 +80,7 @@ def join_targets(table: Any, readers: dict[str, Any], layout: PromptLayout, toke
     Raises:
         DataError: Clips without features in some encoder's store (all listed, up to 20 shown).
     """
-    rows = table.select(list(TARGET_COLUMNS)).to_pylist()
+    rows, early = well_formed(table.select(list(TARGET_COLUMNS)).to_pylist())
     encoders = list(readers)
     missing: dict[str, list[str]] = {}
     unkeyed = [r["instance_id"] for r in rows if not r["clip_key"]]
@@ -142,14 +103,14 @@ def join_targets(table: Any, readers: dict[str, Any], layout: PromptLayout, toke
               for name in encoders}
     audio = np.asarray(count_audio(frames)).astype(np.int64)
     clip_no = {k: i for i, k in enumerate(clip_keys)}
-    result = JoinResult()
+    result = JoinResult(rejects=early)
     for row, prompt_ids, target_ids in zip(rows, prompts, targets, strict=True):
         i = clip_no[row["clip_key"]]
         if row["split"] not in SPLITS:
             result.rejects.append({"instance_id": row["instance_id"],
                                    "reason": f"split {row['split']!r} is not one of {', '.join(SPLITS)}"})
             continue
-        if not target_ids:
+        if not target_ids or not (row["target"] or "").strip():  # whitespace has ids but teaches nothing
             result.rejects.append({"instance_id": row["instance_id"], "reason": "empty target"})
             continue
         empty = [name for name in encoders if frames[name][i] < 1]

@@ -328,3 +328,24 @@ def frame_span(values: Tensor, lengths: Tensor, start: Tensor, end: Tensor) -> t
 def build_frontend(cfg: FrontEndConfig) -> AudioFrontEnd:
     """Build the front end described by ``cfg`` (random init; load weights with ``load_state_dict``)."""
     return AudioFrontEnd(cfg)
+
+
+def load_weights(frontend: AudioFrontEnd, weights: dict[str, Tensor], source: str, strict: bool = False) -> object:
+    """``frontend.load_state_dict(weights)``, refusing in one line weights whose shapes do not fit.
+
+    torch's own error lists every mismatched tensor over many lines; the usual cause is a checkpoint
+    trained for an LLM of another hidden size (``--llm`` or ``llm:`` naming another model) or other
+    front-end sizes, and this says so.
+
+    Raises:
+        ConfigError: a tensor of ``weights`` has another shape than the front end's.
+    """
+    own = frontend.state_dict()
+    wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in weights.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        name, theirs, ours = wrong[0]
+        raise ConfigError(f"{source} does not fit this front end: {len(wrong)} tensor(s) differ in shape, e.g. "
+                          f"{name} {list(theirs)} there, {list(ours)} here; was it trained for an LLM of another "
+                          f"hidden size (here {frontend.cfg.llm_dim}) or with other frontend sizes?")
+    return frontend.load_state_dict(weights, strict=strict)

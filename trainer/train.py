@@ -21,15 +21,16 @@ import json
 import math
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from alarm.pipeline.configs import ConfigError, save_config, to_dict
+from alarm.pipeline.configs import ConfigError, model_folder, save_config, to_dict
 from alarm.pipeline.store_layout import atomic_path
 from alarm.trainer.build import make_frontend, open_readers
-from alarm.trainer.config import TrainConfig, local_llm
+from alarm.trainer.config import TrainConfig
 from alarm.trainer.distributed import barrier, broadcast_module, init_distributed
 from alarm.trainer.run_log import RunLog, last_eval_losses, set_aside
 from alarm.trainer.run_remote import is_remote, publish_run, pull, set_aside_remote, working_copy
@@ -98,7 +99,7 @@ def start_run(cfg: TrainConfig, fresh: bool) -> Run:
     import torch
 
     cfg.check_paths()
-    llm_path = local_llm(cfg.llm)  # before any work: a model that is not on disk fails here, in one line
+    llm_path = model_folder(cfg.llm)  # before any work: a model that is not on disk fails here, in one line
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     dist = init_distributed("cuda" if use_cuda else "cpu")
     device = torch.device(f"cuda:{dist.local_rank}" if use_cuda else "cpu")
@@ -228,7 +229,14 @@ def make_data(cfg: TrainConfig, run: Run, inputs: Inputs, parts: Parts) -> Data:
     train_rows = joined.splits.get("train", [])
     val_rows = joined.splits.get("validation", [])
     if not train_rows:
-        raise ConfigError(f"no usable training rows in {cfg.targets} (see {run_dir / 'rejects.jsonl'})")
+        why = (f"all {len(val_rows)} usable rows are in the validation split" if val_rows else
+               f"see {run_dir / 'rejects.jsonl'}" if joined.rejects else "the targets file has no rows")
+        raise ConfigError(f"no usable training rows in {cfg.targets} ({why})")
+    seen = {e.clip_key for e in train_rows}
+    shared = sum(e.clip_key in seen for e in val_rows)
+    if shared and dist.main:  # not an error (several prompts per clip split by instance), but never silent
+        print(f"warning: {shared} of {len(val_rows)} validation rows share their clip with training rows: their "
+              "loss is measured on audio the model trains on (split targets by clip)", file=sys.stderr)
     sampler = TokenBudgetSampler([e.n_tokens for e in train_rows], cfg.batch_tokens, cfg.seed, cfg.bucket_size,
                                  rank=dist.rank, world_size=dist.world)
     val_sampler = TokenBudgetSampler([e.n_tokens for e in val_rows], cfg.batch_tokens, cfg.seed, cfg.bucket_size,
@@ -269,11 +277,12 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 def resume(run: Run, inputs: Inputs, parts: Parts, optimizer: Any, scheduler: Any) -> Position:
     """Restore the checkpoint's weights, optimiser, schedule, sampler position and RNG (step 0 when fresh)."""
     from alarm.trainer import checkpoint as ck
+    from alarm.trainer.frontend import load_weights
 
     position = Position()
     state = inputs.state
     if state is not None:
-        parts.frontend.load_state_dict(state.weights, strict=False)
+        load_weights(parts.frontend, state.weights, f"the checkpoint in {run.run_dir}")
         ck.optimizer_from_flat(optimizer, parts.names, state.optimizer_tensors, state.meta["optimizer_groups"])
         scheduler.load_state_dict(state.meta["scheduler"])
         position.step = state.meta["step"]

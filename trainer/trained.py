@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alarm.pipeline.configs import ConfigError
+from alarm.pipeline.configs import ConfigError, model_folder
 from alarm.pipeline.objects import is_url
-from alarm.trainer.config import local_llm
 
 
 class SpecMismatchError(ConfigError):
@@ -59,7 +58,14 @@ def load_trained(source: str | Path, store: str | None = None, llm: str | None =
         specs = {name: info["encoders"][name]["spec"] for name in names}
         spec_ids = {name: info["encoders"][name]["spec_id"] for name in names}
         readers = open_trained_store(store, spec_ids) if store is not None else {}
-        return TrainedFrontEnd(frontend, specs, spec_ids, local_llm(llm or info["llm"]),
+        llm_path = model_folder(llm or info["llm"])
+        from transformers import AutoConfig
+
+        hidden = AutoConfig.from_pretrained(llm_path).hidden_size
+        if hidden != frontend.cfg.llm_dim:  # else a shape error deep in generation
+            raise ConfigError(f"{source} was exported for an LLM of hidden size {frontend.cfg.llm_dim}; "
+                              f"{llm_path} has {hidden}: give the LLM it was trained with (--llm)")
+        return TrainedFrontEnd(frontend, specs, spec_ids, llm_path,
                                info["prompt_layout"]["audio_prompt_separator"], "auto", readers)
     ckpt = source if (source / META_FILE).is_file() else latest_checkpoint(source)
     if ckpt is None:
@@ -75,6 +81,7 @@ def _load_checkpoint(ckpt: Path, store: str | None, llm: str | None) -> TrainedF
     from alarm.trainer.build import make_frontend
     from alarm.trainer.checkpoint import load_checkpoint
     from alarm.trainer.config import TrainConfig
+    from alarm.trainer.frontend import load_weights
 
     state = load_checkpoint(ckpt)
     cfg = from_dict(TrainConfig, state.meta["config"])
@@ -84,9 +91,9 @@ def _load_checkpoint(ckpt: Path, store: str | None, llm: str | None) -> TrainedF
                           "store (--store) so the encoders can be rebuilt with its exact specs")
     spec_ids = {name: state.meta["store_spec_ids"][name] for name in cfg.encoders}  # front-end order
     readers = open_trained_store(root, spec_ids)
-    llm = local_llm(llm or cfg.llm)
+    llm = model_folder(llm or cfg.llm)
     frontend = make_frontend(cfg, readers, AutoConfig.from_pretrained(llm).hidden_size)
-    frontend.load_state_dict(state.weights, strict=False)
+    load_weights(frontend, state.weights, str(ckpt))
     specs = {name: r.spec for name, r in readers.items()}
     return TrainedFrontEnd(frontend.eval(), specs, spec_ids, llm, cfg.audio_prompt_separator,
                            cfg.precision, readers)
