@@ -49,7 +49,7 @@ def write_reference_targets(manifest: Path | str, store: Path | str, out: Path |
             continue
         rows.append({"instance_id": inst.id, "clip_key": keys[inst.id], "dataset": inst.dataset,
                      "prompt": inst.prompt, "target": _reference_target(inst.metadata, inst.prompt),
-                     "incomplete": False, "split": split_for(inst.dataset, inst.id, 0.1),
+                     "incomplete": False, "split": split_for(inst.dataset, keys[inst.id], 0.1),  # by clip
                      "model": "demo-reference-from-labels"})
     if rows:
         if not is_url(out):
