@@ -96,6 +96,11 @@ def test_training_from_s3_equals_local_and_resumes_from_an_s3_run(data, tiny_qwe
     assert trained.spec_ids == meta["store_spec_ids"] and trained.readers["whisper"].root == store_url
     state = trained.frontend.state_dict()
     assert all(torch.equal(state[k], v) for k, v in weights_of(local.checkpoint)["trainable.safetensors"].items())
+    # `alarm train export` takes the run's URL (a Path folded it to "s3:/..." and found no checkpoint).
+    out = CliRunner().invoke(main, ["train", "export", run_url, str(tmp_path / "export")], catch_exceptions=False)
+    assert out.exit_code == 0 and json.loads((tmp_path / "export" / "export.json").read_text())["encoders"], out.output
+    exported = load_file(str(tmp_path / "export" / "frontend.safetensors"))
+    assert all(torch.equal(exported[k], v) for k, v in weights_of(local.checkpoint)["trainable.safetensors"].items())
 
     # --fresh sets the run on s3 aside (copied under previous-<time>/) and starts at step 0.
     fresh = train(make_cfg(store_url, targets_url, run_url, tiny_qwen3_dir, tmp_path / "cache", max_steps=1),

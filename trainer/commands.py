@@ -119,10 +119,10 @@ def train_cache_adapters(config_path: Path, out: str | None, dtype: str) -> None
 
 
 @train.command("export")
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source")
 @click.argument("out", type=click.Path(path_type=Path))
-def train_export(source: Path, out: Path) -> None:
-    """Export a run (latest checkpoint) or a checkpoint as a self-contained folder.
+def train_export(source: str, out: Path) -> None:
+    """Export a run (latest checkpoint) or a checkpoint, a folder or an s3:// URL, as a self-contained folder.
 
     The folder holds every front-end weight, the encoders' store specs, the LLM id and the
     prompt layout.

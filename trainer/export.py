@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from alarm.trainer.run_remote import fetch_folder, is_remote
+
 EXPORT_VERSION = 1
 WEIGHTS_FILE = "frontend.safetensors"
 INFO_FILE = "export.json"
@@ -26,7 +28,7 @@ def export_model(source: str | Path, out: str | Path) -> Path:
     """Write the export folder for a run folder (its latest checkpoint) or a checkpoint folder.
 
     Args:
-        source: A run folder or one of its ``checkpoints/step_*`` folders.
+        source: A run folder or one of its ``checkpoints/step_*`` folders, a path or a URL.
         out: The folder to create (replaced if it exists).
 
     Returns:
@@ -42,6 +44,8 @@ def export_model(source: str | Path, out: str | Path) -> Path:
     from alarm.trainer.config import TrainConfig, local_llm
     from alarm.trainer.sequence import PromptLayout
 
+    if is_remote(str(source)):  # its latest complete checkpoint, fetched (a Path would fold "s3://" to "s3:/")
+        source = fetch_folder(str(source))
     source = Path(source)
     ckpt_dir = source if (source / META_FILE).is_file() else latest_checkpoint(source)
     if ckpt_dir is None:
