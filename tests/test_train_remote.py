@@ -102,6 +102,15 @@ def test_training_from_s3_equals_local_and_resumes_from_an_s3_run(data, tiny_qwe
     exported = load_file(str(tmp_path / "export" / "frontend.safetensors"))
     assert all(torch.equal(exported[k], v) for k, v in weights_of(local.checkpoint)["trainable.safetensors"].items())
 
+    # A damaged checkpoint on s3 is named there, not in the local copy a resume pulls from it again.
+    weights_key = "checkpoints/step_00000004/trainable.safetensors"
+    whole = run.get(weights_key)
+    run.put(weights_key, whole[: len(whole) // 2])
+    save_config(make_cfg(store_url, targets_url, run_url, tiny_qwen3_dir, tmp_path / "cache", max_steps=5), cfg_path)
+    out = CliRunner().invoke(main, ["train", "run", "--config", str(cfg_path)])
+    assert out.exit_code != 0 and f"checkpoint {run_url}/checkpoints/step_00000004 is damaged" in out.output, out.output
+    run.put(weights_key, whole)
+
     # --fresh sets the run on s3 aside (copied under previous-<time>/) and starts at step 0.
     fresh = train(make_cfg(store_url, targets_url, run_url, tiny_qwen3_dir, tmp_path / "cache", max_steps=1),
                   fresh=True)

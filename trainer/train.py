@@ -144,7 +144,13 @@ def open_inputs(cfg: TrainConfig, run: Run, fresh: bool, allow_changed_data: boo
     fingerprint = targets_fingerprint(table)
     spec_ids = {name: r.spec_id for name, r in readers.items()}
     latest = None if fresh else ck.latest_checkpoint(run.run_dir)
-    state = ck.load_checkpoint(latest) if latest is not None else None
+    try:
+        state = ck.load_checkpoint(latest) if latest is not None else None
+    except ck.DamagedCheckpointError as err:
+        if not run.url:
+            raise
+        # Name the run's checkpoint on object storage: the local copy is pulled from it again on resume.
+        raise ConfigError(str(err).replace(str(run.run_dir), run.url.rstrip("/"))) from None
     if state is not None:
         if not allow_changed_data:
             _check_resume_data(state.meta, spec_ids, fingerprint)
