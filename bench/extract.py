@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from proc_stats import fields_cpu, stat_fields
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -222,16 +223,14 @@ def session_usage(sid: int, cpu_seen: dict[int, float], roles: dict[int, str] | 
     ``roles`` (if given) each process's ``process_role``, the last one seen.
     """
     pss = rss = 0
-    tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
+            fields = stat_fields(int(entry))
             if int(fields[3]) != sid:  # field 6 of stat: session id
                 continue
-            cpu_seen[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            cpu_seen[int(entry)] = fields_cpu(fields)
             if roles is not None and roles.get(int(entry)) != "actor":
                 roles[int(entry)] = process_role(int(entry), sid)
             with open(f"/proc/{entry}/smaps_rollup") as handle:

@@ -4,20 +4,18 @@ listings return entity tags bare)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from store_trees import leftovers, store_digest
 
 # The contract tests of the local and S3 roots, run here against the `objects` fixture below.
 from test_objects import test_conditional_create_and_replace, test_put_get_list_delete  # noqa: F401
 
-# The S3 job test's corpus and its clean local run (the store an Azure run must equal), and its lease,
+# The S3 job test's corpus, its clean local run and the checks an Azure run must pass, and its lease,
 # fencing, twin-commit and gc tests, run here against the `root` fixture below.
 from test_store_objects import (  # noqa: F401
-    JOB,
+    check_big_file_round_trip,
+    check_run_equals_local,
     corpus,
     local_store,
-    run_cli,
     test_a_renewed_lease_outlives_its_duration,
     test_a_twin_attempt_keeps_the_first_marker,
     test_an_expired_lease_cannot_commit,
@@ -26,8 +24,6 @@ from test_store_objects import (  # noqa: F401
 
 from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.objects import PreconditionFailed, open_objects
-from alarm.pipeline.store import open_features
-from alarm.pipeline.verify import verify_store
 
 
 @pytest.fixture
@@ -84,28 +80,8 @@ def test_a_missing_container_is_one_line(azurite) -> None:
 
 
 def test_run_to_azure_equals_a_local_run(corpus, local_store, az_url: str) -> None:  # noqa: F811
-    manifest, config = corpus
-    result = run_cli("pipeline", "run", str(manifest), "--store", az_url, "--config", str(config), *JOB)
-    assert result.exit_code == 0, result.output
-    want = store_digest(local_store)
-    assert store_digest(az_url) == want and leftovers(az_url) == []
-    assert open_objects(az_url).head(".lease") is None  # taken with put_new, renewed by etag, released
-    assert verify_store(az_url).ok
-    for encoder in ("whisper", "w2vbert"):
-        mine, theirs = open_features(local_store, encoder), open_features(az_url, encoder)
-        assert sorted(theirs.keys()) == sorted(mine.keys()) and len(mine.keys()) > 0
-        for key in mine.keys():
-            assert np.array_equal(theirs.read(key, stored=True), mine.read(key, stored=True))
-    # A rerun sees every part's marker (listed on Azure) and writes nothing.
-    result = run_cli("pipeline", "run", str(manifest), "--store", az_url, "--config", str(config), *JOB, "--json")
-    assert result.exit_code == 0 and '"bytes_written": {\n    "whisper": 0,\n    "w2vbert": 0' in result.output
+    check_run_equals_local(corpus, local_store, az_url)
 
 
 def test_a_file_larger_than_a_chunk_goes_up_in_blocks(objects, tmp_path) -> None:
-    source = tmp_path / "big.bin"
-    source.write_bytes(np.random.default_rng(0).bytes(12 * 2**20))  # above obstore's 5 MiB chunks
-    objects.put_file("big.bin", source)
-    assert objects.head("big.bin").size == source.stat().st_size
-    objects.get_file("big.bin", tmp_path / "back.bin")
-    assert (tmp_path / "back.bin").read_bytes() == source.read_bytes()
-    assert objects.get_range("big.bin", 6 * 2**20, 6 * 2**20 + 5) == source.read_bytes()[6 * 2**20:6 * 2**20 + 5]
+    check_big_file_round_trip(objects, tmp_path)

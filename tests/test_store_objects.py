@@ -21,6 +21,7 @@ from store_trees import leftovers, markers, store_digest
 from alarm.pipeline.configs import ConfigError
 from alarm.pipeline.objects import RemoteObjects, open_objects
 from alarm.pipeline.part_writer import PartWriter
+from alarm.pipeline.store import open_features
 from alarm.pipeline.store_fence import read_lease, store_lock, take_lease
 from alarm.pipeline.store_gc import collect
 from alarm.pipeline.store_layout import (
@@ -71,6 +72,38 @@ def toy_writer(group: str, part: str, fence: str | None, seed: int = 0) -> PartW
 
 
 # ------------------------------------------------------------------------------------------ the job
+
+
+def check_run_equals_local(corpus, local_store: Path, url: str) -> None:  # noqa: ANN001 - the fixture's tuple
+    """What every object store must give (the S3 test checks more): the job's store on ``url`` equals a
+    local run by digest and clip by clip, leaves nothing behind, releases its lease, and a rerun writes nothing."""
+    manifest, config = corpus
+    result = run_cli("pipeline", "run", str(manifest), "--store", url, "--config", str(config), *JOB)
+    assert result.exit_code == 0, result.output
+    assert store_digest(url) == store_digest(local_store) and leftovers(url) == []
+    assert open_objects(url).head(".lease") is None  # taken with put_new, renewed conditionally, released
+    assert verify_store(url).ok
+    for encoder in ("whisper", "w2vbert"):
+        mine, theirs = open_features(local_store, encoder), open_features(url, encoder)
+        assert sorted(theirs.keys()) == sorted(mine.keys()) and len(mine.keys()) > 0
+        for key in mine.keys():
+            assert np.array_equal(theirs.read(key, stored=True), mine.read(key, stored=True))
+    # A rerun sees every part's marker (through the store's listing) and writes nothing.
+    result = run_cli("pipeline", "run", str(manifest), "--store", url, "--config", str(config), *JOB, "--json")
+    assert result.exit_code == 0 and '"bytes_written": {\n    "whisper": 0,\n    "w2vbert": 0' in result.output
+
+
+def check_big_file_round_trip(objects, tmp_path: Path):  # noqa: ANN001, ANN201 - an Objects; its ObjectInfo
+    """A 12 MiB file (above obstore's 5 MiB chunks, so it goes up in parts) comes back whole and by range."""
+    source = tmp_path / "big.bin"
+    source.write_bytes(np.random.default_rng(0).bytes(12 * 2**20))
+    objects.put_file("big.bin", source)
+    info = objects.head("big.bin")
+    assert info.size == source.stat().st_size
+    objects.get_file("big.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == source.read_bytes()
+    assert objects.get_range("big.bin", 6 * 2**20, 6 * 2**20 + 5) == source.read_bytes()[6 * 2**20:6 * 2**20 + 5]
+    return info
 
 
 def test_run_to_s3_equals_a_local_run_byte_for_byte(corpus, local_store: Path, s3_url: str) -> None:
