@@ -32,8 +32,9 @@ BLOCK_FRAMES = 1 << 18
 """Frames decoded at a time (about 1 MiB a channel in float32)."""
 MAX_PEAK = 1e6
 """Largest sample magnitude accepted. Full scale is 1.0, and 16-bit values written to a float file
-unscaled reach 32768; far above that the encoders' float32 front ends overflow and store NaN
-(w2vbert's filterbank at 1e15, the others at 1e19, measured with the tiny encoders)."""
+unscaled reach 32768; far above that the encoders' float32 front ends overflow and store NaN (1e30
+did: ``tests/test_hostile_corpus.py``; measured once with the tiny encoders, w2vbert's filterbank from
+1e15 and the others from 1e19)."""
 SHORTFALL = 0.01
 """A decode that ends more than this fraction short of the frames its header announces is truncated
 (an MP3 cut short in transit decodes what is left without an error)."""
